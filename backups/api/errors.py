@@ -1,0 +1,66 @@
+"""Every API error as ``{"status": "error", "message": ...}``, for people, never a traceback."""
+
+import logging
+
+from django.core.exceptions import ImproperlyConfigured
+from django.http import JsonResponse
+from django.views.defaults import page_not_found
+from rest_framework import exceptions as drf_exceptions
+from rest_framework import status
+from rest_framework.response import Response
+
+from ..exceptions import BackupError
+
+logger = logging.getLogger("backups")
+
+
+def error_body(message):
+    return {"status": "error", "message": message}
+
+
+def flatten_validation(detail, prefix=""):
+    """DRF's nested validation errors as one readable sentence."""
+    if isinstance(detail, dict):
+        parts = []
+        for field, value in detail.items():
+            label = "" if field == "non_field_errors" else f"{prefix}{field}"
+            parts.append(flatten_validation(value, f"{label}." if label else ""))
+        return " ".join(parts)
+    if isinstance(detail, list):
+        return " ".join(flatten_validation(item, prefix) for item in detail)
+    field = prefix.rstrip(".")
+    return f"{field}: {detail}" if field else str(detail)
+
+
+def exception_handler(exc, context):
+    """Maps service errors to their HTTP status, and DRF's own errors to the same body."""
+    headers = {}
+    if isinstance(exc, BackupError):
+        code, message = exc.status_code, exc.message
+    elif isinstance(exc, drf_exceptions.ValidationError):
+        code, message = status.HTTP_400_BAD_REQUEST, flatten_validation(exc.detail)
+    elif isinstance(exc, drf_exceptions.APIException):
+        code, message = exc.status_code, str(exc.detail)
+        if isinstance(exc, drf_exceptions.Throttled) and exc.wait:
+            headers["Retry-After"] = str(int(exc.wait))
+        authenticate = context.get("request") and context["view"].get_authenticate_header(context["request"])
+        if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)) and authenticate:
+            headers["WWW-Authenticate"] = authenticate
+    elif isinstance(exc, ImproperlyConfigured):
+        logger.error("Backup configuration error: %s", exc)
+        code, message = status.HTTP_503_SERVICE_UNAVAILABLE, f"The backup system is misconfigured: {exc}"
+    else:
+        logger.exception("Unexpected error in the backup API")
+        code, message = status.HTTP_500_INTERNAL_SERVER_ERROR, "Unexpected error; see the server log."
+    return Response(error_body(message), status=code, headers=headers)
+
+
+API_PREFIXES = ("/backups", "/api/")
+
+
+def not_found(request, exception=None):
+    """JSON 404 for API paths that match no route (a filename with a slash, say); the usual
+    page elsewhere."""
+    if request.path.startswith(API_PREFIXES):
+        return JsonResponse(error_body("Not found."), status=404)
+    return page_not_found(request, exception)

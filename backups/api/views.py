@@ -1,0 +1,193 @@
+"""The REST API: thin. Parse the request, call the service, shape the answer."""
+
+from django.http import QueryDict
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ParseError
+from rest_framework.permissions import IsAdminUser
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+
+from .. import services
+from ..conf import backup_settings
+from ..models import Origin
+from . import serializers
+from .errors import exception_handler
+
+MAX_BODY_BYTES = 64 * 1024
+ERRORS = {
+    code: OpenApiResponse(serializers.ErrorSerializer, description=text)
+    for code, text in {
+        400: "Bad request",
+        401: "Not authenticated",
+        403: "Permission denied",
+        404: "No such backup",
+        409: "Another backup or restore of this database is running",
+        413: "Request body too large",
+        422: "The backup file is damaged",
+        429: "Too many requests",
+        500: "The dump or restore tool failed",
+        503: "A tool, the database or the storage is unavailable",
+        507: "No space left on the backup storage",
+    }.items()
+}
+
+
+def errors(*codes):
+    return {code: ERRORS[code] for code in (400, 401, 403, 429, 500, 503) + codes}
+
+
+class BackupThrottle(ScopedRateThrottle):
+    """Rate limits for creating and restoring, per user, from BACKUP_THROTTLE_* (or off)."""
+
+    def get_rate(self):
+        return getattr(backup_settings, f"THROTTLE_{self.scope.upper()}")
+
+    def allow_request(self, request, view):
+        self.scope = getattr(view, self.scope_attr, None)
+        if not self.scope or self.get_rate() is None:
+            return True
+        return super().allow_request(request, view)
+
+
+def actor_for(request):
+    return services.Actor(origin=Origin.API, user=request.user, client_address=request.META.get("REMOTE_ADDR"))
+
+
+def status_body(message, filename, timestamp=None):
+    return {
+        "status": "success",
+        "message": message,
+        "filename": filename,
+        "timestamp": (timestamp or timezone.now()).isoformat(),
+    }
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List backups that can be restored, newest first",
+        parameters=[OpenApiParameter("database", str, description="Only backups of this database alias")],
+        responses={200: serializers.BackupSerializer(many=True), **errors()},
+    ),
+    retrieve=extend_schema(summary="One backup", responses={200: serializers.BackupSerializer, **errors(404)}),
+    create=extend_schema(
+        summary="Create a backup",
+        request=serializers.CreateRequestSerializer,
+        responses={201: serializers.StatusSerializer, **errors(409, 413, 507)},
+    ),
+    destroy=extend_schema(
+        summary="Delete a backup, its file and manifest",
+        responses={200: serializers.StatusSerializer, **errors(404, 409)},
+    ),
+)
+class BackupViewSet(viewsets.ViewSet):
+    permission_classes = [IsAdminUser]
+    throttle_classes = [BackupThrottle]
+    lookup_field = "filename"
+    # Anything without a slash reaches the view, which answers 400 for names that are not
+    # backup names; the service checks the pattern before any file is touched.
+    lookup_value_regex = r"[^/]+"
+
+    def get_exception_handler(self):
+        return exception_handler
+
+    def initial(self, request, *args, **kwargs):
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            raise ParseError(f"The request body is too large (at most {MAX_BODY_BYTES} bytes).")
+        super().initial(request, *args, **kwargs)
+
+    @property
+    def throttle_scope(self):
+        return {"create": "create", "restore": "restore"}.get(self.action)
+
+    def parse(self, serializer_class, request):
+        data = request.data
+        if isinstance(data, QueryDict) and not data:
+            data = {}  # no body at all: every field takes its default
+        serializer = serializer_class(data=data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    def list(self, request):
+        database = request.query_params.get("database") or None
+        backups = services.list_backups(actor=actor_for(request), database=database)
+        return Response(serializers.BackupSerializer(backups, many=True).data)
+
+    def retrieve(self, request, filename=None):
+        backup = services.get_backup(filename, actor=actor_for(request))
+        return Response(serializers.BackupSerializer(backup).data)
+
+    def create(self, request):
+        data = self.parse(serializers.CreateRequestSerializer, request)
+        backup = services.create_backup(
+            actor=actor_for(request), description=data["description"], database=data["database"]
+        )
+        body = status_body("Backup created successfully", backup.filename, backup.created_at)
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    def destroy(self, request, filename=None):
+        backup = services.delete_backup(filename, actor=actor_for(request))
+        return Response(status_body("Backup deleted successfully", backup.filename))
+
+    @extend_schema(
+        summary="Restore the database from a backup (overwrites all current data)",
+        request=serializers.RestoreRequestSerializer,
+        responses={200: serializers.RestoreResponseSerializer, **errors(404, 409, 422)},
+    )
+    @action(detail=False, methods=["post"])
+    def restore(self, request):
+        data = self.parse(serializers.RestoreRequestSerializer, request)
+        result = services.restore_backup(
+            data["filename"],
+            actor=actor_for(request),
+            target=data["target_database"],
+            pre_restore_backup=data["pre_restore_backup"],
+        )
+        body = status_body("Database restored successfully", result.backup.filename, result.finished_at)
+        body["pre_restore_backup"] = result.pre_restore_backup.filename if result.pre_restore_backup else None
+        body["warnings"] = result.warnings
+        return Response(body)
+
+    @extend_schema(
+        summary="Delete backups older than the retention period",
+        request=serializers.CleanupRequestSerializer,
+        responses={200: serializers.CleanupResponseSerializer, **errors()},
+    )
+    @action(detail=False, methods=["post"])
+    def cleanup(self, request):
+        data = self.parse(serializers.CleanupRequestSerializer, request)
+        result = services.cleanup_backups(actor=actor_for(request), dry_run=data["dry_run"])
+        return Response(
+            {
+                "deleted_count": len(result.deleted),
+                "deleted_files": [backup.filename for backup in result.deleted],
+                "total_size_freed": result.total_size_freed,
+                "retention_days": result.retention_days,
+                "cleanup_date": result.cleanup_date.isoformat(),
+                "dry_run": result.dry_run,
+                "kept": [{"filename": name, "reasons": reasons} for name, reasons in sorted(result.kept.items())],
+                "deleted_failed_attempts": len(result.deleted_attempts),
+            }
+        )
+
+    @extend_schema(
+        summary="Rebuild the catalog from the manifests in storage",
+        request=None,
+        responses={200: serializers.SyncResponseSerializer, **errors()},
+    )
+    @action(detail=False, methods=["post"])
+    def sync(self, request):
+        result = services.sync_catalog(actor=actor_for(request))
+        return Response(
+            {
+                "status": "success",
+                "message": f"Catalog synchronised: {result.summary}",
+                "added": result.added,
+                "updated": result.updated,
+                "missing": result.missing,
+                "interrupted": result.interrupted,
+            }
+        )

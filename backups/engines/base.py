@@ -1,0 +1,231 @@
+"""The contract every database engine fulfils.
+
+An engine knows how to dump one database (a Django alias) as plain SQL, how to replace that
+database's whole content from such a dump in a single all-or-nothing step, and how to take the
+per-database lock that keeps a restore and a backup of the same database apart. Everything else
+(names, compression, storage, manifests, the catalog) is the service's business.
+"""
+
+import shutil
+import subprocess
+from contextlib import contextmanager
+
+from django.db import connections
+
+from ..exceptions import DumpFailed, ToolMissing
+
+STDERR_LIMIT = 64 * 1024
+CHUNK_SIZE = 1024 * 1024
+
+
+class DatabaseEngine:
+    """Base class; one subclass per Django database vendor."""
+
+    #: Django's ``connection.vendor`` this engine serves, also recorded in manifests.
+    vendor = None
+    #: Command-line tools the engine runs, checked before work starts.
+    required_tools = ()
+    #: True when a failed restore cannot be rolled back by the database itself.
+    restore_is_transactional = True
+
+    def __init__(self, alias):
+        self.alias = alias
+        self.settings_dict = connections[alias].settings_dict
+
+    # -- identity -------------------------------------------------------------------------
+
+    @property
+    def database_name(self):
+        return str(self.settings_dict["NAME"])
+
+    @property
+    def database_host(self):
+        return self.settings_dict.get("HOST") or ""
+
+    def describe(self):
+        """Name and host as a person would write them, for messages."""
+        host = self.database_host
+        return f"{self.database_name} on {host}" if host else self.database_name
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    def check_tools(self):
+        """Raise ``ToolMissing`` naming every tool that is not on PATH."""
+        missing = [tool for tool in self.required_tools if shutil.which(tool) is None]
+        if missing:
+            raise ToolMissing(
+                f"{', '.join(missing)} not found on PATH; install the {self.vendor} client tools "
+                "on the machine that runs the backups."
+            )
+
+    def versions(self):
+        """``{"server": ..., "dump_tool": ...}`` for the manifest; raises ``DumpFailed`` when
+        the dump tool cannot handle this server."""
+        raise NotImplementedError("subclasses of DatabaseEngine must provide a versions() method")
+
+    @contextmanager
+    def dump(self):
+        """Yield a readable binary stream of the database as plain SQL, from a consistent
+        snapshot. On leaving the block, raise ``DumpFailed`` if the dump did not complete."""
+        raise NotImplementedError("subclasses of DatabaseEngine must provide a dump() method")
+        yield
+
+    def row_counter(self):
+        """A ``RowCounter`` that counts the rows of each table in the dump stream as it
+        passes, or None when the dump format does not allow it cheaply."""
+        return None
+
+    def restore(self, stream, lock_timeout):
+        """Replace everything in the database with the plain SQL read from ``stream``.
+
+        All or nothing: on any error nothing is changed and ``RestoreFailed`` carries the
+        tool's message. Objects that are not in the dump (a table added since) are removed.
+        Raise ``DatabaseBusy`` when other sessions keep their locks beyond ``lock_timeout``
+        seconds.
+        """
+        raise NotImplementedError("subclasses of DatabaseEngine must provide a restore() method")
+
+    @contextmanager
+    def lock(self, exclusive):
+        """Hold the per-database lock: shared for backups (they can run side by side),
+        exclusive for restores. Raise ``OperationInProgress`` at once when it is taken.
+        The lock must vanish with its holder, should the process die."""
+        raise NotImplementedError("subclasses of DatabaseEngine must provide a lock() method")
+        yield
+
+    def size_bytes(self):
+        """The database's current size on disk, for confirmation pages."""
+        raise NotImplementedError("subclasses of DatabaseEngine must provide a size_bytes() method")
+
+
+class RowCounter:
+    """Counts rows per table while a dump streams past; engines subclass ``feed``."""
+
+    def __init__(self):
+        self.counts = {}
+
+    def feed(self, chunk):
+        raise NotImplementedError
+
+
+class ProcessDump:
+    """A dump tool running as a child process whose stdout is the SQL stream.
+
+    Arguments are a list (no shell); secrets travel in ``env``. stderr goes to a temporary
+    file so a chatty tool can never block on a full pipe, and its tail becomes the error.
+    """
+
+    def __init__(self, args, env, tool):
+        self.args = args
+        self.env = env
+        self.tool = tool
+
+    @contextmanager
+    def run(self):
+        import tempfile
+
+        with tempfile.TemporaryFile() as stderr:
+            try:
+                process = subprocess.Popen(
+                    self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, env=self.env
+                )
+            except FileNotFoundError:
+                raise ToolMissing(f"{self.tool} not found on PATH; install the database client tools.") from None
+            try:
+                yield process.stdout
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+            finally:
+                process.stdout.close()
+            returncode = process.wait()
+            if returncode != 0:
+                raise DumpFailed(f"{self.tool} failed: {describe_exit(returncode, read_tail(stderr))}")
+
+
+def read_tail(stream, limit=STDERR_LIMIT):
+    """The last ``limit`` bytes a process wrote to ``stream`` (a file), decoded for people."""
+    stream.seek(0, 2)
+    size = stream.tell()
+    stream.seek(max(0, size - limit))
+    return stream.read().decode("utf-8", "replace").strip()
+
+
+def describe_exit(returncode, stderr):
+    if returncode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        reason = f"killed by signal {name}"
+    else:
+        reason = f"exit status {returncode}"
+    return f"{stderr} ({reason})" if stderr else reason
+
+
+def run_tool(args, env, tool, input_bytes=None, timeout=60):
+    """Run a short command and return its stdout; raise ``ToolMissing`` or ``DumpFailed``."""
+    try:
+        result = subprocess.run(args, input=input_bytes, capture_output=True, env=env, timeout=timeout)
+    except FileNotFoundError:
+        raise ToolMissing(f"{tool} not found on PATH; install the database client tools.") from None
+    if result.returncode != 0:
+        stderr = result.stderr.decode("utf-8", "replace").strip()[-STDERR_LIMIT:]
+        raise DumpFailed(f"{tool} failed: {describe_exit(result.returncode, stderr)}")
+    return result.stdout.decode("utf-8", "replace")
+
+
+class DumpStream:
+    """What ``dump()`` yields: an iterable of SQL chunks, and the rows counted per table."""
+
+    def __init__(self, stdout, counter=None):
+        self.stdout = stdout
+        self.counter = counter
+
+    def __iter__(self):
+        read = self.stdout.read
+        feed = self.counter.feed if self.counter is not None else None
+        while True:
+            chunk = read(CHUNK_SIZE)
+            if not chunk:
+                return
+            if feed is not None:
+                feed(chunk)
+            yield chunk
+
+    @property
+    def row_counts(self):
+        return dict(self.counter.counts) if self.counter is not None else None
+
+
+def feed_process(process, prelude, stream):
+    """Write ``prelude`` then all of ``stream`` to the process's stdin.
+
+    If reading the stream fails (a damaged file, a checksum that does not match), the process
+    is killed before its stdin is closed: psql commits at end of input, so it must never see one.
+    """
+    try:
+        process.stdin.write(prelude)
+        while True:
+            chunk = stream.read(CHUNK_SIZE)
+            if not chunk:
+                break
+            process.stdin.write(chunk)
+    except BrokenPipeError:
+        pass  # psql stopped reading: it failed, and its exit status and stderr say why
+    except BaseException:
+        process.kill()
+        process.wait()
+        _close_quietly(process.stdin)
+        raise
+    _close_quietly(process.stdin)
+
+
+def _close_quietly(stream):
+    try:
+        stream.close()
+    except BrokenPipeError:
+        pass

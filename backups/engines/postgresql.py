@@ -1,0 +1,286 @@
+"""PostgreSQL: ``pg_dump`` to plain SQL, ``psql`` in one transaction to restore."""
+
+import os
+import re
+import subprocess
+import tempfile
+from contextlib import contextmanager
+
+from django.db import connections
+from django.db.backends.postgresql.client import DatabaseClient
+
+from ..exceptions import DatabaseBusy, DatabaseUnavailable, OperationInProgress, RestoreFailed, ToolMissing
+from .base import DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, feed_process, read_tail, run_tool
+
+# Advisory lock keys: (application, purpose). Advisory locks live inside one database, so the
+# database being backed up is part of the key by construction.
+LOCK_APPLICATION = 0x48425042  # "HBPB"
+LOCK_PURPOSES = {"operations": 1, "schedule": 2}
+
+DUMP_OPTIONS = [
+    "--format=plain",
+    # Restorable over a live database and on another server, by hand: drop what exists first,
+    # and leave owners and grants to whoever restores.
+    "--clean",
+    "--if-exists",
+    "--no-owner",
+    "--no-privileges",
+    "--no-password",
+]
+
+# Runs first inside psql's single transaction. Taking every table's lock up front, with a
+# timeout, makes a busy database fail fast instead of waiting behind other sessions. Then
+# everything the dump could not know about (tables, types, schemas created since the backup)
+# is dropped, so that the result equals the backup exactly. Extension members are left to the
+# extensions, which the dump drops and recreates itself.
+RESTORE_PRELUDE = """
+SET LOCAL lock_timeout = '{lock_timeout}s';
+DO $hoppybrew$
+DECLARE
+    item record;
+BEGIN
+    FOR item IN
+        SELECT format('%I.%I', n.nspname, c.relname) AS name
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_%'
+    LOOP
+        EXECUTE 'LOCK TABLE ' || item.name || ' IN ACCESS EXCLUSIVE MODE';
+    END LOOP;
+    FOR item IN
+        SELECT e.extname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+        WHERE n.nspname <> 'pg_catalog'
+    LOOP
+        EXECUTE format('DROP EXTENSION IF EXISTS %I CASCADE', item.extname);
+    END LOOP;
+    FOR item IN
+        SELECT n.nspname FROM pg_namespace n
+        WHERE n.nspname NOT IN ('public', 'pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_%'
+    LOOP
+        EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', item.nspname);
+    END LOOP;
+    FOR item IN
+        SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                              WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END AS kind,
+               format('public.%I', c.relname) AS name
+        FROM pg_class c
+        WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+          AND NOT c.relispartition
+          -- sequences of serial and identity columns go with their tables
+          AND NOT (c.relkind = 'S' AND EXISTS (
+              SELECT 1 FROM pg_depend d
+              WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i')))
+    LOOP
+        EXECUTE format('DROP %s IF EXISTS %s CASCADE', item.kind, item.name);
+    END LOOP;
+    FOR item IN
+        SELECT CASE p.prokind WHEN 'a' THEN 'AGGREGATE' WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END AS kind,
+               p.oid::regprocedure::text AS name
+        FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+    LOOP
+        EXECUTE format('DROP %s IF EXISTS %s CASCADE', item.kind, item.name);
+    END LOOP;
+    FOR item IN
+        SELECT t.oid::regtype::text AS name FROM pg_type t
+        WHERE t.typnamespace = 'public'::regnamespace AND t.typtype IN ('c', 'd', 'e', 'r')
+          AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+    LOOP
+        EXECUTE format('DROP TYPE IF EXISTS %s CASCADE', item.name);
+    END LOOP;
+END
+$hoppybrew$;
+"""
+
+VERSION_PATTERN = re.compile(r"(\d+)(?:\.(\d+))?")
+
+
+class PostgreSQLEngine(DatabaseEngine):
+    vendor = "postgresql"
+    required_tools = ("pg_dump", "psql")
+
+    def command(self, tool, parameters):
+        """Argument list and environment for a client tool, built the way ``dbshell`` does:
+        the password travels in the child's environment, never on its command line."""
+        args, env = DatabaseClient.settings_to_cmd_args_env(self.settings_dict, parameters)
+        args[0] = tool
+        return args, {**os.environ, "PGCONNECT_TIMEOUT": "10", "PGAPPNAME": "hoppybrew-backups", **(env or {})}
+
+    def connect(self):
+        """A separate autocommit connection, outside Django's, for locks and small queries."""
+        import psycopg2
+
+        params = connections[self.alias].get_connection_params()
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        params.setdefault("connect_timeout", 10)
+        try:
+            connection = psycopg2.connect(**params)
+        except psycopg2.OperationalError as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection refused"
+            raise DatabaseUnavailable(
+                f"Cannot connect to the PostgreSQL database {self.describe()}: {first_line}"
+            ) from None
+        connection.autocommit = True
+        return connection
+
+    def query_value(self, sql, params=()):
+        connection = self.connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchone()[0]
+        finally:
+            connection.close()
+
+    def versions(self):
+        server = self.query_value("SHOW server_version")
+        args, env = self.command("pg_dump", ["--version"])
+        dump_tool = run_tool(args[:1] + ["--version"], env, "pg_dump").strip()
+        server_major = _major(server)
+        tool_major = _major(dump_tool.rsplit(")", 1)[-1]) if ")" in dump_tool else _major(dump_tool)
+        if tool_major is not None and server_major is not None and tool_major < server_major:
+            raise ToolMissing(
+                f"pg_dump {tool_major} cannot dump a PostgreSQL {server_major} server: install the "
+                f"PostgreSQL {server_major} client tools (postgresql-client-{server_major}) where backups run."
+            )
+        return {"server": f"PostgreSQL {server}", "dump_tool": dump_tool}
+
+    @contextmanager
+    def dump(self):
+        args, env = self.command("pg_dump", DUMP_OPTIONS)
+        counter = CopyRowCounter()
+        with ProcessDump(args, env, "pg_dump").run() as stdout:
+            yield DumpStream(stdout, counter)
+
+    def restore(self, stream, lock_timeout):
+        args, env = self.command(
+            "psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "--no-password", "-f", "-"]
+        )
+        with tempfile.TemporaryFile() as stderr:
+            try:
+                process = subprocess.Popen(
+                    args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr, env=env
+                )
+            except FileNotFoundError:
+                raise ToolMissing("psql not found on PATH; install the PostgreSQL client tools.") from None
+            feed_process(process, RESTORE_PRELUDE.format(lock_timeout=int(lock_timeout)).encode(), stream)
+            returncode = process.wait()
+            if returncode != 0:
+                message = read_tail(stderr)
+                if "lock timeout" in message:
+                    raise DatabaseBusy(
+                        f"The database {self.database_name} is busy: other sessions kept their locks for "
+                        f"more than {lock_timeout} s. Nothing was changed; stop the application or try again."
+                    )
+                raise RestoreFailed(
+                    "Database restore failed; the database was not changed. "
+                    f"psql said: {describe_exit(returncode, message)}"
+                )
+
+    @contextmanager
+    def lock(self, exclusive, purpose="operations"):
+        connection = self.connect()
+        try:
+            function = "pg_try_advisory_lock" if exclusive else "pg_try_advisory_lock_shared"
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT {function}(%s, %s)", (LOCK_APPLICATION, LOCK_PURPOSES[purpose]))
+                acquired = cursor.fetchone()[0]
+            if not acquired:
+                raise OperationInProgress(
+                    f"Another backup or restore of the database {self.database_name} is running; "
+                    "try again when it has finished."
+                )
+            yield
+        finally:
+            # Closing the session releases the lock; so does the death of this process.
+            connection.close()
+
+    def size_bytes(self):
+        return self.query_value("SELECT pg_database_size(current_database())")
+
+
+def _major(text):
+    match = VERSION_PATTERN.search(text or "")
+    return int(match.group(1)) if match else None
+
+
+COPY_HEADER = re.compile(rb"^COPY (?P<table>.+?) (?:\(.*\) )?FROM stdin;$")
+
+
+class CopyRowCounter(RowCounter):
+    """Counts the rows of each ``COPY ... FROM stdin;`` block of a plain pg_dump.
+
+    Inside a block every line is one row and the block ends with a line holding only ``\\.``
+    (data lines escape backslashes, so no row can look like it). Counting newlines with
+    ``bytes.count`` keeps this far cheaper than the compression that follows.
+    """
+
+    TERMINATOR = b"\n\\.\n"
+
+    def __init__(self):
+        super().__init__()
+        self._table = None
+        self._rows = 0
+        self._tail = b""  # outside a block: the unfinished last line
+        self._previous = b""  # inside a block: the last bytes seen, to find a split terminator
+
+    def feed(self, chunk):
+        position = 0
+        while position < len(chunk):
+            if self._table is None:
+                position = self._find_header(chunk, position)
+            else:
+                position = self._find_terminator(chunk, position)
+
+    def _find_header(self, chunk, position):
+        data = self._tail + chunk[position:] if self._tail else chunk
+        start = 0 if self._tail else position
+        self._tail = b""
+        while True:
+            if data.startswith(b"COPY ", start):
+                line_start = start
+            else:
+                found = data.find(b"\nCOPY ", start)
+                if found < 0:
+                    newline = data.rfind(b"\n", start)
+                    self._tail = data[newline + 1 :] if newline >= 0 else data[start:]
+                    return len(chunk)
+                line_start = found + 1
+            line_end = data.find(b"\n", line_start)
+            if line_end < 0:
+                self._tail = data[line_start:]
+                return len(chunk)
+            match = COPY_HEADER.match(data[line_start:line_end])
+            if match is None:
+                start = line_end + 1
+                continue
+            self._table = match["table"].decode("utf-8", "replace")
+            self._rows = 0
+            self._previous = b"\n"
+            # Continue in block mode from the byte after the header, in the caller's chunk.
+            return len(chunk) - (len(data) - (line_end + 1))
+
+    def _find_terminator(self, chunk, position):
+        boundary = self._previous + chunk[position : position + 3]
+        found = boundary.find(self.TERMINATOR)
+        if found >= 0:
+            end = position + (found + 4 - len(self._previous))
+            self._rows += chunk.count(b"\n", position, end - 3)
+            return self._finish_block(end)
+        found = chunk.find(self.TERMINATOR, position)
+        if found < 0:
+            self._rows += chunk.count(b"\n", position)
+            if len(chunk) - position >= 3:
+                self._previous = chunk[-3:]
+            else:
+                self._previous = (self._previous + chunk[position:])[-3:]
+            return len(chunk)
+        self._rows += chunk.count(b"\n", position, found + 1)
+        return self._finish_block(found + 4)
+
+    def _finish_block(self, end):
+        self.counts[self._table] = self.counts.get(self._table, 0) + self._rows
+        self._table = None
+        self._previous = b""
+        return end

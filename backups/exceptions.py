@@ -1,0 +1,82 @@
+"""The errors the service raises. Entry points map ``status_code`` to HTTP and ``message`` to
+what a person reads; messages never contain secrets or tracebacks."""
+
+
+class BackupError(Exception):
+    """Base of every error the backup service reports to a caller."""
+
+    status_code = 500
+    default_message = "The backup operation failed."
+
+    def __init__(self, message=None):
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+
+class InvalidRequest(BackupError):
+    status_code = 400
+    default_message = "The request is not valid."
+
+
+class PermissionDenied(BackupError):
+    status_code = 403
+    default_message = "You do not have permission to do this."
+
+
+class BackupNotFound(BackupError):
+    status_code = 404
+    default_message = "No such backup."
+
+
+class OperationInProgress(BackupError):
+    """Another backup or restore holds the database's lock."""
+
+    status_code = 409
+    default_message = "Another backup or restore of this database is running; try again when it has finished."
+
+
+class BackupDamaged(BackupError):
+    """The stored file does not match its manifest, or cannot be read back."""
+
+    status_code = 422
+    default_message = "The backup file is damaged; it was not restored."
+
+
+class DumpFailed(BackupError):
+    status_code = 500
+    default_message = "The database dump failed."
+
+
+class RestoreFailed(BackupError):
+    status_code = 500
+    default_message = "Database restore failed; the database was not changed."
+
+
+class DatabaseBusy(BackupError):
+    status_code = 503
+    default_message = "The database is busy: other sessions hold locks. Nothing was changed; try again."
+
+
+class ToolMissing(BackupError):
+    status_code = 503
+    default_message = "A command-line tool the backup needs is not installed."
+
+
+class DatabaseUnavailable(BackupError):
+    status_code = 503
+    default_message = "The database cannot be reached."
+
+
+class StorageFailed(BackupError):
+    status_code = 503
+    default_message = "The backup storage failed."
+
+
+class DiskFull(StorageFailed):
+    status_code = 507
+    default_message = "No space left on the backup storage; free space or run cleanup, then try again."
+
+
+class ConfigurationError(BackupError):
+    status_code = 503
+    default_message = "The backup system is not configured correctly."

@@ -1,0 +1,158 @@
+"""``manage.py backups SUBCOMMAND``: thin. Parse, call the service, print, exit."""
+
+import json
+import sys
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+
+from ... import services
+from ...api.serializers import BackupSerializer
+from ...exceptions import BackupError
+from ...formatting import human_duration, human_size
+
+
+class Command(BaseCommand):
+    help = "Create, list, restore, delete and clean up database backups."
+
+    def add_arguments(self, parser):
+        commands = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+
+        create = commands.add_parser("create", help="Back up a database now.")
+        create.add_argument("--description", default="", help="A note stored with the backup.")
+        create.add_argument("--database", default="default", help="Database alias (default: default).")
+
+        listing = commands.add_parser("list", help="List the backups that can be restored, newest first.")
+        listing.add_argument("--json", dest="as_json", action="store_true", help="Print JSON, as the API answers.")
+        listing.add_argument("--database", help="Only backups of this database alias.")
+
+        show = commands.add_parser("show", help="Show one backup's details.")
+        show.add_argument("filename")
+
+        restore = commands.add_parser("restore", help="Replace the database's content with a backup.")
+        restore.add_argument("filename")
+        restore.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+        restore.add_argument("--database", dest="target", help="Restore into this alias instead (same engine).")
+        restore.add_argument(
+            "--no-pre-restore-backup",
+            dest="pre_restore_backup",
+            action="store_false",
+            default=None,
+            help="Skip the backup of the current state that is taken first.",
+        )
+
+        delete = commands.add_parser("delete", help="Delete a backup, its file and its manifest.")
+        delete.add_argument("filename")
+        delete.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+
+        cleanup = commands.add_parser("cleanup", help="Delete backups past the retention period.")
+        cleanup.add_argument("--dry-run", action="store_true", help="Only report what would be deleted.")
+
+        commands.add_parser("sync", help="Rebuild the catalog from the manifests in storage.")
+
+    def handle(self, *args, subcommand, **options):
+        self.actor = services.Actor.command()
+        try:
+            getattr(self, "handle_" + subcommand)(**options)
+        except BackupError as exc:
+            raise CommandError(exc.message) from None
+        except ImproperlyConfigured as exc:
+            raise CommandError(f"Configuration error: {exc}") from None
+
+    # -- subcommands -----------------------------------------------------------------------
+
+    def handle_create(self, description, database, **options):
+        backup = services.create_backup(actor=self.actor, description=description, database=database)
+        self.stdout.write(
+            f"Created {backup.filename} ({human_size(backup.size_bytes)} in {human_duration(backup.duration_seconds)})"
+        )
+
+    def handle_list(self, as_json, database, **options):
+        backups = services.list_backups(actor=self.actor, database=database)
+        if as_json:
+            self.write_json(BackupSerializer(backups, many=True).data)
+            return
+        rows = [
+            (
+                backup.filename,
+                timezone.localtime(backup.created_at).strftime("%Y-%m-%d %H:%M:%S"),
+                human_size(backup.size_bytes),
+                backup.database,
+                backup.trigger,
+                backup.description.replace("\n", " ")[:50],
+            )
+            for backup in backups
+        ]
+        if not rows:
+            self.stdout.write("No backups.")
+            return
+        header = ("FILENAME", "CREATED", "SIZE", "DATABASE", "TRIGGER", "DESCRIPTION")
+        widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
+        for row in [header, *rows]:
+            self.stdout.write(
+                "  ".join(str(value).ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+            )
+
+    def handle_show(self, filename, **options):
+        backup = services.get_backup(filename, actor=self.actor)
+        data = dict(BackupSerializer(backup).data)
+        data["size"] = human_size(backup.size_bytes)
+        if backup.error:
+            data["error"] = backup.error
+        self.write_json(data)
+
+    def handle_restore(self, filename, yes, target, pre_restore_backup, **options):
+        backup = services.get_backup(filename, actor=self.actor)
+        where = target or backup.database
+        self.confirm(
+            yes,
+            f"This replaces ALL data in database '{where}' with the backup {filename} "
+            f"taken {timezone.localtime(backup.created_at):%Y-%m-%d %H:%M:%S}.",
+        )
+        result = services.restore_backup(
+            filename, actor=self.actor, target=target, pre_restore_backup=pre_restore_backup
+        )
+        self.stdout.write(f"Restored database '{result.database}' from {filename}.")
+        if result.pre_restore_backup:
+            self.stdout.write(f"To undo, restore {result.pre_restore_backup.filename} (taken just before).")
+        for warning in result.warnings:
+            self.stderr.write(f"Warning: {warning}")
+
+    def handle_delete(self, filename, yes, **options):
+        services.get_backup(filename, actor=self.actor)
+        self.confirm(yes, f"This deletes the backup {filename} and its manifest for good.")
+        services.delete_backup(filename, actor=self.actor)
+        self.stdout.write(f"Deleted {filename}.")
+
+    def handle_cleanup(self, dry_run, **options):
+        result = services.cleanup_backups(actor=self.actor, dry_run=dry_run)
+        verb = "Would delete" if dry_run else "Deleted"
+        for backup in result.deleted:
+            self.stdout.write(f"{verb} {backup.filename} ({human_size(backup.size_bytes)})")
+        for filename, reasons in sorted(result.kept.items()):
+            self.stdout.write(f"Kept {filename}: {'; '.join(reasons)}")
+        self.stdout.write(
+            f"{verb} {len(result.deleted)} backups, {human_size(result.total_size_freed)} "
+            f"(retention {result.retention_days} days)."
+        )
+
+    def handle_sync(self, **options):
+        result = services.sync_catalog(actor=self.actor)
+        self.stdout.write(f"Catalog synchronised: {result.summary}.")
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def confirm(self, yes, warning):
+        """Ask before destroying anything; the default answer is No."""
+        if yes:
+            return
+        if not sys.stdin.isatty():
+            raise CommandError(f"{warning} Refusing without --yes, since there is nobody to ask.")
+        self.stdout.write(warning)
+        answer = input("Continue? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            raise CommandError("Cancelled; nothing was changed.")
+
+    def write_json(self, data):
+        self.stdout.write(json.dumps(data, indent=2, default=str))

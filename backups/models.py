@@ -1,0 +1,147 @@
+"""The catalog of backups and the journal of operations.
+
+Neither table has a foreign key to ``auth_user``: a restore rewrites every table, and these two
+rows must survive it (the service carries them across every restore of their own database).
+"""
+
+import uuid
+
+from django.db import models
+
+
+class Trigger(models.TextChoices):
+    MANUAL = "manual", "manual"
+    SCHEDULED = "scheduled", "scheduled"
+    PRE_RESTORE = "pre-restore", "pre-restore"
+
+
+class Origin(models.TextChoices):
+    API = "api", "API"
+    ADMIN = "admin", "admin"
+    COMMAND = "command", "command"
+    CRON = "cron", "cron"
+
+
+class BackupStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    MISSING = "missing", "missing"
+
+
+class BackupQuerySet(models.QuerySet):
+    def restorable(self):
+        return self.filter(status=BackupStatus.SUCCEEDED)
+
+    def for_database(self, alias):
+        return self.filter(database=alias)
+
+
+class Backup(models.Model):
+    """One backup attempt: a row per file in storage, plus failed and running attempts."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    filename = models.CharField(max_length=255, unique=True)
+    database = models.CharField("database alias", max_length=64, default="default")
+    engine = models.CharField(max_length=32)
+    database_name = models.CharField(max_length=255)
+    database_host = models.CharField(max_length=255, blank=True)
+    description = models.TextField(max_length=500, blank=True)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.MANUAL)
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.COMMAND)
+    created_by = models.CharField(max_length=150, blank=True)
+    status = models.CharField(max_length=16, choices=BackupStatus.choices, default=BackupStatus.PENDING)
+    created_at = models.DateTimeField(db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    uncompressed_bytes = models.BigIntegerField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    # Progress of a running backup, updated about once a second by the process doing it.
+    bytes_written = models.BigIntegerField(default=0)
+    progress_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=255, blank=True, help_text="host:pid of the process writing it")
+    manifest = models.JSONField(default=dict, blank=True)
+
+    objects = BackupQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-filename"]
+        indexes = [models.Index(fields=["database", "status", "created_at"])]
+        permissions = [
+            ("restore_backup", "Can restore the database from a backup"),
+            ("download_backup", "Can download backup files"),
+        ]
+
+    def __str__(self):
+        return self.filename
+
+    @property
+    def timestamp(self):
+        """The spec's compact UTC timestamp, YYYYMMDD_HHMMSS."""
+        return self.created_at.strftime("%Y%m%d_%H%M%S")
+
+    @property
+    def duration_seconds(self):
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.created_at).total_seconds()
+
+
+class OperationStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    SKIPPED = "skipped", "skipped"
+
+
+class Action(models.TextChoices):
+    CREATE = "create", "create"
+    RESTORE = "restore", "restore"
+    DELETE = "delete", "delete"
+    CLEANUP = "cleanup", "cleanup"
+    SYNC = "sync", "sync"
+
+
+class Operation(models.Model):
+    """The audit trail: who did what, when, from where, and how it ended.
+
+    Restores are also jobs: an asynchronous restore is polled through its operation row.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    status = models.CharField(max_length=16, choices=OperationStatus.choices, default=OperationStatus.RUNNING)
+    filename = models.CharField(max_length=255, blank=True)
+    database = models.CharField("database alias", max_length=64, blank=True)
+    actor = models.CharField(max_length=150, blank=True)
+    origin = models.CharField(max_length=16, choices=Origin.choices)
+    client_address = models.GenericIPAddressField(null=True, blank=True)
+    started_at = models.DateTimeField(db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    message = models.TextField(blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self):
+        return f"{self.action} {self.filename or self.database} ({self.status})"
+
+
+class RestoreHistoryManager(models.Manager):
+    def get_queryset(self):
+        return super().get_queryset().filter(action=Action.RESTORE)
+
+
+class RestoreHistory(Operation):
+    """The restores among the operations, for the admin's read-only history."""
+
+    objects = RestoreHistoryManager()
+
+    class Meta:
+        proxy = True
+        verbose_name = "restore"
+        verbose_name_plural = "restore history"

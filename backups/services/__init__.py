@@ -1,0 +1,20 @@
+"""The backup service: every operation lives here, once. API, admin, commands and cron jobs
+only call these functions and present their results."""
+
+from .backups import create_backup, delete_backup, get_backup, list_backups, update_description
+from .catalog import sync_catalog
+from .journal import Actor
+from .restore import restore_backup
+from .retention import cleanup_backups
+
+__all__ = [
+    "Actor",
+    "cleanup_backups",
+    "create_backup",
+    "delete_backup",
+    "get_backup",
+    "list_backups",
+    "restore_backup",
+    "sync_catalog",
+    "update_description",
+]

@@ -1,0 +1,285 @@
+"""Making, finding, describing and deleting backups."""
+
+import logging
+import os
+import socket
+import time
+
+from django.db import IntegrityError, router, transaction
+from django.utils import timezone
+
+from ..compression import CountingWriter, codec_for, configured_codec
+from ..conf import backup_settings
+from ..engines import get_engine
+from ..exceptions import BackupError, BackupNotFound, InvalidRequest, OperationInProgress
+from ..models import Action, Backup, BackupStatus, Trigger
+from ..naming import candidate_names, manifest_name, validate_filename
+from ..storage import get_storage
+from .journal import journal
+
+logger = logging.getLogger("backups")
+
+MANIFEST_FORMAT = 1
+DESCRIPTION_MAX_LENGTH = 500
+PROGRESS_INTERVAL = 1.0
+# The fields of the spec's list response, in its order.
+LIST_FIELDS = ("filename", "timestamp", "created_at", "description", "size_bytes", "database_name", "database_host")
+
+
+def clean_description(description):
+    if description is None:
+        return ""
+    if not isinstance(description, str):
+        raise InvalidRequest("The description must be a string.")
+    if len(description) > DESCRIPTION_MAX_LENGTH:
+        raise InvalidRequest(f"The description is too long: at most {DESCRIPTION_MAX_LENGTH} characters.")
+    # Control characters (other than tab and newline) have no place in a note and can corrupt
+    # terminals and logs; markup is kept as typed and escaped wherever it is shown.
+    return "".join(ch for ch in description if ch in "\t\n" or ch.isprintable()).strip()
+
+
+def create_backup(*, actor, description="", database="default", trigger=Trigger.MANUAL, progress=None):
+    """Dump ``database`` into a new compressed backup; returns its catalog row.
+
+    Backups of one database may run side by side; none runs while that database is restored.
+    """
+    actor.require("add_backup")
+    description = clean_description(description)
+    engine = get_engine(database)
+    with journal(Action.CREATE, actor, database=database) as operation:
+        engine.check_tools()
+        with engine.lock(exclusive=False):
+            backup = write_backup(engine, actor=actor, description=description, trigger=trigger, progress=progress)
+        operation.filename = backup.filename
+    return backup
+
+
+def write_backup(engine, *, actor, description="", trigger=Trigger.MANUAL, progress=None, backup=None):
+    """Dump, compress and store; the caller holds the database's lock.
+
+    A failure leaves no file behind and marks the catalog row failed with the reason.
+    """
+    if backup is None:
+        backup = reserve_backup(engine, actor=actor, description=description, trigger=trigger)
+    backup.status = BackupStatus.RUNNING
+    backup.worker = f"{socket.gethostname()}:{os.getpid()}"
+    backup.save(update_fields=["status", "worker"])
+    started = time.monotonic()
+    try:
+        versions = engine.versions()
+        written = stream_dump(engine, backup, progress)
+        backup.finished_at = timezone.now()
+        backup.size_bytes = written["size_bytes"]
+        backup.uncompressed_bytes = written["uncompressed_bytes"]
+        backup.sha256 = written["sha256"]
+        backup.status = BackupStatus.SUCCEEDED
+        backup.bytes_written = written["size_bytes"]
+        backup.manifest = build_manifest(
+            backup,
+            versions=versions,
+            duration=time.monotonic() - started,
+            table_rows=written["table_rows"],
+        )
+        get_storage().write_json(manifest_name(backup.filename), backup.manifest, overwrite=False)
+    except BaseException as exc:
+        reason = exc.message if isinstance(exc, BackupError) else "Unexpected error; see the server log."
+        mark_failed(backup, reason)
+        raise
+    backup.save()
+    logger.info(
+        "Backup %s written: %s bytes in %.1f s", backup.filename, backup.size_bytes, backup.manifest["duration_seconds"]
+    )
+    return backup
+
+
+def reserve_backup(engine, *, actor, description, trigger, status=BackupStatus.PENDING):
+    """A catalog row with a name nobody else has: the unique filename is the reservation, so two
+    backups in the same second (or on two hosts) get distinct names."""
+    created_at = timezone.now()
+    codec = configured_codec()
+    storage = get_storage()
+    database = router.db_for_write(Backup)
+    for filename in candidate_names(backup_settings.FILENAME_PREFIX, engine.alias, created_at, codec.suffix):
+        if Backup.objects.filter(filename=filename).exists() or storage.exists(manifest_name(filename)):
+            continue
+        try:
+            with transaction.atomic(using=database):
+                return Backup.objects.create(
+                    filename=filename,
+                    database=engine.alias,
+                    engine=engine.vendor,
+                    database_name=engine.database_name,
+                    database_host=engine.database_host,
+                    description=description,
+                    trigger=trigger,
+                    origin=actor.origin,
+                    created_by=actor.name,
+                    status=status,
+                    created_at=created_at,
+                )
+        except IntegrityError:
+            continue
+    raise OperationInProgress("Too many backups in the same second; try again.")
+
+
+def stream_dump(engine, backup, progress=None):
+    """pg_dump (or the engine's dump) -> compressor -> checksum -> storage, in chunks.
+
+    Nothing uncompressed touches the disk and memory holds a few chunks at a time.
+    """
+    codec = codec_for(backup.filename)
+    reporter = ProgressReporter(backup, progress)
+    uncompressed = 0
+    with get_storage().writer(backup.filename) as raw:
+        counted = CountingWriter(raw)
+        compressor = codec.compressor(counted)
+        try:
+            with engine.dump() as dump:
+                for chunk in dump:
+                    compressor.write(chunk)
+                    uncompressed += len(chunk)
+                    reporter.tick(uncompressed, counted.size)
+                table_rows = dump.row_counts
+            compressor.close()
+        except BaseException:
+            _close_quietly(compressor)
+            raise
+    reporter.tick(uncompressed, counted.size, final=True)
+    return {
+        "size_bytes": counted.size,
+        "sha256": counted.sha256,
+        "uncompressed_bytes": uncompressed,
+        "table_rows": table_rows,
+    }
+
+
+def _close_quietly(stream):
+    try:
+        stream.close()
+    except Exception:
+        pass
+
+
+class ProgressReporter:
+    """Publishes progress about once a second: to the catalog row, for anyone polling it, and to
+    an optional callback (the command's progress bar). Progress is best effort: a busy catalog
+    database never stops a backup."""
+
+    def __init__(self, backup, callback=None):
+        self.backup = backup
+        self.callback = callback
+        self.started = time.monotonic()
+        self.last = self.started
+
+    def tick(self, uncompressed, written, final=False):
+        now = time.monotonic()
+        if not final and now - self.last < PROGRESS_INTERVAL:
+            return
+        self.last = now
+        if self.callback is not None:
+            self.callback(uncompressed=uncompressed, written=written, elapsed=now - self.started, final=final)
+        if final:
+            return
+        try:
+            Backup.objects.filter(pk=self.backup.pk).update(bytes_written=written, progress_at=timezone.now())
+        except Exception:
+            logger.debug("Could not record progress of %s", self.backup.filename, exc_info=True)
+
+
+def build_manifest(backup, *, versions, duration, table_rows):
+    manifest = {field: _json_value(getattr(backup, field)) for field in LIST_FIELDS}
+    manifest.update(
+        {
+            "format_version": MANIFEST_FORMAT,
+            "status": BackupStatus.SUCCEEDED,
+            "database": backup.database,
+            "engine": backup.engine,
+            "server_version": versions["server"],
+            "dump_tool_version": versions["dump_tool"],
+            "compression": codec_for(backup.filename).name,
+            "sha256": backup.sha256,
+            "uncompressed_bytes": backup.uncompressed_bytes,
+            "duration_seconds": round(duration, 3),
+            "finished_at": backup.finished_at.isoformat(),
+            "trigger": backup.trigger,
+            "origin": backup.origin,
+            "created_by": backup.created_by,
+            "table_rows": table_rows,
+        }
+    )
+    return manifest
+
+
+def _json_value(value):
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def mark_failed(backup, reason):
+    backup.status = BackupStatus.FAILED
+    backup.error = reason
+    backup.finished_at = timezone.now()
+    try:
+        backup.save()
+    except Exception:
+        logger.exception("Could not record the failure of %s", backup.filename)
+
+
+def get_backup(filename, *, actor=None):
+    """The catalog row of a backup, whatever its status."""
+    if actor is not None:
+        actor.require("view_backup")
+    validate_filename(filename)
+    try:
+        return Backup.objects.get(filename=filename)
+    except Backup.DoesNotExist:
+        raise BackupNotFound(f"No backup named {filename}.") from None
+
+
+def get_restorable_backup(filename):
+    backup = get_backup(filename)
+    if backup.status != BackupStatus.SUCCEEDED:
+        raise BackupNotFound(f"{filename} cannot be restored: its status is {backup.status}.")
+    return backup
+
+
+def list_backups(*, actor, database=None):
+    """Backups that can be restored, newest first."""
+    actor.require("view_backup")
+    queryset = Backup.objects.restorable().defer("manifest")
+    if database:
+        queryset = queryset.for_database(database)
+    return queryset
+
+
+def update_description(filename, description, *, actor):
+    """Change a backup's description in the catalog and its manifest."""
+    actor.require("change_backup")
+    description = clean_description(description)
+    backup = get_backup(filename)
+    backup.description = description
+    if backup.status == BackupStatus.SUCCEEDED and backup.manifest:
+        backup.manifest["description"] = description
+        get_storage().write_json(manifest_name(filename), backup.manifest)
+    backup.save(update_fields=["description", "manifest"])
+    return backup
+
+
+def delete_backup(filename, *, actor):
+    """Delete the file, its manifest and the catalog row."""
+    actor.require("delete_backup")
+    backup = get_backup(filename)
+    with journal(Action.DELETE, actor, filename=filename, database=backup.database) as operation:
+        if backup.status in (BackupStatus.PENDING, BackupStatus.RUNNING):
+            raise OperationInProgress(f"{filename} is still being written; delete it when it has finished.")
+        operation.details = {"size_bytes": backup.size_bytes}
+        remove_backup_files(backup)
+    return backup
+
+
+def remove_backup_files(backup):
+    """The data file goes first: a manifest without its file is reported missing by sync,
+    while a file without its manifest would be an orphan nobody lists."""
+    storage = get_storage()
+    storage.delete(backup.filename)
+    storage.delete(manifest_name(backup.filename))
+    backup.delete()

@@ -1,0 +1,135 @@
+"""Keeping the catalog (a table) true to the storage (the manifests), which is the truth."""
+
+import logging
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
+from ..models import Action, Backup, BackupStatus
+from ..naming import MANIFEST_SUFFIX, is_backup_filename, manifest_name
+from ..storage import get_storage, process_alive
+from .journal import journal
+
+logger = logging.getLogger("backups")
+
+PARTIAL_MAX_AGE = 24 * 3600
+# A running backup that has not reported progress for this long has lost its process.
+STALE_AFTER = timedelta(hours=1)
+
+
+@dataclass
+class SyncResult:
+    added: list = field(default_factory=list)
+    updated: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    interrupted: list = field(default_factory=list)
+    removed_partials: list = field(default_factory=list)
+
+    @property
+    def summary(self):
+        return (
+            f"{len(self.added)} added, {len(self.updated)} updated, {len(self.missing)} missing, "
+            f"{len(self.interrupted)} interrupted, {len(self.removed_partials)} temporary files removed"
+        )
+
+
+def sync_catalog(*, actor=None, remove_partials=True):
+    """Rebuild the catalog from the manifests in storage.
+
+    New manifests become rows, rows whose file vanished are marked missing, backups whose process
+    died are marked failed, and temporary files of interrupted backups are removed. With an
+    ``actor`` (a person asked for it) the sync is checked and journaled; the service's own
+    calls, after a restore or before a cleanup, are part of those operations.
+    """
+    if actor is None:
+        return _sync(remove_partials)
+    actor.require("add_backup")
+    with journal(Action.SYNC, actor) as operation:
+        result = _sync(remove_partials)
+        operation.message = result.summary
+    return result
+
+
+def _sync(remove_partials):
+    storage = get_storage()
+    result = SyncResult()
+    names = set(storage.names())
+    stored = {
+        name.removesuffix(MANIFEST_SUFFIX)
+        for name in names
+        if name.endswith(MANIFEST_SUFFIX) and is_backup_filename(name.removesuffix(MANIFEST_SUFFIX))
+    }
+    rows = {row.filename: row for row in Backup.objects.filter(filename__in=stored)}
+    for filename in sorted(stored):
+        row = rows.get(filename)
+        present = filename in names
+        if row is not None and row.status == BackupStatus.SUCCEEDED and present:
+            continue  # already known and intact: no need to read its manifest
+        manifest = storage.read_json(manifest_name(filename))
+        if not isinstance(manifest, dict) or manifest.get("filename") != filename:
+            logger.warning("Ignoring the unreadable manifest of %s", filename)
+            continue
+        status = BackupStatus.SUCCEEDED if present else BackupStatus.MISSING
+        if row is None:
+            Backup.objects.create(**row_fields(manifest), status=status)
+            (result.added if present else result.missing).append(filename)
+        else:
+            for name, value in row_fields(manifest).items():
+                setattr(row, name, value)
+            row.status = status
+            row.save()
+            (result.updated if present else result.missing).append(filename)
+    vanished = Backup.objects.filter(status=BackupStatus.SUCCEEDED).exclude(filename__in=stored & names)
+    for row in vanished:
+        row.status = BackupStatus.MISSING
+        row.save(update_fields=["status"])
+        result.missing.append(row.filename)
+    result.interrupted = mark_interrupted()
+    if remove_partials:
+        result.removed_partials = storage.remove_partial_files(PARTIAL_MAX_AGE)
+    logger.info("Backup catalog synchronised: %s", result.summary)
+    return result
+
+
+def row_fields(manifest):
+    """Catalog fields from a manifest written by ``build_manifest``."""
+    created_at = datetime.fromisoformat(manifest["created_at"])
+    finished_at = manifest.get("finished_at")
+    return {
+        "filename": manifest["filename"],
+        "database": manifest.get("database", "default"),
+        "engine": manifest.get("engine", ""),
+        "database_name": manifest.get("database_name", ""),
+        "database_host": manifest.get("database_host") or "",
+        "description": manifest.get("description") or "",
+        "trigger": manifest.get("trigger", "manual"),
+        "origin": manifest.get("origin", "command"),
+        "created_by": manifest.get("created_by", ""),
+        "created_at": created_at,
+        "finished_at": datetime.fromisoformat(finished_at) if finished_at else None,
+        "size_bytes": manifest.get("size_bytes"),
+        "uncompressed_bytes": manifest.get("uncompressed_bytes"),
+        "sha256": manifest.get("sha256", ""),
+        "bytes_written": manifest.get("size_bytes") or 0,
+        "manifest": manifest,
+    }
+
+
+def mark_interrupted():
+    """Running rows whose process is gone: dead on this host, or silent for too long."""
+    host = socket.gethostname()
+    now = timezone.now()
+    interrupted = []
+    for row in Backup.objects.filter(status__in=(BackupStatus.PENDING, BackupStatus.RUNNING)):
+        worker_host, _, pid = row.worker.rpartition(":")
+        dead_here = worker_host == host and pid.isdigit() and not process_alive(int(pid))
+        last_sign = row.progress_at or row.created_at
+        if dead_here or now - last_sign > STALE_AFTER:
+            row.status = BackupStatus.FAILED
+            row.error = "Interrupted: the process writing this backup stopped before it finished."
+            row.finished_at = now
+            row.save(update_fields=["status", "error", "finished_at"])
+            interrupted.append(row.filename)
+    return interrupted

@@ -1,0 +1,116 @@
+"""Who is acting, and the audit trail of what they did.
+
+Every operation runs inside ``journal()``: a row in ``Operation`` and a log line when it starts
+and when it ends, with the outcome. Entry points describe the caller with an ``Actor``; the
+service checks the actor's permissions, so the same rules hold for the API, the admin and
+anything else that reaches it.
+"""
+
+import getpass
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils import timezone
+
+from ..exceptions import BackupError, PermissionDenied
+from ..models import Operation, OperationStatus, Origin
+
+logger = logging.getLogger("backups")
+
+PERMISSION_WORDS = {
+    "view_backup": "view backups",
+    "add_backup": "create backups",
+    "delete_backup": "delete backups",
+    "restore_backup": "restore backups",
+    "download_backup": "download backups",
+}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The caller: a Django user from the API or admin, or the system (command line, cron)."""
+
+    origin: str
+    user: Any = None
+    client_address: str | None = None
+
+    @classmethod
+    def command(cls):
+        return cls(origin=Origin.COMMAND)
+
+    @classmethod
+    def cron(cls):
+        return cls(origin=Origin.CRON)
+
+    @property
+    def name(self):
+        if self.user is not None:
+            return self.user.get_username()
+        if self.origin == Origin.CRON:
+            return "cron"
+        try:
+            return getpass.getuser()
+        except Exception:
+            return "system"
+
+    def require(self, permission):
+        """Refuse unless the user holds ``backups.<permission>``. Shell and cron callers have
+        already proven who they are by running on the server."""
+        if self.user is None:
+            return
+        if not (self.user.is_active and self.user.is_staff and self.user.has_perm(f"backups.{permission}")):
+            words = PERMISSION_WORDS.get(permission, permission)
+            raise PermissionDenied(f"You do not have permission to {words} (backups.{permission}).")
+
+
+@contextmanager
+def journal(action, actor, *, filename="", database="", operation=None):
+    """Record the operation: running now, then succeeded or failed with the reason.
+
+    The caller may set ``filename``, ``message``, ``details`` or ``status`` (skipped) on the
+    yielded row. ``operation`` continues a row created earlier (an asynchronous job).
+    """
+    if operation is None:
+        operation = Operation.objects.create(
+            action=action,
+            filename=filename,
+            database=database,
+            actor=actor.name,
+            origin=actor.origin,
+            client_address=actor.client_address,
+            started_at=timezone.now(),
+        )
+    else:
+        operation.status = OperationStatus.RUNNING
+        operation.save(update_fields=["status"])
+    logger.info("Backup %s started by %s via %s: %s", action, actor.name, actor.origin, filename or database or "-")
+    try:
+        yield operation
+    except BackupError as exc:
+        _finish(operation, OperationStatus.FAILED, exc.message)
+        logger.error("Backup %s failed (%s via %s): %s", action, actor.name, actor.origin, exc.message)
+        raise
+    except BaseException:
+        _finish(operation, OperationStatus.FAILED, "Unexpected error; see the server log.")
+        logger.exception("Backup %s failed unexpectedly (%s via %s)", action, actor.name, actor.origin)
+        raise
+    status = operation.status if operation.status == OperationStatus.SKIPPED else OperationStatus.SUCCEEDED
+    _finish(operation, status, operation.message)
+    logger.info(
+        "Backup %s %s (%s via %s): %s",
+        action,
+        status,
+        actor.name,
+        actor.origin,
+        operation.filename or operation.message or "-",
+    )
+
+
+def _finish(operation, status, message):
+    operation.status = status
+    operation.message = message or ""
+    operation.finished_at = timezone.now()
+    # save() updates the row, or inserts it again when a restore has just rewritten the table.
+    operation.save()

@@ -1,0 +1,193 @@
+"""Restoring a database from a backup: checked, locked, undoable, all or nothing."""
+
+import logging
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from django.db import DatabaseError, connections, router, transaction
+from django.utils import timezone
+
+from ..compression import CHUNK_SIZE, CountingReader, codec_for
+from ..conf import backup_settings
+from ..engines import get_engine
+from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest
+from ..models import Action, Backup, Operation, Trigger
+from ..naming import manifest_name
+from ..storage import get_storage
+from .backups import get_restorable_backup, write_backup
+from .catalog import sync_catalog
+from .journal import journal
+
+logger = logging.getLogger("backups")
+
+# Rows that must outlive a restore of the database that holds them: the catalog (rebuilt from
+# storage afterwards anyway) and the audit trail, which records the very restore.
+CARRIED_MODELS = (Backup, Operation)
+
+
+@dataclass
+class RestoreResult:
+    backup: Backup
+    database: str
+    finished_at: object
+    pre_restore_backup: Backup | None = None
+    warnings: list = field(default_factory=list)
+    operation: Operation | None = None
+
+
+def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, operation=None):
+    """Replace the content of the backup's database (or ``target``) with the backup.
+
+    Before anything changes: the file's sha256 must match its manifest, and (unless turned off)
+    a pre-restore backup of the current state is taken, so a wrong restore can be undone.
+    """
+    actor.require("restore_backup")
+    backup = get_restorable_backup(filename)
+    alias = target or backup.database
+    engine = get_engine(alias)
+    if engine.vendor != backup.engine:
+        raise InvalidRequest(
+            f"{filename} is a {backup.engine} backup and cannot be restored into the {engine.vendor} "
+            f"database {alias!r}. Nothing was changed."
+        )
+    if pre_restore_backup is None:
+        pre_restore_backup = backup_settings.PRE_RESTORE_BACKUP
+    refuse_inside_transaction()
+    with journal(Action.RESTORE, actor, filename=filename, database=alias, operation=operation) as record:
+        engine.check_tools()
+        storage = get_storage()
+        manifest = storage.read_json(manifest_name(filename))
+        if manifest is None:
+            raise BackupNotFound(f"The manifest of {filename} is missing; run 'manage.py backups sync'.")
+        result = RestoreResult(backup=backup, database=alias, finished_at=None, operation=record)
+        with engine.lock(exclusive=True):
+            with verified_copy(storage, filename, manifest) as source:
+                if pre_restore_backup:
+                    result.pre_restore_backup = write_backup(
+                        engine, actor=actor, description=f"Before restoring {filename}", trigger=Trigger.PRE_RESTORE
+                    )
+                    record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
+                result.warnings.extend(replace_database(engine, source, filename))
+        result.finished_at = timezone.now()
+        record.message = f"Restored {engine.describe()} from {filename}"
+        record.details = {**record.details, "warnings": result.warnings}
+    return result
+
+
+def refuse_inside_transaction():
+    """psql works in its own session: if this process holds a transaction that has touched a
+    table, the restore would wait for it forever. Entry points must run restores in autocommit."""
+    for connection in connections.all(initialized_only=True):
+        if connection.in_atomic_block:
+            raise RuntimeError("restore_backup() must not run inside transaction.atomic()")
+
+
+@contextmanager
+def verified_copy(storage, filename, manifest):
+    """A readable copy of the stored file, checked against the manifest's sha256 and size.
+
+    Local files are read twice (once to check, once to restore), which costs little next to the
+    restore itself. Remote files are downloaded once, compressed, into a temporary file.
+    """
+    try:
+        source = storage.open(filename)
+    except FileNotFoundError:
+        raise BackupNotFound(f"The file {filename} is missing from the backup storage.") from None
+    with source:
+        if storage.directory is not None:
+            check_digest(CountingReader(source), filename, manifest)
+            source.seek(0)
+            yield source
+            return
+        with tempfile.TemporaryFile() as copy:
+            reader = CountingReader(source)
+            shutil.copyfileobj(reader, copy, CHUNK_SIZE)
+            check_digest(reader, filename, manifest, already_read=True)
+            copy.seek(0)
+            yield copy
+
+
+def check_digest(reader, filename, manifest, already_read=False):
+    if not already_read:
+        while reader.read(CHUNK_SIZE):
+            pass
+    if reader.size != manifest.get("size_bytes") or reader.sha256 != manifest.get("sha256"):
+        raise BackupDamaged(
+            f"{filename} does not match its manifest (sha256 or size differs): the file is damaged or "
+            "was changed. It was not restored and the database was not changed."
+        )
+
+
+def replace_database(engine, source, filename):
+    """Feed the decompressed dump to the engine, carrying the catalog tables across.
+    Returns warnings about the catalog; the restore itself either happened or raised."""
+    carried = snapshot_carried_rows(engine.alias)
+    connections.close_all()
+    codec = codec_for(filename)
+    reader = codec.decompressor(source)
+    try:
+        engine.restore(GuardedReader(reader, filename), backup_settings.RESTORE_LOCK_TIMEOUT)
+    finally:
+        reader.close()
+    if carried is None:
+        return []
+    return restore_carried_rows(carried) or sync_after_restore()
+
+
+class GuardedReader:
+    """Turns a damaged compressed stream into ``BackupDamaged`` while the engine reads it.
+
+    The engine aborts the restore on any error raised here, before the database commits.
+    """
+
+    def __init__(self, reader, filename):
+        self.reader = reader
+        self.filename = filename
+
+    def read(self, size=-1):
+        try:
+            return self.reader.read(size)
+        except (OSError, EOFError, ValueError) as exc:
+            raise BackupDamaged(
+                f"{self.filename} cannot be decompressed ({exc}); the database was not changed."
+            ) from None
+
+
+def snapshot_carried_rows(alias):
+    """The catalog and journal rows, when they live in the database about to be replaced."""
+    catalog = router.db_for_write(Backup)
+    if catalog != alias:
+        return None
+    return {model: list(model._base_manager.using(catalog).all()) for model in CARRIED_MODELS}
+
+
+CATALOG_WARNING = (
+    "The backup catalog could not be rebuilt after the restore (the restored database may predate "
+    "this version of the backups app): run 'manage.py migrate' and then 'manage.py backups sync'."
+)
+
+
+def restore_carried_rows(carried):
+    """Put the rows back as they were before the restore; returns warnings, if any."""
+    catalog = router.db_for_write(Backup)
+    try:
+        with transaction.atomic(using=catalog):
+            for model, rows in carried.items():
+                model._base_manager.using(catalog).all().delete()
+                model._base_manager.using(catalog).bulk_create(rows, batch_size=500)
+    except DatabaseError:
+        logger.exception("The catalog could not be carried across the restore")
+        return [CATALOG_WARNING]
+    return []
+
+
+def sync_after_restore():
+    """Reconcile the carried catalog with storage (files that vanished meanwhile)."""
+    try:
+        sync_catalog()
+    except DatabaseError:
+        logger.exception("The catalog could not be synchronised after the restore")
+        return [CATALOG_WARNING]
+    return []

@@ -1,0 +1,128 @@
+"""Retention: which backups cleanup deletes, and why every other one is kept.
+
+Per database: successful backups younger than BACKUP_RETENTION_DAYS are kept; so are the newest
+BACKUP_RETENTION_MIN_COUNT successful ones however old (if backups stop, cleanup can never delete
+the last good ones); optionally the newest of each of the last N days, weeks and months that
+have backups (BACKUP_KEEP_DAILY/WEEKLY/MONTHLY). Failed attempts and rows whose file vanished
+never count as kept backups; their rows go once they are past the retention period.
+"""
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.utils import timezone
+
+from ..conf import backup_settings
+from ..models import Action, Backup, BackupStatus
+from ..naming import manifest_name
+from ..storage import get_storage
+from .backups import remove_backup_files
+from .catalog import sync_catalog
+from .journal import journal
+
+FINISHED = (BackupStatus.SUCCEEDED, BackupStatus.FAILED, BackupStatus.MISSING)
+
+
+@dataclass
+class CleanupResult:
+    cleanup_date: object
+    retention_days: int
+    dry_run: bool
+    deleted: list = field(default_factory=list)
+    kept: dict = field(default_factory=dict)  # filename -> reasons
+    deleted_attempts: list = field(default_factory=list)
+    removed_partials: list = field(default_factory=list)
+
+    @property
+    def total_size_freed(self):
+        return sum(backup.size_bytes or 0 for backup in self.deleted)
+
+
+@dataclass(frozen=True)
+class Policy:
+    retention_days: int
+    min_count: int
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+
+    @classmethod
+    def from_settings(cls):
+        return cls(
+            retention_days=backup_settings.RETENTION_DAYS,
+            min_count=backup_settings.RETENTION_MIN_COUNT,
+            keep_daily=backup_settings.KEEP_DAILY,
+            keep_weekly=backup_settings.KEEP_WEEKLY,
+            keep_monthly=backup_settings.KEEP_MONTHLY,
+        )
+
+
+def plan(backups, policy, now):
+    """Split one database's finished backups into (kept: {filename: reasons}, deleted: [backup]).
+
+    ``backups`` may be in any order; nothing here touches storage or the database.
+    """
+    cutoff = now - timedelta(days=policy.retention_days)
+    good = sorted((b for b in backups if b.status == BackupStatus.SUCCEEDED), key=lambda b: b.created_at, reverse=True)
+    kept = {}
+
+    def keep(backup, reason):
+        kept.setdefault(backup.filename, []).append(reason)
+
+    for index, backup in enumerate(good):
+        if backup.created_at >= cutoff:
+            keep(backup, f"younger than {policy.retention_days} days")
+        if index < policy.min_count:
+            keep(backup, f"one of the newest {policy.min_count} successful backups")
+    periods = (
+        (policy.keep_daily, "day", lambda moment: moment.strftime("%Y-%m-%d")),
+        (policy.keep_weekly, "week", lambda moment: "{:04d}-W{:02d}".format(*moment.isocalendar()[:2])),
+        (policy.keep_monthly, "month", lambda moment: moment.strftime("%Y-%m")),
+    )
+    for count, unit, period_of in periods:
+        if not count:
+            continue
+        seen = []
+        for backup in good:  # newest first, so the first of each period is its newest
+            period = period_of(timezone.localtime(backup.created_at))
+            if period in seen:
+                continue
+            seen.append(period)
+            if len(seen) > count:
+                break
+            keep(backup, f"newest of {unit} {period}")
+    deleted = [
+        b for b in backups if b.filename not in kept and (b.status == BackupStatus.SUCCEEDED or b.created_at < cutoff)
+    ]
+    return kept, deleted
+
+
+def cleanup_backups(*, actor, dry_run=False, now=None):
+    """Apply the retention policy to every database's backups (or only report, on a dry run)."""
+    actor.require("delete_backup")
+    now = now or timezone.now()
+    policy = Policy.from_settings()
+    result = CleanupResult(cleanup_date=now, retention_days=policy.retention_days, dry_run=dry_run)
+    with journal(Action.CLEANUP, actor) as operation:
+        result.removed_partials = sync_catalog(remove_partials=not dry_run).removed_partials
+        finished = list(Backup.objects.filter(status__in=FINISHED).defer("manifest"))
+        for database in sorted({backup.database for backup in finished}):
+            kept, deleted = plan([b for b in finished if b.database == database], policy, now)
+            result.kept.update(kept)
+            for backup in deleted:
+                if backup.status == BackupStatus.SUCCEEDED:
+                    result.deleted.append(backup)
+                else:
+                    result.deleted_attempts.append(backup)
+        if not dry_run:
+            for backup in result.deleted:
+                remove_backup_files(backup)
+            for backup in result.deleted_attempts:
+                get_storage().delete(manifest_name(backup.filename))
+                backup.delete()
+        operation.message = (
+            f"{'Would delete' if dry_run else 'Deleted'} {len(result.deleted)} backups "
+            f"({result.total_size_freed} bytes), kept {len(result.kept)}"
+        )
+        operation.details = {"deleted_files": [b.filename for b in result.deleted], "dry_run": dry_run}
+    return result

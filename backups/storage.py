@@ -1,0 +1,249 @@
+"""Where backup files and their manifests live, behind one small interface.
+
+The files go through a Django storage: ``STORAGES["backups"]`` when the site defines it, else a
+local directory (``BACKUP_DIR``). Local writes are atomic (temporary name, fsync, rename) and
+private (directory 0700, files 0600).
+"""
+
+import errno
+import json
+import os
+import re
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.storage import FileSystemStorage, storages
+from django.utils.functional import cached_property
+
+from .conf import backup_settings
+from .exceptions import DiskFull, StorageFailed
+
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
+FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# .<name>.<pid>@<host>.partial: the writer is known, so its leftovers can be recognised.
+PARTIAL_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[^/]+)\.partial$")
+
+
+class BackupFileSystemStorage(FileSystemStorage):
+    """A local directory that only its owner can read."""
+
+    def __init__(self, location=None, **kwargs):
+        kwargs.setdefault("file_permissions_mode", FILE_MODE)
+        kwargs.setdefault("directory_permissions_mode", DIRECTORY_MODE)
+        super().__init__(location=location, **kwargs)
+
+
+def storage_error(exc, doing):
+    """Turn an OSError into the error a person can act on."""
+    if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+        return DiskFull(
+            f"No space left on the backup storage while {doing}; free space or run cleanup, then try again."
+        )
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.__class__.__name__
+    return StorageFailed(f"The backup storage failed while {doing}: {reason}.")
+
+
+class BackupStorage:
+    """Backup files and manifests in one Django storage."""
+
+    def __init__(self, storage):
+        self.storage = storage
+
+    @cached_property
+    def directory(self):
+        """The local directory, or None when the storage is not a local filesystem."""
+        if isinstance(self.storage, FileSystemStorage):
+            return Path(self.storage.location)
+        return None
+
+    def ensure_directory(self):
+        if self.directory is not None and not self.directory.is_dir():
+            try:
+                self.directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+                os.chmod(self.directory, DIRECTORY_MODE)
+            except OSError as exc:
+                raise storage_error(exc, f"creating {self.directory}") from None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def writer(self, name, overwrite=False):
+        """A binary stream that becomes ``name`` only if the block completes without error.
+
+        Until then the data sits under a temporary name that never lists as a backup.
+        """
+        if self.directory is None:
+            with self._remote_writer(name) as stream:
+                yield stream
+            return
+        self.ensure_directory()
+        final = self.directory / name
+        partial = self.directory / f".{name}.{os.getpid()}@{socket.gethostname()}.partial"
+        try:
+            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except OSError as exc:
+            raise storage_error(exc, f"creating {name}") from None
+        try:
+            with os.fdopen(descriptor, "wb", buffering=CHUNK) as stream:
+                yield stream
+                stream.flush()
+                os.fsync(stream.fileno())
+            if overwrite:
+                os.replace(partial, final)
+            else:
+                os.link(partial, final)  # unlike rename, never replaces an existing file
+                os.unlink(partial)
+            self._fsync_directory()
+        except OSError as exc:
+            _unlink_quietly(partial)
+            raise storage_error(exc, f"writing {name}") from None
+        except BaseException:
+            _unlink_quietly(partial)
+            raise
+
+    @contextmanager
+    def _remote_writer(self, name):
+        try:
+            stream = self.storage.open(name, "wb")
+        except Exception as exc:
+            raise storage_error(exc, f"creating {name}") from None
+        try:
+            yield stream
+        except BaseException:
+            abort = getattr(getattr(stream, "_multipart", None), "abort", None)
+            if abort is not None:
+                _quietly(abort)
+            _quietly(self.storage.delete, name)
+            raise
+        try:
+            stream.close()
+        except Exception as exc:
+            _quietly(self.storage.delete, name)
+            raise storage_error(exc, f"uploading {name}") from None
+
+    def _fsync_directory(self):
+        descriptor = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def write_json(self, name, data, overwrite=True):
+        with self.writer(name, overwrite=overwrite) as stream:
+            stream.write(json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def open(self, name):
+        try:
+            if self.directory is not None:
+                return open(self.directory / name, "rb")
+            return self.storage.open(name, "rb")
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise storage_error(exc, f"reading {name}") from None
+
+    def read_json(self, name):
+        """The parsed JSON file, or None when it does not exist or is not valid JSON."""
+        try:
+            with self.open(name) as stream:
+                return json.loads(stream.read())
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def exists(self, name):
+        try:
+            return self.storage.exists(name)
+        except Exception as exc:
+            raise storage_error(exc, f"looking for {name}") from None
+
+    def size(self, name):
+        try:
+            return self.storage.size(name)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise storage_error(exc, f"reading the size of {name}") from None
+
+    def delete(self, name):
+        try:
+            self.storage.delete(name)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise storage_error(exc, f"deleting {name}") from None
+
+    def names(self):
+        """Every file name directly in the storage."""
+        if self.directory is not None:
+            if not self.directory.is_dir():
+                return []
+            try:
+                return [entry.name for entry in os.scandir(self.directory) if entry.is_file()]
+            except OSError as exc:
+                raise storage_error(exc, "listing the backups") from None
+        try:
+            return self.storage.listdir("")[1]
+        except Exception as exc:
+            raise storage_error(exc, "listing the backups") from None
+
+    def remove_partial_files(self, older_than_seconds):
+        """Delete leftovers of interrupted writes: those of dead processes on this host at once,
+        any other once older than ``older_than_seconds``. Returns the names removed."""
+        if self.directory is None or not self.directory.is_dir():
+            return []
+        removed = []
+        host = socket.gethostname()
+        now = time.time()
+        for entry in os.scandir(self.directory):
+            match = PARTIAL_PATTERN.match(entry.name)
+            if not match or not entry.is_file():
+                continue
+            same_host = match["host"] == host
+            if same_host and process_alive(int(match["pid"])):
+                continue
+            if same_host or now - entry.stat().st_mtime > older_than_seconds:
+                _unlink_quietly(Path(entry.path))
+                removed.append(entry.name)
+        return removed
+
+
+CHUNK = 1024 * 1024
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _quietly(function, *args):
+    try:
+        function(*args)
+    except Exception:
+        pass
+
+
+def get_storage():
+    """The configured backup storage, resolved when asked for (settings may change in tests)."""
+    if "backups" in getattr(settings, "STORAGES", {}):
+        return BackupStorage(storages["backups"])
+    return BackupStorage(BackupFileSystemStorage(location=backup_settings.DIR))

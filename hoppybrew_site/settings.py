@@ -1,0 +1,165 @@
+"""Settings of the HoppyBrew site, from environment variables and the project's ``.env``.
+
+Every variable is documented in ``.env.example``. The BACKUP_* variables are handed to the
+backups app as they are; it parses and checks them (``backups/conf.py``).
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import environ
+
+from backups.conf import cronjobs, from_environment
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = BASE_DIR / "data"
+
+# By absolute path: cron starts jobs with an empty environment in another directory.
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env")
+
+
+def _secret_key():
+    """DJANGO_SECRET_KEY, or a random key kept in data/ so that a fresh checkout just runs."""
+    if env.str("DJANGO_SECRET_KEY", default=""):
+        return env.str("DJANGO_SECRET_KEY")
+    path = DATA_DIR / ".secret_key"
+    if not path.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    # Before django_crontab: its `crontab` command is extended by ours.
+    "backups",
+    "django_crontab",
+    "hoppybrew_site",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "hoppybrew_site.urls"
+WSGI_APPLICATION = "hoppybrew_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def database_config(url):
+    config = env.db_url_config(url)
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        # WAL lets the site keep writing while a backup reads its snapshot; IMMEDIATE avoids
+        # lock-upgrade deadlocks between concurrent writers.
+        config.setdefault("OPTIONS", {}).update(
+            {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 20}
+        )
+    elif config["ENGINE"] == "django.db.backends.mysql":
+        import pymysql
+
+        pymysql.install_as_MySQLdb()
+        config.setdefault("OPTIONS", {}).setdefault("charset", "utf8mb4")
+    return config
+
+
+# DATABASE_URL is the site's database; DATABASE_URL_<NAME> adds the alias <name>.
+DATABASES = {"default": database_config(env.str("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'hoppybrew.sqlite3'}"))}
+for variable, value in sorted(os.environ.items()):
+    if variable.startswith("DATABASE_URL_") and value:
+        DATABASES[variable.removeprefix("DATABASE_URL_").lower()] = database_config(value)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("DJANGO_TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+WHITENOISE_AUTOREFRESH = DEBUG
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "HoppyBrew Backups API",
+    "DESCRIPTION": "Back up and restore the HoppyBrew database.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# Backups: the BACKUP_* variables that are set, as strings; backups.conf holds the defaults.
+globals().update(from_environment(os.environ))
+
+# django-crontab: the jobs exist only when BACKUP_ENABLED is true.
+CRONJOBS = cronjobs(globals())
+CRONTAB_DJANGO_MANAGE_PATH = str(BASE_DIR / "manage.py")
+CRONTAB_COMMENT = "hoppybrew-backups"
+CRONTAB_COMMAND_SUFFIX = env.str("CRONTAB_COMMAND_SUFFIX", default="")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "backups": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO"), "propagate": False},
+        "django_crontab": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}
