@@ -1,7 +1,9 @@
 """``manage.py backups SUBCOMMAND``: thin. Parse, call the service, print, exit."""
 
 import json
+import logging
 import sys
+from contextlib import contextmanager
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
@@ -11,6 +13,33 @@ from ... import services
 from ...api.serializers import BackupSerializer
 from ...exceptions import BackupError
 from ...formatting import human_duration, human_size
+
+
+def one_line(message):
+    """Tools write several lines of stderr; a failed command prints exactly one."""
+    return " / ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+@contextmanager
+def quiet_console_logging(verbosity):
+    """The service logs each operation; on a terminal the command's own output says it all, so
+    console log handlers stay silent unless -v 2 is given. Log files and the journal still
+    record everything."""
+    logger = logging.getLogger("backups")
+    consoles = [
+        handler
+        for handler in logger.handlers
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (sys.stderr, sys.stdout)
+    ]
+    levels = [handler.level for handler in consoles]
+    if verbosity < 2:
+        for handler in consoles:
+            handler.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for handler, level in zip(consoles, levels, strict=True):
+            handler.setLevel(level)
 
 
 class Command(BaseCommand):
@@ -54,11 +83,12 @@ class Command(BaseCommand):
     def handle(self, *args, subcommand, **options):
         self.actor = services.Actor.command()
         try:
-            getattr(self, "handle_" + subcommand)(**options)
+            with quiet_console_logging(options["verbosity"]):
+                getattr(self, "handle_" + subcommand)(**options)
         except BackupError as exc:
-            raise CommandError(exc.message) from None
+            raise CommandError(one_line(exc.message)) from None
         except ImproperlyConfigured as exc:
-            raise CommandError(f"Configuration error: {exc}") from None
+            raise CommandError(one_line(f"Configuration error: {exc}")) from None
 
     # -- subcommands -----------------------------------------------------------------------
 

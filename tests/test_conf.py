@@ -1,0 +1,117 @@
+"""Configuration: defaults, parsing at the moment of use, and loud failures naming the variable."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from backups import checks
+from backups.conf import backup_settings, cronjobs, from_environment
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def test_the_spec_defaults():
+    assert backup_settings.ENABLED is False
+    assert backup_settings.SCHEDULE == "0 2 * * *"
+    assert backup_settings.RETENTION_DAYS == 30
+    assert backup_settings.FILENAME_PREFIX == "hoppybrew_backup"
+    assert backup_settings.RESTORE_LOCK_TIMEOUT == 30
+
+
+def test_values_are_read_when_used(settings):
+    settings.BACKUP_RETENTION_DAYS = "7"
+    assert backup_settings.RETENTION_DAYS == 7
+    settings.BACKUP_ENABLED = "yes"
+    assert backup_settings.ENABLED is True
+
+
+@pytest.mark.parametrize(
+    "variable, value, fragment",
+    [
+        ("BACKUP_RETENTION_DAYS", "thirty", "whole number"),
+        ("BACKUP_RETENTION_DAYS", "-1", "at least 0"),
+        ("BACKUP_RETENTION_DAYS", "2.5", "whole number"),
+        ("BACKUP_SCHEDULE", "0 2 * *", "five fields"),
+        ("BACKUP_SCHEDULE", "61 2 * * *", "five fields"),
+        ("BACKUP_CLEANUP_SCHEDULE", "every night", "five fields"),
+        ("BACKUP_ENABLED", "maybe", "true or false"),
+        ("BACKUP_FILENAME_PREFIX", "../evil", "prefix"),
+        ("BACKUP_COMPRESSION", "rar", "gzip, zstd"),
+    ],
+)
+def test_bad_values_are_errors_that_name_the_variable(settings, variable, value, fragment):
+    setattr(settings, variable, value)
+    errors = checks.check_settings(None)
+    assert [error.id for error in errors] == ["backups.E001"]
+    assert variable in errors[0].msg and fragment in errors[0].msg
+    with pytest.raises(ImproperlyConfigured, match=variable):
+        getattr(backup_settings, variable.removeprefix("BACKUP_"))
+
+
+def test_a_backup_dir_that_cannot_be_created_is_an_error(settings, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    settings.BACKUP_DIR = str(blocker / "backups")
+    errors = checks.check_storage(None)
+    assert [error.id for error in errors] == ["backups.E003"]
+    assert "BACKUP_DIR" in errors[0].msg
+
+
+def test_the_backup_dir_is_created_private(settings, tmp_path):
+    settings.BACKUP_DIR = str(tmp_path / "new" / "backups")
+    assert checks.check_storage(None) == []
+    assert (tmp_path / "new" / "backups").stat().st_mode & 0o777 == 0o700
+
+
+def test_an_unknown_database_in_backup_databases_is_an_error(settings):
+    settings.BACKUP_DATABASES = "default,warehouse"
+    errors = checks.check_databases(None)
+    assert [error.id for error in errors] == ["backups.E002"]
+    assert "warehouse" in errors[0].msg
+
+
+def test_missing_tools_are_a_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    warnings = checks.check_tools(None)
+    assert warnings and warnings[0].id == "backups.W001" and "pg_dump" in warnings[0].msg
+
+
+def test_manage_py_check_fails_naming_the_variable(tmp_path):
+    env = {
+        "PATH": os.environ["PATH"],
+        "DJANGO_SECRET_KEY": "test",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "BACKUP_DIR": str(tmp_path / "backups"),
+        "BACKUP_SCHEDULE": "0 2 * *",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=PROJECT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "BACKUP_SCHEDULE" in result.stderr and "five fields" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.django_db
+def test_a_request_meeting_bad_configuration_gets_json_naming_the_variable(api, settings):
+    settings.BACKUP_RETENTION_DAYS = "forever"
+    response = api.post("/backups/cleanup")
+    assert response.status_code == 503
+    assert response.json()["status"] == "error"
+    assert "BACKUP_RETENTION_DAYS" in response.json()["message"]
+
+
+def test_environment_variables_reach_the_settings():
+    assert from_environment({"BACKUP_DIR": "/x", "HOME": "/root", "BACKUP_UNKNOWN": "1"}) == {"BACKUP_DIR": "/x"}
+
+
+def test_cronjobs_exist_only_when_enabled():
+    assert cronjobs({}) == []
+    assert cronjobs({"BACKUP_ENABLED": "true", "BACKUP_SCHEDULE": "0 */6 * * *"}) == [
+        ("0 */6 * * *", "backups.cron.scheduled_backup"),
+        ("30 3 * * *", "backups.cron.scheduled_cleanup"),
+    ]
