@@ -34,5 +34,10 @@ DATABASES = {
 }
 
 CRONJOBS = []
+# The live-server tests serve the admin's CSS straight from the apps, without collectstatic.
+STATIC_ROOT = os.path.join(SQLITE_DIR, "static")
+os.makedirs(STATIC_ROOT, exist_ok=True)
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGGING["loggers"]["backups"]["level"] = "INFO"  # noqa: F405

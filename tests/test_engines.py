@@ -228,9 +228,9 @@ def test_postgresql_restore_removes_schemas_types_and_views_created_since():
 
 
 @pytest.mark.parametrize("alias", ["default"])
-def test_postgresql_backup_restores_by_hand_with_gunzip_and_psql(brew, backup_dir):
+def test_postgresql_backup_restores_by_hand_with_gunzip_and_psql(brew, backup_dir, settings):
     made = backup("default")
-    scratch = "hoppybrew_by_hand"
+    scratch = f"hoppybrew_by_hand{settings.SUFFIX}"
     subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", scratch], check=True)
     subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", scratch], check=True)
     try:
@@ -274,22 +274,23 @@ def test_sqlite_backup_restores_by_hand_with_the_sqlite3_shell(brew, backup_dir,
     assert out.stdout.split("\n")[:3] == ["Pale Ale", "Stout", "Saison"]
 
 
-def test_a_failed_dump_leaves_no_file_and_is_recorded_with_the_tools_message(backup_dir, extra_alias):
+def test_a_failed_dump_leaves_no_file_and_is_recorded_with_the_tools_message(backup_dir, extra_alias, settings):
     """pg_dump fails for real: the role it runs as may not read one of the tables."""
+    role = f"hoppybrew_reader{settings.SUFFIX}"
     execute(
         "default",
-        "DROP ROLE IF EXISTS hoppybrew_reader",
-        "CREATE ROLE hoppybrew_reader LOGIN",
+        f"DROP ROLE IF EXISTS {role}",
+        f"CREATE ROLE {role} LOGIN",
         "CREATE TABLE secret_recipe (id integer)",
         "REVOKE ALL ON secret_recipe FROM PUBLIC",
     )
     try:
-        alias = extra_alias("restricted", USER="hoppybrew_reader")
+        alias = extra_alias("restricted", USER=role)
         with pytest.raises(DumpFailed, match="permission denied for table"):
             backup(alias)
     finally:
         connections["restricted"].close()
-        execute("default", "DROP TABLE secret_recipe", "DROP ROLE hoppybrew_reader")
+        execute("default", "DROP TABLE secret_recipe", f"DROP ROLE {role}")
     failed = Backup.objects.get(status=BackupStatus.FAILED)
     assert "pg_dump failed: pg_dump: error: query failed: ERROR:  permission denied for table" in failed.error
     assert [p.name for p in backup_dir.iterdir()] == []

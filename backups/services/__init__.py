@@ -1,7 +1,15 @@
 """The backup service: every operation lives here, once. API, admin, commands and cron jobs
 only call these functions and present their results."""
 
-from .backups import create_backup, delete_backup, get_backup, list_backups, update_description
+from .backups import (
+    create_backup,
+    delete_backup,
+    describe_database,
+    get_backup,
+    list_backups,
+    open_backup,
+    update_description,
+)
 from .catalog import sync_catalog
 from .journal import Actor
 from .restore import restore_backup
@@ -12,8 +20,10 @@ __all__ = [
     "cleanup_backups",
     "create_backup",
     "delete_backup",
+    "describe_database",
     "get_backup",
     "list_backups",
+    "open_backup",
     "restore_backup",
     "sync_catalog",
     "update_description",

@@ -251,6 +251,28 @@ def list_backups(*, actor, database=None):
     return queryset
 
 
+def open_backup(filename, *, actor):
+    """The stored file of a restorable backup, for downloading: (backup, readable stream)."""
+    actor.require("download_backup")
+    backup = get_restorable_backup(filename)
+    try:
+        return backup, get_storage().open(filename)
+    except FileNotFoundError:
+        raise BackupNotFound(f"The file {filename} is missing from the backup storage.") from None
+
+
+def describe_database(alias="default"):
+    """What a restore of ``alias`` would overwrite: engine, name, host and current size."""
+    engine = get_engine(alias)
+    return {
+        "alias": alias,
+        "engine": engine.vendor,
+        "name": engine.database_name,
+        "host": engine.database_host,
+        "size_bytes": engine.size_bytes(),
+    }
+
+
 def update_description(filename, description, *, actor):
     """Change a backup's description in the catalog and its manifest."""
     actor.require("change_backup")
