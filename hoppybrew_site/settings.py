@@ -16,8 +16,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = BASE_DIR / "data"
 
 # By absolute path: cron starts jobs with an empty environment in another directory.
+# Variables already set in the environment win over the file.
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env")
+environ.Env.read_env(os.environ.get("DJANGO_ENV_FILE") or BASE_DIR / ".env")
 
 
 def _secret_key():
@@ -150,6 +151,7 @@ globals().update(from_environment(os.environ))
 CRONJOBS = cronjobs(globals())
 CRONTAB_DJANGO_MANAGE_PATH = str(BASE_DIR / "manage.py")
 CRONTAB_COMMENT = "hoppybrew-backups"
+CRONTAB_COMMAND_PREFIX = env.str("CRONTAB_COMMAND_PREFIX", default="")
 CRONTAB_COMMAND_SUFFIX = env.str("CRONTAB_COMMAND_SUFFIX", default="")
 
 LOGGING = {

@@ -40,4 +40,5 @@ os.makedirs(STATIC_ROOT, exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-LOGGING["loggers"]["backups"]["level"] = "INFO"  # noqa: F405
+# Through the root logger, where pytest's caplog listens.
+LOGGING["loggers"]["backups"].update(level="INFO", handlers=[], propagate=True)  # noqa: F405

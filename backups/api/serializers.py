@@ -109,6 +109,38 @@ class SyncResponseSerializer(serializers.Serializer):
     interrupted = serializers.ListField(child=serializers.CharField())
 
 
+class JobScheduleSerializer(serializers.Serializer):
+    schedule = serializers.CharField(help_text="The cron expression as given")
+    description = serializers.CharField(help_text="The same in words")
+    next_runs = serializers.ListField(child=serializers.DateTimeField())
+
+
+class RetentionSerializer(serializers.Serializer):
+    days = serializers.IntegerField()
+    min_count = serializers.IntegerField()
+    keep_daily = serializers.IntegerField(allow_null=True)
+    keep_weekly = serializers.IntegerField(allow_null=True)
+    keep_monthly = serializers.IntegerField(allow_null=True)
+
+
+class LastScheduledSerializer(serializers.Serializer):
+    filename = serializers.CharField()
+    database = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    status = serializers.CharField()
+    error = serializers.CharField()
+
+
+class ScheduleSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField()
+    timezone = serializers.CharField(help_text="Time zone of cron on this host, which the schedules use")
+    databases = serializers.ListField(child=serializers.CharField())
+    backup = JobScheduleSerializer()
+    cleanup = JobScheduleSerializer()
+    retention = RetentionSerializer()
+    last_scheduled_backup = LastScheduledSerializer(allow_null=True)
+
+
 class ErrorSerializer(serializers.Serializer):
     status = serializers.CharField(help_text='Always "error"')
     message = serializers.CharField()

@@ -174,6 +174,14 @@ class BackupViewSet(viewsets.ViewSet):
         )
 
     @extend_schema(
+        summary="The backup schedule: cron expressions, next runs, retention, last scheduled backup",
+        responses={200: serializers.ScheduleSerializer, **errors()},
+    )
+    @action(detail=False, methods=["get"])
+    def schedule(self, request):
+        return Response(services.schedule_status(actor=actor_for(request)))
+
+    @extend_schema(
         summary="Rebuild the catalog from the manifests in storage",
         request=None,
         responses={200: serializers.SyncResponseSerializer, **errors()},

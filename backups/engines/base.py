@@ -86,10 +86,13 @@ class DatabaseEngine:
         raise NotImplementedError("subclasses of DatabaseEngine must provide a restore() method")
 
     @contextmanager
-    def lock(self, exclusive):
-        """Hold the per-database lock: shared for backups (they can run side by side),
-        exclusive for restores. Raise ``OperationInProgress`` at once when it is taken.
-        The lock must vanish with its holder, should the process die."""
+    def lock(self, exclusive, purpose="operations"):
+        """Hold a per-database lock and raise ``OperationInProgress`` at once when it is taken.
+
+        ``operations``: shared for backups (they can run side by side), exclusive for restores.
+        ``schedule`` and ``cleanup``: one host at a time runs a scheduled job. The lock must
+        vanish with its holder, should the process die, and be seen by every host that uses
+        the same database."""
         raise NotImplementedError("subclasses of DatabaseEngine must provide a lock() method")
         yield
 

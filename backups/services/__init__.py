@@ -14,6 +14,7 @@ from .catalog import sync_catalog
 from .journal import Actor
 from .restore import restore_backup
 from .retention import cleanup_backups
+from .schedule import schedule_status
 
 __all__ = [
     "Actor",
@@ -25,6 +26,7 @@ __all__ = [
     "list_backups",
     "open_backup",
     "restore_backup",
+    "schedule_status",
     "sync_catalog",
     "update_description",
 ]

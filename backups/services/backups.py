@@ -38,34 +38,45 @@ def clean_description(description):
     return "".join(ch for ch in description if ch in "\t\n" or ch.isprintable()).strip()
 
 
-def create_backup(*, actor, description="", database="default", trigger=Trigger.MANUAL, progress=None):
+def create_backup(*, actor, description="", database="default", trigger=Trigger.MANUAL, progress=None, backup=None):
     """Dump ``database`` into a new compressed backup; returns its catalog row.
 
     Backups of one database may run side by side; none runs while that database is restored.
+    Every attempt that starts leaves a row: succeeded, or failed with the reason (a missing tool,
+    an unreachable database, a dump that died). A refusal before the start (no permission, bad
+    input, a restore in progress) leaves none. ``backup`` continues a row reserved earlier.
     """
     actor.require("add_backup")
     description = clean_description(description)
     engine = get_engine(database)
     with journal(Action.CREATE, actor, database=database) as operation:
-        engine.check_tools()
-        with engine.lock(exclusive=False):
-            backup = write_backup(engine, actor=actor, description=description, trigger=trigger, progress=progress)
+        if backup is None:
+            backup = reserve_backup(engine, actor=actor, description=description, trigger=trigger)
         operation.filename = backup.filename
+        try:
+            with engine.lock(exclusive=False):
+                write_backup(engine, backup, progress=progress)
+        except OperationInProgress:
+            backup.delete()  # it never started
+            raise
+        except BackupError as exc:
+            if backup.status != BackupStatus.FAILED:  # the lock itself failed: no database
+                mark_failed(backup, exc.message)
+            raise
     return backup
 
 
-def write_backup(engine, *, actor, description="", trigger=Trigger.MANUAL, progress=None, backup=None):
-    """Dump, compress and store; the caller holds the database's lock.
+def write_backup(engine, backup, progress=None):
+    """Dump, compress and store into the reserved ``backup``; the caller holds the lock.
 
     A failure leaves no file behind and marks the catalog row failed with the reason.
     """
-    if backup is None:
-        backup = reserve_backup(engine, actor=actor, description=description, trigger=trigger)
     backup.status = BackupStatus.RUNNING
     backup.worker = f"{socket.gethostname()}:{os.getpid()}"
     backup.save(update_fields=["status", "worker"])
     started = time.monotonic()
     try:
+        engine.check_tools()
         versions = engine.versions()
         written = stream_dump(engine, backup, progress)
         backup.finished_at = timezone.now()
@@ -89,6 +100,14 @@ def write_backup(engine, *, actor, description="", trigger=Trigger.MANUAL, progr
     logger.info(
         "Backup %s written: %s bytes in %.1f s", backup.filename, backup.size_bytes, backup.manifest["duration_seconds"]
     )
+    return backup
+
+
+def record_failed_attempt(engine, *, actor, trigger, reason, description=""):
+    """A failed row for an attempt that could not even start (a scheduled run that found the
+    database down or being restored), so that the catalog shows it."""
+    backup = reserve_backup(engine, actor=actor, description=description, trigger=trigger)
+    mark_failed(backup, reason)
     return backup
 
 

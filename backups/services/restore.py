@@ -16,7 +16,7 @@ from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest
 from ..models import Action, Backup, Operation, Trigger
 from ..naming import manifest_name
 from ..storage import get_storage
-from .backups import get_restorable_backup, write_backup
+from .backups import get_restorable_backup, reserve_backup, write_backup
 from .catalog import sync_catalog
 from .journal import journal
 
@@ -65,9 +65,10 @@ def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, ope
         with engine.lock(exclusive=True):
             with verified_copy(storage, filename, manifest) as source:
                 if pre_restore_backup:
-                    result.pre_restore_backup = write_backup(
+                    undo = reserve_backup(
                         engine, actor=actor, description=f"Before restoring {filename}", trigger=Trigger.PRE_RESTORE
                     )
+                    result.pre_restore_backup = write_backup(engine, undo)
                     record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
                 result.warnings.extend(replace_database(engine, source, filename))
         result.finished_at = timezone.now()

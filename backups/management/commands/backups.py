@@ -4,6 +4,7 @@ import json
 import logging
 import sys
 from contextlib import contextmanager
+from datetime import datetime
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
@@ -79,6 +80,7 @@ class Command(BaseCommand):
         cleanup.add_argument("--dry-run", action="store_true", help="Only report what would be deleted.")
 
         commands.add_parser("sync", help="Rebuild the catalog from the manifests in storage.")
+        commands.add_parser("schedule", help="Show the schedule, the next runs and the last scheduled backup.")
 
     def handle(self, *args, subcommand, **options):
         self.actor = services.Actor.command()
@@ -170,6 +172,34 @@ class Command(BaseCommand):
     def handle_sync(self, **options):
         result = services.sync_catalog(actor=self.actor)
         self.stdout.write(f"Catalog synchronised: {result.summary}.")
+
+    def handle_schedule(self, **options):
+        status = services.schedule_status(actor=self.actor)
+        state = "enabled" if status["enabled"] else "disabled (set BACKUP_ENABLED=true and run 'manage.py crontab add')"
+        self.stdout.write(f"Scheduled backups: {state}")
+        for name in ("backup", "cleanup"):
+            job = status[name]
+            self.stdout.write(f"{name.capitalize():8} {job['schedule']}  ({job['description']}, {status['timezone']})")
+            runs = ", ".join(datetime.fromisoformat(moment).strftime("%Y-%m-%d %H:%M") for moment in job["next_runs"])
+            self.stdout.write(f"         next: {runs}")
+        retention = status["retention"]
+        extra = [
+            f"{unit} {retention['keep_' + unit]}"
+            for unit in ("daily", "weekly", "monthly")
+            if retention["keep_" + unit]
+        ]
+        self.stdout.write(
+            f"Retention: {retention['days']} days, the newest {retention['min_count']} always kept"
+            + (f", keep {', '.join(extra)}" if extra else "")
+        )
+        self.stdout.write(f"Databases: {', '.join(status['databases'])}")
+        last = status["last_scheduled_backup"]
+        if last is None:
+            self.stdout.write("Last scheduled backup: none yet")
+        else:
+            when = timezone.localtime(datetime.fromisoformat(last["created_at"])).strftime("%Y-%m-%d %H:%M:%S")
+            line = f"Last scheduled backup: {last['filename']} at {when}: {last['status']}"
+            self.stdout.write(line + (f" ({last['error']})" if last["error"] else ""))
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -1,0 +1,12 @@
+"""The functions django-crontab runs (see CRONJOBS in the site's settings). Thin: the service
+logs and records each outcome itself, since django-crontab swallows exceptions and exits 0."""
+
+from .services.schedule import run_scheduled_backups, run_scheduled_cleanup
+
+
+def scheduled_backup():
+    run_scheduled_backups()
+
+
+def scheduled_cleanup():
+    run_scheduled_cleanup()

@@ -1,0 +1,170 @@
+"""The scheduled jobs, and the schedule as people read it.
+
+django-crontab runs the jobs with cron's bare environment and swallows their exceptions, so each
+job records its own outcome: a catalog row (failed, with the reason) and a log line that
+``grep -i backup`` finds. When several hosts run the same crontab, a per-database "schedule" lock
+and a check for a backup already made in this run let exactly one of them do the work.
+"""
+
+import logging
+from contextlib import ExitStack
+from datetime import datetime, timedelta
+
+from croniter import croniter
+from django.db import router
+
+from ..conf import backup_settings
+from ..engines import get_engine
+from ..exceptions import BackupError, OperationInProgress
+from ..formatting import human_duration, human_size
+from ..models import Backup, BackupStatus, Trigger
+from .backups import create_backup, record_failed_attempt
+from .journal import Actor
+from .retention import cleanup_backups
+
+logger = logging.getLogger("backups")
+
+
+def run_scheduled_backups(now=None):
+    """The backup job: one backup of each database in BACKUP_DATABASES. Returns the new rows."""
+    logger.info("Running scheduled backup")
+    made = []
+    for alias in backup_settings.DATABASES:
+        backup = run_scheduled_backup(alias, now=now)
+        if backup is not None:
+            made.append(backup)
+    return made
+
+
+def run_scheduled_backup(alias, now=None):
+    """Back up ``alias`` unless another host is doing it or has done it for this run.
+    Returns the new backup, or None when skipped or failed (and then logged and recorded)."""
+    actor = Actor.cron()
+    engine = None
+    with ExitStack() as stack:
+        try:
+            engine = get_engine(alias)
+            stack.enter_context(engine.lock(exclusive=True, purpose="schedule"))
+        except OperationInProgress:
+            logger.info("Scheduled backup of %r skipped: another host or process is running it", alias)
+            return None
+        except BackupError as exc:
+            return scheduled_failure(alias, exc.message, engine=engine)
+        run_started = previous_run(backup_settings.SCHEDULE, now)
+        done = (
+            Backup.objects.filter(
+                database=alias, trigger=Trigger.SCHEDULED, status=BackupStatus.SUCCEEDED, created_at__gte=run_started
+            )
+            .order_by("-created_at")
+            .first()
+        )
+        if done is not None:
+            logger.info("Scheduled backup of %r skipped: %s was already made for this run", alias, done.filename)
+            return None
+        try:
+            backup = create_backup(actor=actor, database=alias, trigger=Trigger.SCHEDULED)
+        except OperationInProgress as exc:  # a restore holds the database: this run is lost
+            return scheduled_failure(alias, exc.message, engine=engine)
+        except BackupError as exc:  # create_backup has recorded the failed attempt
+            return scheduled_failure(alias, exc.message)
+        except Exception:
+            logger.exception("Scheduled backup failed: unexpected error")
+            return None
+    logger.info(
+        "Scheduled backup completed: %s, %s in %s",
+        backup.filename,
+        human_size(backup.size_bytes),
+        human_duration(backup.duration_seconds),
+    )
+    return backup
+
+
+def scheduled_failure(alias, reason, engine=None):
+    """Log the failure; with ``engine``, also leave the failed row nothing else has written."""
+    logger.error("Scheduled backup failed: %s", reason)
+    if engine is not None:
+        try:
+            record_failed_attempt(engine, actor=Actor.cron(), trigger=Trigger.SCHEDULED, reason=reason)
+        except Exception:
+            logger.exception("Could not record the failed scheduled backup of %r", alias)
+    return None
+
+
+def run_scheduled_cleanup():
+    """The cleanup job; one host at a time does it."""
+    logger.info("Running scheduled backup cleanup")
+    try:
+        with get_engine(router.db_for_write(Backup)).lock(exclusive=True, purpose="cleanup"):
+            result = cleanup_backups(actor=Actor.cron())
+    except OperationInProgress:
+        logger.info("Scheduled backup cleanup skipped: another host or process is running it")
+        return None
+    except BackupError as exc:
+        logger.error("Scheduled backup cleanup failed: %s", exc.message)
+        return None
+    except Exception:
+        logger.exception("Scheduled backup cleanup failed: unexpected error")
+        return None
+    logger.info(
+        "Scheduled backup cleanup completed: deleted %d backups (%s), kept %d",
+        len(result.deleted),
+        human_size(result.total_size_freed),
+        len(result.kept),
+    )
+    return result
+
+
+def local_now(now=None):
+    """Cron reads its schedule in the system's local time, not Django's TIME_ZONE."""
+    return (now or datetime.now().astimezone()).astimezone()
+
+
+def previous_run(expression, now=None):
+    """When the run in progress started: the latest fire time at or before ``now``."""
+    return croniter(expression, local_now(now) + timedelta(seconds=1)).get_prev(datetime)
+
+
+def next_runs(expression, count=3, now=None):
+    schedule = croniter(expression, local_now(now))
+    return [schedule.get_next(datetime) for _ in range(count)]
+
+
+def describe(expression):
+    from cron_descriptor import get_description
+
+    return get_description(expression)
+
+
+def schedule_status(*, actor, now=None):
+    """What is scheduled, in words and as given, the next runs, retention, and the last outcome."""
+    actor.require("view_backup")
+    jobs = {}
+    for name, expression in (("backup", backup_settings.SCHEDULE), ("cleanup", backup_settings.CLEANUP_SCHEDULE)):
+        jobs[name] = {
+            "schedule": expression,
+            "description": describe(expression),
+            "next_runs": [moment.isoformat() for moment in next_runs(expression, now=now)],
+        }
+    last = Backup.objects.filter(trigger=Trigger.SCHEDULED).defer("manifest").order_by("-created_at").first()
+    return {
+        "enabled": backup_settings.ENABLED,
+        "timezone": local_now(now).tzname(),
+        "databases": backup_settings.DATABASES,
+        **jobs,
+        "retention": {
+            "days": backup_settings.RETENTION_DAYS,
+            "min_count": backup_settings.RETENTION_MIN_COUNT,
+            "keep_daily": backup_settings.KEEP_DAILY,
+            "keep_weekly": backup_settings.KEEP_WEEKLY,
+            "keep_monthly": backup_settings.KEEP_MONTHLY,
+        },
+        "last_scheduled_backup": None
+        if last is None
+        else {
+            "filename": last.filename,
+            "database": last.database,
+            "created_at": last.created_at.isoformat(),
+            "status": last.status,
+            "error": last.error,
+        },
+    }
