@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served locally rather than from a CDN
     # Before django_crontab: its `crontab` command is extended by ours.
     "backups",
     "django_crontab",
@@ -142,6 +143,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Back up and restore the HoppyBrew database.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "PREPROCESSING_HOOKS": ["backups.api.schema.spec_paths"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Backups: the BACKUP_* variables that are set, as strings; backups.conf holds the defaults.

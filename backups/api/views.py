@@ -5,7 +5,7 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import APIException
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -37,6 +37,11 @@ ERRORS = {
 
 def errors(*codes):
     return {code: ERRORS[code] for code in (400, 401, 403, 429, 500, 503) + codes}
+
+
+class RequestTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = f"The request body is too large (at most {MAX_BODY_BYTES} bytes)."
 
 
 class BackupThrottle(ScopedRateThrottle):
@@ -96,7 +101,7 @@ class BackupViewSet(viewsets.ViewSet):
     def initial(self, request, *args, **kwargs):
         length = request.META.get("CONTENT_LENGTH") or "0"
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
-            raise ParseError(f"The request body is too large (at most {MAX_BODY_BYTES} bytes).")
+            raise RequestTooLarge()
         super().initial(request, *args, **kwargs)
 
     @property

@@ -46,10 +46,9 @@ def create_backup(*, actor, description="", database="default", trigger=Trigger.
     an unreachable database, a dump that died). A refusal before the start (no permission, bad
     input, a restore in progress) leaves none. ``backup`` continues a row reserved earlier.
     """
-    actor.require("add_backup")
-    description = clean_description(description)
-    engine = get_engine(database)
-    with journal(Action.CREATE, actor, database=database) as operation:
+    with journal(Action.CREATE, actor, database=database, permission="add_backup") as operation:
+        description = clean_description(description)
+        engine = get_engine(database)
         if backup is None:
             backup = reserve_backup(engine, actor=actor, description=description, trigger=trigger)
         operation.filename = backup.filename
@@ -307,9 +306,9 @@ def update_description(filename, description, *, actor):
 
 def delete_backup(filename, *, actor):
     """Delete the file, its manifest and the catalog row."""
-    actor.require("delete_backup")
-    backup = get_backup(filename)
-    with journal(Action.DELETE, actor, filename=filename, database=backup.database) as operation:
+    with journal(Action.DELETE, actor, filename=filename, permission="delete_backup") as operation:
+        backup = get_backup(filename)
+        operation.database = backup.database
         if backup.status in (BackupStatus.PENDING, BackupStatus.RUNNING):
             raise OperationInProgress(f"{filename} is still being written; delete it when it has finished.")
         operation.details = {"size_bytes": backup.size_bytes}

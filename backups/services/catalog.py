@@ -45,8 +45,7 @@ def sync_catalog(*, actor=None, remove_partials=True):
     """
     if actor is None:
         return _sync(remove_partials)
-    actor.require("add_backup")
-    with journal(Action.SYNC, actor) as operation:
+    with journal(Action.SYNC, actor, permission="add_backup") as operation:
         result = _sync(remove_partials)
         operation.message = result.summary
     return result

@@ -66,8 +66,10 @@ class Actor:
 
 
 @contextmanager
-def journal(action, actor, *, filename="", database="", operation=None):
-    """Record the operation: running now, then succeeded or failed with the reason.
+def journal(action, actor, *, permission, filename="", database="", operation=None):
+    """Check the actor's ``permission`` and record the operation: running now, then succeeded
+    or failed with the reason. Refused attempts are recorded too: an audit trail shows who
+    tried.
 
     The caller may set ``filename``, ``message``, ``details`` or ``status`` (skipped) on the
     yielded row. ``operation`` continues a row created earlier (an asynchronous job).
@@ -75,8 +77,8 @@ def journal(action, actor, *, filename="", database="", operation=None):
     if operation is None:
         operation = Operation.objects.create(
             action=action,
-            filename=filename,
-            database=database,
+            filename=printable(filename, 255),
+            database=printable(database, 64),
             actor=actor.name,
             origin=actor.origin,
             client_address=actor.client_address,
@@ -85,8 +87,11 @@ def journal(action, actor, *, filename="", database="", operation=None):
     else:
         operation.status = OperationStatus.RUNNING
         operation.save(update_fields=["status"])
-    logger.info("Backup %s started by %s via %s: %s", action, actor.name, actor.origin, filename or database or "-")
+    logger.info(
+        "Backup %s started by %s via %s: %s", action, actor.name, actor.origin, operation.filename or database or "-"
+    )
     try:
+        actor.require(permission)
         yield operation
     except BackupError as exc:
         _finish(operation, OperationStatus.FAILED, exc.message)
@@ -106,6 +111,12 @@ def journal(action, actor, *, filename="", database="", operation=None):
         actor.origin,
         operation.filename or operation.message or "-",
     )
+
+
+def printable(text, limit):
+    """Caller-supplied text as it may be stored and logged: no control characters, bounded."""
+    text = "".join(ch for ch in str(text) if ch.isprintable())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _finish(operation, status, message):

@@ -43,19 +43,25 @@ def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, ope
     Before anything changes: the file's sha256 must match its manifest, and (unless turned off)
     a pre-restore backup of the current state is taken, so a wrong restore can be undone.
     """
-    actor.require("restore_backup")
-    backup = get_restorable_backup(filename)
-    alias = target or backup.database
-    engine = get_engine(alias)
-    if engine.vendor != backup.engine:
-        raise InvalidRequest(
-            f"{filename} is a {backup.engine} backup and cannot be restored into the {engine.vendor} "
-            f"database {alias!r}. Nothing was changed."
-        )
-    if pre_restore_backup is None:
-        pre_restore_backup = backup_settings.PRE_RESTORE_BACKUP
     refuse_inside_transaction()
-    with journal(Action.RESTORE, actor, filename=filename, database=alias, operation=operation) as record:
+    with journal(
+        Action.RESTORE,
+        actor,
+        filename=filename,
+        database=target or "",
+        permission="restore_backup",
+        operation=operation,
+    ) as record:
+        backup = get_restorable_backup(filename)
+        alias = record.database = target or backup.database
+        engine = get_engine(alias)
+        if engine.vendor != backup.engine:
+            raise InvalidRequest(
+                f"{filename} is a {backup.engine} backup and cannot be restored into the {engine.vendor} "
+                f"database {alias!r}. Nothing was changed."
+            )
+        if pre_restore_backup is None:
+            pre_restore_backup = backup_settings.PRE_RESTORE_BACKUP
         engine.check_tools()
         storage = get_storage()
         manifest = storage.read_json(manifest_name(filename))

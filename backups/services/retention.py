@@ -99,11 +99,10 @@ def plan(backups, policy, now):
 
 def cleanup_backups(*, actor, dry_run=False, now=None):
     """Apply the retention policy to every database's backups (or only report, on a dry run)."""
-    actor.require("delete_backup")
     now = now or timezone.now()
     policy = Policy.from_settings()
     result = CleanupResult(cleanup_date=now, retention_days=policy.retention_days, dry_run=dry_run)
-    with journal(Action.CLEANUP, actor) as operation:
+    with journal(Action.CLEANUP, actor, permission="delete_backup") as operation:
         result.removed_partials = sync_catalog(remove_partials=not dry_run).removed_partials
         finished = list(Backup.objects.filter(status__in=FINISHED).defer("manifest"))
         for database in sorted({backup.database for backup in finished}):
