@@ -126,6 +126,8 @@ class Operation(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
+        verbose_name = "audit log entry"
+        verbose_name_plural = "audit log"
 
     def __str__(self):
         return f"{self.action} {self.filename or self.database} ({self.status})"
