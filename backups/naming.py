@@ -8,8 +8,11 @@ import re
 
 from .exceptions import InvalidRequest
 
-# <prefix>[_<alias>]_<YYYYMMDD_HHMMSS>[-<n>].sql.<gz|zst>[.age]
-FILENAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,150}_\d{8}_\d{6}(?:-\d{1,4})?\.sql\.(?:gz|zst)(?:\.age)?")
+# <prefix>[_<alias>]_<YYYYMMDD_HHMMSS>[-<n>].sql.<gz|zst>[.age]; ASCII only ([0-9], not \d, which
+# would admit other scripts' digits). The API description publishes the same pattern.
+FILENAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,150}_[0-9]{8}_[0-9]{6}(?:-[0-9]{1,4})?\.sql\.(?:gz|zst)(?:\.age)?$"
+FILENAME_PATTERN = re.compile(FILENAME_REGEX)
+NOT_A_FILENAME = "not a backup filename; expected a name like 'hoppybrew_backup_20241108_120000.sql.gz'."
 MANIFEST_SUFFIX = ".json"
 MAX_LENGTH = 200
 
@@ -28,9 +31,7 @@ def validate_filename(name):
         raise InvalidRequest("A backup filename is required.")
     if not is_backup_filename(name):
         shown = name if len(name) <= 80 else name[:77] + "..."
-        raise InvalidRequest(
-            f"{shown!r} is not a backup filename; expected a name like 'hoppybrew_backup_20241108_120000.sql.gz'."
-        )
+        raise InvalidRequest(f"{shown!r} is {NOT_A_FILENAME}")
     return name
 
 

@@ -74,7 +74,7 @@ def test_two_backups_in_the_same_second_get_distinct_names(api):
         ({"description": "x" * 501}, "description"),
         ({"description": 42}, "description"),
         ({"description": "ok", "colour": "red"}, "colour"),
-        ({"database": "nowhere"}, "Unknown database"),
+        ({"database": "nowhere"}, "not a valid choice"),
     ],
 )
 def test_create_refuses_bad_bodies(api, backup_dir, body, fragment):

@@ -1,7 +1,10 @@
 """Request and response shapes of the REST API (the spec's contract, then extra fields)."""
 
+from django.core.validators import RegexValidator
+from django.db import connections
 from rest_framework import serializers
 
+from ..naming import FILENAME_REGEX, MAX_LENGTH, NOT_A_FILENAME
 from ..services.backups import DESCRIPTION_MAX_LENGTH
 
 
@@ -11,6 +14,16 @@ class StrictCharField(serializers.CharField):
     def to_internal_value(self, data):
         if not isinstance(data, str):
             self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class DescriptionField(StrictCharField):
+    """Free text whose unprintable characters (NUL and lone surrogates included) the service
+    drops rather than refuses, like every other control character."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            data = "".join(ch for ch in data if ch != "\x00" and not 0xD800 <= ord(ch) <= 0xDFFF)
         return super().to_internal_value(data)
 
 
@@ -35,17 +48,38 @@ class RequestSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class DatabaseAliasField(serializers.ChoiceField):
+    """A configured database alias; the choices are read when the serializer is built, so the
+    API description lists the real ones."""
+
+    def __init__(self, **kwargs):
+        super().__init__(choices=list(connections), **kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid_choice", input=data)
+        return super().to_internal_value(data)
+
+
 class CreateRequestSerializer(RequestSerializer):
-    description = StrictCharField(
+    description = DescriptionField(
         required=False, allow_blank=True, max_length=DESCRIPTION_MAX_LENGTH, trim_whitespace=False, default=""
     )
-    database = StrictCharField(required=False, max_length=64, default="default")
+    database = DatabaseAliasField(required=False, default="default", help_text="Database alias to back up")
 
 
 class RestoreRequestSerializer(RequestSerializer):
-    filename = StrictCharField(max_length=1000, trim_whitespace=False)
-    pre_restore_backup = StrictBooleanField(required=False, allow_null=True, default=None)
-    target_database = StrictCharField(required=False, max_length=64, allow_null=True, default=None)
+    filename = StrictCharField(
+        max_length=MAX_LENGTH,
+        trim_whitespace=False,
+        validators=[RegexValidator(FILENAME_REGEX, message=f"This is {NOT_A_FILENAME}")],
+    )
+    pre_restore_backup = StrictBooleanField(
+        required=False, allow_null=True, default=None, help_text="Back up the current state first (default: on)"
+    )
+    target_database = DatabaseAliasField(
+        required=False, allow_null=True, default=None, help_text="Restore into this alias instead (same engine)"
+    )
 
 
 class CleanupRequestSerializer(RequestSerializer):

@@ -13,6 +13,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from .. import services
 from ..conf import backup_settings
 from ..models import Origin
+from ..naming import FILENAME_REGEX
 from . import serializers
 from .errors import exception_handler
 
@@ -33,6 +34,11 @@ ERRORS = {
         507: "No space left on the backup storage",
     }.items()
 }
+
+
+FILENAME_PARAMETER = OpenApiParameter(
+    "filename", str, OpenApiParameter.PATH, required=True, pattern=FILENAME_REGEX, description="A backup's filename"
+)
 
 
 def errors(*codes):
@@ -76,7 +82,11 @@ def status_body(message, filename, timestamp=None):
         parameters=[OpenApiParameter("database", str, description="Only backups of this database alias")],
         responses={200: serializers.BackupSerializer(many=True), **errors()},
     ),
-    retrieve=extend_schema(summary="One backup", responses={200: serializers.BackupSerializer, **errors(404)}),
+    retrieve=extend_schema(
+        summary="One backup",
+        parameters=[FILENAME_PARAMETER],
+        responses={200: serializers.BackupSerializer, **errors(404)},
+    ),
     create=extend_schema(
         summary="Create a backup",
         request=serializers.CreateRequestSerializer,
@@ -84,6 +94,7 @@ def status_body(message, filename, timestamp=None):
     ),
     destroy=extend_schema(
         summary="Delete a backup, its file and manifest",
+        parameters=[FILENAME_PARAMETER],
         responses={200: serializers.StatusSerializer, **errors(404, 409)},
     ),
 )
