@@ -60,7 +60,7 @@ class BackupAdmin(admin.ModelAdmin):
         "description",
         "size",
         "status_column",
-        # A "verified" column belongs here, once backups record their verification.
+        "verified",
         "trigger",
         "database",
     )
@@ -69,13 +69,14 @@ class BackupAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     search_fields = ("filename", "description")
     ordering = ("-created_at", "-filename")
-    actions = ["restore_selected"]
+    actions = ["restore_selected", "verify_checksums", "drill_restores"]
     formfield_overrides = {models.TextField: {"widget": forms.Textarea(attrs={"rows": 2, "cols": 32})}}
     fieldsets = (
         (None, {"fields": ("filename", "description", "status", "error")}),
         ("Database", {"fields": ("database", "engine", "database_name", "database_host")}),
         ("File", {"fields": ("created", "finished", "size", "uncompressed_size", "sha256")}),
         ("Origin", {"fields": ("trigger", "origin", "created_by")}),
+        ("Verification", {"fields": ("verified", "verification_message")}),
         ("Manifest", {"classes": ("collapse",), "fields": ("manifest_json",)}),
     )
     readonly_fields = (
@@ -94,6 +95,8 @@ class BackupAdmin(admin.ModelAdmin):
         "trigger",
         "origin",
         "created_by",
+        "verified",
+        "verification_message",
         "manifest_json",
     )
 
@@ -120,6 +123,17 @@ class BackupAdmin(admin.ModelAdmin):
         if backup.error:
             return format_html('<span title="{}">{}</span>', backup.error, backup.get_status_display())
         return backup.get_status_display()
+
+    @admin.display(description="verified", ordering="verified_at")
+    def verified(self, backup):
+        if not backup.verification:
+            return "never"
+        outcome = "passed" if backup.verification.get("passed") else "FAILED"
+        return f"{outcome} ({backup.verification.get('level')}), {local_time(backup.verified_at)}"
+
+    @admin.display(description="verification result")
+    def verification_message(self, backup):
+        return (backup.verification or {}).get("message", "-")
 
     @admin.display(description="manifest")
     def manifest_json(self, backup):
@@ -159,6 +173,9 @@ class BackupAdmin(admin.ModelAdmin):
 
     def has_download_permission(self, request, obj=None):
         return request.user.has_perm("backups.download_backup")
+
+    def has_verify_permission(self, request, obj=None):
+        return request.user.has_perm("backups.verify_backup")
 
     # -- pages --------------------------------------------------------------------------------
 
@@ -270,6 +287,7 @@ class BackupAdmin(admin.ModelAdmin):
             form=form,
             database_size=human_size(database["size_bytes"]),
             pre_restore_backup=backup_settings.PRE_RESTORE_BACKUP,
+            verification_warning=services.verification_warning(backup),
         )
         return TemplateResponse(request, "admin/backups/backup/restore_confirmation.html", context)
 
@@ -294,6 +312,27 @@ class BackupAdmin(admin.ModelAdmin):
             self.report_failure(request, "Select exactly one backup to restore.")
             return None
         return HttpResponseRedirect(reverse("admin:backups_backup_restore", args=[quote(queryset[0].pk)]))
+
+    @admin.action(permissions=["verify"], description="Verify the selected backups (checksum)")
+    def verify_checksums(self, request, queryset):
+        self.verify(request, queryset, "checksum")
+
+    @admin.action(permissions=["verify"], description="Verify the selected backups by a restore drill")
+    def drill_restores(self, request, queryset):
+        self.verify(request, queryset, "restore")
+
+    def verify(self, request, queryset, level):
+        actor = actor_for(request)
+        for backup in queryset:
+            try:
+                result = services.verify_backup(backup.filename, actor=actor, level=level)
+            except BackupError as error:
+                self.report_failure(request, f"{backup.filename} could not be verified: {error.message}")
+                continue
+            if result.passed:
+                self.message_user(request, f"{backup.filename}: {result.message}.", messages.SUCCESS)
+            else:
+                self.report_failure(request, f"{backup.filename} FAILED {level} verification: {result.message}")
 
     def changelist_redirect(self):
         return HttpResponseRedirect(reverse("admin:backups_backup_changelist"))

@@ -72,6 +72,13 @@ def parse_list(value):
     return [item.strip() for item in str(value).split(",") if item.strip()]
 
 
+def parse_url(value):
+    text = parse_optional_str(value)
+    if text is not None and not re.match(r"^https?://[^\s/]+", text):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return text
+
+
 def parse_optional_str(value):
     text = "" if value is None else str(value).strip()
     return text or None
@@ -150,6 +157,20 @@ SETTINGS = {
     "COMPRESSION_THREADS": Setting(0, int_parser(0), "Compression threads; 0 means one per CPU core."),
     "THROTTLE_CREATE": Setting("30/hour", parse_rate, "API rate limit for creating backups per user, or off."),
     "THROTTLE_RESTORE": Setting("10/hour", parse_rate, "API rate limit for restores per user, or off."),
+    "VERIFY_SCHEDULE": Setting(
+        "45 4 * * *", parse_optional_cron, "Cron expression of the restore drill of the newest backup, or off."
+    ),
+    "NOTIFY_EMAILS": Setting([], parse_list, "Addresses that receive notifications, comma separated."),
+    "NOTIFY_WEBHOOK_URL": Setting(None, parse_url, "URL that receives notifications as a JSON POST with 'text'."),
+    "NOTIFY_ON_SUCCESS": Setting(False, parse_bool, "Also notify each successful scheduled backup."),
+    "NOTIFY_ON_RESTORE": Setting(True, parse_bool, "Notify every restore of a live database."),
+    "MAX_AGE_HOURS": Setting(
+        None,
+        int_parser(1, optional=True),
+        "Health fails when a database's newest backup is older (default 26 when scheduling is enabled).",
+    ),
+    "HEALTH_TOKEN": Setting(None, parse_optional_str, "Bearer token that lets a monitor read /backups/health."),
+    "HEALTH_PUBLIC": Setting(False, parse_bool, "Let anyone read /backups/health (without filenames)."),
 }
 
 
@@ -199,6 +220,14 @@ class BackupSettings:
 backup_settings = BackupSettings()
 
 
+def max_age_hours():
+    """BACKUP_MAX_AGE_HOURS, defaulting to 26 (a daily schedule plus slack) when scheduling is on."""
+    configured = backup_settings.MAX_AGE_HOURS
+    if configured is None and backup_settings.ENABLED:
+        return 26
+    return configured
+
+
 def cronjobs(namespace):
     """CRONJOBS for django-crontab from the settings namespace being built.
 
@@ -215,9 +244,12 @@ def cronjobs(namespace):
     for name, function in (
         ("SCHEDULE", "backups.cron.scheduled_backup"),
         ("CLEANUP_SCHEDULE", "backups.cron.scheduled_cleanup"),
+        ("VERIFY_SCHEDULE", "backups.cron.scheduled_verification"),
     ):
         try:
-            jobs.append((getattr(values, name), function))
+            expression = getattr(values, name)
         except ImproperlyConfigured:
             continue
+        if expression:
+            jobs.append((expression, function))
     return jobs

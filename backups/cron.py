@@ -2,6 +2,7 @@
 logs and records each outcome itself, since django-crontab swallows exceptions and exits 0."""
 
 from .services.schedule import run_scheduled_backups, run_scheduled_cleanup
+from .services.verification import run_scheduled_verification
 
 
 def scheduled_backup():
@@ -10,3 +11,7 @@ def scheduled_backup():
 
 def scheduled_cleanup():
     run_scheduled_cleanup()
+
+
+def scheduled_verification():
+    run_scheduled_verification()

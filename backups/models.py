@@ -63,6 +63,9 @@ class Backup(models.Model):
     progress_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=255, blank=True, help_text="host:pid of the process writing it")
     manifest = models.JSONField(default=dict, blank=True)
+    # The latest verification: {"level", "passed", "checked_at", "message", "details"}.
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verification = models.JSONField(null=True, blank=True)
 
     objects = BackupQuerySet.as_manager()
 
@@ -72,6 +75,7 @@ class Backup(models.Model):
         permissions = [
             ("restore_backup", "Can restore the database from a backup"),
             ("download_backup", "Can download backup files"),
+            ("verify_backup", "Can verify backups (checksums and restore drills)"),
         ]
 
     def __str__(self):
@@ -103,6 +107,7 @@ class Action(models.TextChoices):
     DELETE = "delete", "delete"
     CLEANUP = "cleanup", "cleanup"
     SYNC = "sync", "sync"
+    VERIFY = "verify", "verify"
 
 
 class Operation(models.Model):
@@ -147,3 +152,19 @@ class RestoreHistory(Operation):
         proxy = True
         verbose_name = "restore"
         verbose_name_plural = "restore history"
+
+
+class HealthState(models.Model):
+    """Whether the backups were healthy when last checked, so that a change of state is
+    announced once, not at every check. A single row."""
+
+    healthy = models.BooleanField(default=True)
+    changed_at = models.DateTimeField()
+    problems = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        verbose_name = "backup health"
+        verbose_name_plural = "backup health"
+
+    def __str__(self):
+        return "healthy" if self.healthy else "unhealthy"

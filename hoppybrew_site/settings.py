@@ -148,6 +148,8 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "backups.api.schema.closed_request_bodies",
     ],
+    # /backups/health also takes a monitor's own token (BACKUP_HEALTH_TOKEN).
+    "APPEND_COMPONENTS": {"securitySchemes": {"healthToken": {"type": "http", "scheme": "bearer"}}},
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

@@ -114,4 +114,6 @@ def test_cronjobs_exist_only_when_enabled():
     assert cronjobs({"BACKUP_ENABLED": "true", "BACKUP_SCHEDULE": "0 */6 * * *"}) == [
         ("0 */6 * * *", "backups.cron.scheduled_backup"),
         ("30 3 * * *", "backups.cron.scheduled_cleanup"),
+        ("45 4 * * *", "backups.cron.scheduled_verification"),
     ]
+    assert cronjobs({"BACKUP_ENABLED": "true", "BACKUP_VERIFY_SCHEDULE": "off"})[-1][1] == "backups.cron.scheduled_cleanup"

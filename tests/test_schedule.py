@@ -36,16 +36,9 @@ def test_crontab_lines_for_given_settings(settings):
     crontab = Crontab(readonly=True, verbosity=0)
     crontab.add_jobs()
     lines = [line.rstrip("\n") for line in crontab.crontab_lines]
-    pattern = r"^{} {} {} crontab run [0-9a-f]{{32}} # hoppybrew-backups$"
-    assert re.match(
-        pattern.format(re.escape("0 */6 * * *"), re.escape(sys.executable), re.escape(str(PROJECT / "manage.py"))),
-        lines[0],
-    )
-    assert re.match(
-        pattern.format(re.escape("15 4 * * 0"), re.escape(sys.executable), re.escape(str(PROJECT / "manage.py"))),
-        lines[1],
-    )
-    assert len(lines) == 2
+    command = f"{re.escape(sys.executable)} {re.escape(str(PROJECT / 'manage.py'))} crontab run [0-9a-f]{{32}}"
+    for line, schedule in zip(lines, ["0 */6 * * *", "15 4 * * 0", "45 4 * * *"], strict=True):
+        assert re.match(rf"^{re.escape(schedule)} {command} # hoppybrew-backups$", line), line
 
 
 def test_no_jobs_when_scheduling_is_disabled():
@@ -67,7 +60,7 @@ def test_crontab_add_installs_the_jobs_and_logs_that_the_scheduler_started(fake_
     settings.CRONJOBS = enabled_jobs()
     with caplog.at_level(logging.INFO, logger="backups"):
         call_command("crontab", "add", verbosity=0)
-    assert fake_crontab.read_text().count("# hoppybrew-backups") == 2
+    assert fake_crontab.read_text().count("# hoppybrew-backups") == 3
     assert "Backup scheduler started" in caplog.text
 
 

@@ -2,6 +2,7 @@
 
 from django.core.validators import RegexValidator
 from django.db import connections
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..naming import FILENAME_REGEX, MAX_LENGTH, NOT_A_FILENAME
@@ -86,6 +87,43 @@ class CleanupRequestSerializer(RequestSerializer):
     dry_run = StrictBooleanField(required=False, default=False)
 
 
+class VerificationSerializer(serializers.Serializer):
+    level = serializers.ChoiceField(choices=["checksum", "restore"])
+    passed = serializers.BooleanField()
+    checked_at = serializers.DateTimeField()
+    message = serializers.CharField()
+    details = serializers.DictField()
+
+
+class VerifyRequestSerializer(RequestSerializer):
+    level = serializers.ChoiceField(
+        choices=["checksum", "restore"],
+        default="checksum",
+        help_text="checksum: sha256 and decompression; restore: a restore drill into a scratch database",
+    )
+
+
+class VerifyResponseSerializer(VerificationSerializer):
+    filename = serializers.CharField()
+
+
+class HealthDatabaseSerializer(serializers.Serializer):
+    newest_backup_filename = serializers.CharField(
+        allow_null=True, required=False, help_text="Only for authenticated staff"
+    )
+    newest_backup_at = serializers.DateTimeField(allow_null=True)
+    age_hours = serializers.FloatField(allow_null=True)
+    verification = serializers.DictField(allow_null=True)
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["healthy", "unhealthy"])
+    checked_at = serializers.DateTimeField()
+    max_age_hours = serializers.IntegerField(allow_null=True)
+    problems = serializers.ListField(child=serializers.CharField())
+    databases = serializers.DictField(child=HealthDatabaseSerializer())
+
+
 class BackupSerializer(serializers.Serializer):
     """A backup as the spec lists it; fields after ``database_host`` are additions."""
 
@@ -104,6 +142,12 @@ class BackupSerializer(serializers.Serializer):
     uncompressed_bytes = serializers.IntegerField(allow_null=True)
     duration_seconds = serializers.FloatField(allow_null=True)
     created_by = serializers.CharField()
+    verified_at = serializers.DateTimeField(allow_null=True, help_text="When it was last verified")
+    verification = serializers.SerializerMethodField(help_text="The last verification's outcome, or null")
+
+    @extend_schema_field(VerificationSerializer(allow_null=True))
+    def get_verification(self, backup):
+        return backup.verification
 
 
 class StatusSerializer(serializers.Serializer):
@@ -171,6 +215,7 @@ class ScheduleSerializer(serializers.Serializer):
     databases = serializers.ListField(child=serializers.CharField())
     backup = JobScheduleSerializer()
     cleanup = JobScheduleSerializer()
+    verification = JobScheduleSerializer(allow_null=True)
     retention = RetentionSerializer()
     last_scheduled_backup = LastScheduledSerializer(allow_null=True)
 

@@ -1,12 +1,14 @@
 """The REST API: thin. Parse the request, call the service, shape the answer."""
 
+import hmac
+
 from django.http import QueryDict
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException
-from rest_framework.permissions import IsAdminUser
+from rest_framework.exceptions import APIException, NotAuthenticated
+from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 
@@ -61,6 +63,13 @@ class BackupThrottle(ScopedRateThrottle):
         if not self.scope or self.get_rate() is None:
             return True
         return super().allow_request(request, view)
+
+
+def has_health_token(request):
+    """A monitor's own token (BACKUP_HEALTH_TOKEN), so that it needs no staff account."""
+    expected = backup_settings.HEALTH_TOKEN
+    scheme, _, given = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    return bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), expected)
 
 
 def actor_for(request):
@@ -196,6 +205,35 @@ class BackupViewSet(viewsets.ViewSet):
     @action(detail=False, methods=["get"])
     def schedule(self, request):
         return Response(services.schedule_status(actor=actor_for(request)))
+
+    @extend_schema(
+        summary="Verify a backup: its checksum, or a restore drill into a scratch database",
+        parameters=[FILENAME_PARAMETER],
+        request=serializers.VerifyRequestSerializer,
+        responses={200: serializers.VerifyResponseSerializer, **errors(404, 409)},
+    )
+    @action(detail=True, methods=["post"])
+    def verify(self, request, filename=None):
+        data = self.parse(serializers.VerifyRequestSerializer, request)
+        result = services.verify_backup(filename, actor=actor_for(request), level=data["level"])
+        return Response({"filename": result.filename, **result.as_dict()})
+
+    @extend_schema(
+        summary="Are backups healthy? 200 when every database has a recent backup and verification passes",
+        auth=[{"tokenAuth": []}, {"cookieAuth": []}, {"healthToken": []}, {}],
+        responses={
+            200: serializers.HealthSerializer,
+            503: OpenApiResponse(serializers.HealthSerializer, description="Unhealthy; the problems say why"),
+            401: ERRORS[401],
+        },
+    )
+    @action(detail=False, methods=["get"], permission_classes=[AllowAny], throttle_classes=[])
+    def health(self, request):
+        detailed = actor_for(request).allowed("view_backup")
+        if not detailed and not (backup_settings.HEALTH_PUBLIC or has_health_token(request)):
+            raise NotAuthenticated("Give a staff user's credentials or the health token (Authorization: Bearer ...).")
+        report = services.check_health()
+        return Response(report.as_dict(with_filenames=detailed), status=200 if report.healthy else 503)
 
     @extend_schema(
         summary="Rebuild the catalog from the manifests in storage",

@@ -27,10 +27,14 @@ class DatabaseEngine:
     required_tools = ()
     #: True when a failed restore cannot be rolled back by the database itself.
     restore_is_transactional = True
+    #: Lines that differ between two dumps of the same data (random keys, dates); a restore
+    #: drill ignores them when it compares its re-dump with the backup.
+    volatile_prefixes = ()
 
-    def __init__(self, alias):
+    def __init__(self, alias, settings_dict=None):
         self.alias = alias
-        self.settings_dict = connections[alias].settings_dict
+        # A scratch database for a restore drill is the alias's settings with another NAME.
+        self.settings_dict = settings_dict or connections[alias].settings_dict
 
     # -- identity -------------------------------------------------------------------------
 
@@ -99,6 +103,17 @@ class DatabaseEngine:
     def size_bytes(self):
         """The database's current size on disk, for confirmation pages."""
         raise NotImplementedError("subclasses of DatabaseEngine must provide a size_bytes() method")
+
+    @contextmanager
+    def scratch(self):
+        """A new, empty database of the same kind, next to this one, for restore drills: yields
+        an engine for it and removes it on exit. Never the live database."""
+        raise NotImplementedError("subclasses of DatabaseEngine must provide a scratch() method")
+        yield
+
+    def count_rows(self, table):
+        """The number of rows in ``table``, named as in the dump's ``row_counts``."""
+        raise NotImplementedError("subclasses of DatabaseEngine must provide a count_rows() method")
 
 
 class RowCounter:

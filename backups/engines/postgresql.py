@@ -2,6 +2,7 @@
 
 import os
 import re
+import secrets
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -93,11 +94,15 @@ $hoppybrew$;
 """
 
 VERSION_PATTERN = re.compile(r"(\d+)(?:\.(\d+))?")
+# schema.table as pg_dump writes it in COPY headers, each part plain or double-quoted.
+QUALIFIED_NAME = re.compile(r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\.(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)')
 
 
 class PostgreSQLEngine(DatabaseEngine):
     vendor = "postgresql"
     required_tools = ("pg_dump", "psql")
+    # Each dump carries a random key on these lines (PostgreSQL 15.14+).
+    volatile_prefixes = (b"\\restrict ", b"\\unrestrict ")
 
     def command(self, tool, parameters):
         """Argument list and environment for a client tool, built the way ``dbshell`` does:
@@ -113,6 +118,7 @@ class PostgreSQLEngine(DatabaseEngine):
         params = connections[self.alias].get_connection_params()
         params.pop("cursor_factory", None)
         params.pop("context", None)
+        params["dbname"] = self.database_name  # a drill's scratch database has its own name
         params.setdefault("connect_timeout", 10)
         try:
             connection = psycopg2.connect(**params)
@@ -198,6 +204,38 @@ class PostgreSQLEngine(DatabaseEngine):
 
     def size_bytes(self):
         return self.query_value("SELECT pg_database_size(current_database())")
+
+    @contextmanager
+    def scratch(self):
+        import psycopg2
+        from psycopg2 import sql
+
+        name = f"{self.database_name[:40]}_drill_{secrets.token_hex(4)}"
+        connection = self.connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+        except psycopg2.Error as exc:
+            raise DatabaseUnavailable(
+                f"Cannot create a scratch database for the restore drill: {str(exc).strip()}. "
+                "The database user needs the CREATEDB privilege."
+            ) from None
+        finally:
+            connection.close()
+        try:
+            yield PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": name})
+        finally:
+            connection = self.connect()
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            finally:
+                connection.close()
+
+    def count_rows(self, table):
+        if not QUALIFIED_NAME.fullmatch(table):
+            raise ValueError(f"not a table name from a dump: {table!r}")
+        return self.query_value(f"SELECT count(*) FROM {table}")
 
 
 def _major(text):

@@ -8,7 +8,9 @@ full copy of the database in memory or on disk before the SQL can stream out.
 import fcntl
 import io
 import os
+import shutil
 import sqlite3
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -100,6 +102,24 @@ class SQLiteEngine(DatabaseEngine):
             yield
         finally:
             os.close(descriptor)
+
+    @contextmanager
+    def scratch(self):
+        directory = tempfile.mkdtemp(prefix="hoppybrew-drill-")
+        path = Path(directory) / "drill.sqlite3"
+        sqlite3.connect(path).close()
+        try:
+            yield SQLiteEngine(self.alias, {**self.settings_dict, "NAME": str(path)})
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def count_rows(self, table):
+        connection = self.connect(read_only=True)
+        try:
+            quoted = '"' + table.replace('"', '""') + '"'
+            return connection.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0]
+        finally:
+            connection.close()
 
     def size_bytes(self):
         total = 0

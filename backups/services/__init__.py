@@ -11,13 +11,16 @@ from .backups import (
     update_description,
 )
 from .catalog import sync_catalog
+from .health import check_health
 from .journal import Actor
-from .restore import restore_backup
+from .restore import restore_backup, verification_warning
 from .retention import cleanup_backups
 from .schedule import schedule_status
+from .verification import verify_backup
 
 __all__ = [
     "Actor",
+    "check_health",
     "cleanup_backups",
     "create_backup",
     "delete_backup",
@@ -29,4 +32,6 @@ __all__ = [
     "schedule_status",
     "sync_catalog",
     "update_description",
+    "verification_warning",
+    "verify_backup",
 ]

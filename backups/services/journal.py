@@ -25,6 +25,8 @@ PERMISSION_WORDS = {
     "delete_backup": "delete backups",
     "restore_backup": "restore backups",
     "download_backup": "download backups",
+    "verify_backup": "verify backups",
+    "change_backup": "change backups",
 }
 
 
@@ -55,12 +57,16 @@ class Actor:
         except Exception:
             return "system"
 
-    def require(self, permission):
-        """Refuse unless the user holds ``backups.<permission>``. Shell and cron callers have
-        already proven who they are by running on the server."""
+    def allowed(self, permission):
+        """Whether the actor holds ``backups.<permission>``. Shell and cron callers have already
+        proven who they are by running on the server; web users must be active staff."""
         if self.user is None:
-            return
-        if not (self.user.is_active and self.user.is_staff and self.user.has_perm(f"backups.{permission}")):
+            return self.origin in (Origin.COMMAND, Origin.CRON)
+        return bool(self.user.is_active and self.user.is_staff and self.user.has_perm(f"backups.{permission}"))
+
+    def require(self, permission):
+        """Refuse unless the actor holds ``backups.<permission>``."""
+        if not self.allowed(permission):
             words = PERMISSION_WORDS.get(permission, permission)
             raise PermissionDenied(f"You do not have permission to {words} (backups.{permission}).")
 
@@ -101,7 +107,10 @@ def journal(action, actor, *, permission, filename="", database="", operation=No
         _finish(operation, OperationStatus.FAILED, "Unexpected error; see the server log.")
         logger.exception("Backup %s failed unexpectedly (%s via %s)", action, actor.name, actor.origin)
         raise
-    status = operation.status if operation.status == OperationStatus.SKIPPED else OperationStatus.SUCCEEDED
+    # A caller may mark an operation that ran to its end as skipped, or as failed (a backup
+    # found wanting by verification); otherwise it succeeded.
+    kept = (OperationStatus.SKIPPED, OperationStatus.FAILED)
+    status = operation.status if operation.status in kept else OperationStatus.SUCCEEDED
     _finish(operation, status, operation.message)
     logger.info(
         "Backup %s %s (%s via %s): %s",

@@ -12,19 +12,21 @@ from django.utils import timezone
 from ..compression import CHUNK_SIZE, CountingReader, codec_for
 from ..conf import backup_settings
 from ..engines import get_engine
-from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest
-from ..models import Action, Backup, Operation, Trigger
+from ..exceptions import BackupDamaged, BackupNotFound, DatabaseBusy, InvalidRequest, RestoreFailed
+from ..models import Action, Backup, HealthState, Operation, Trigger
 from ..naming import manifest_name
 from ..storage import get_storage
 from .backups import get_restorable_backup, reserve_backup, write_backup
 from .catalog import sync_catalog
 from .journal import journal
+from .notify import notify
 
 logger = logging.getLogger("backups")
 
 # Rows that must outlive a restore of the database that holds them: the catalog (rebuilt from
-# storage afterwards anyway) and the audit trail, which records the very restore.
-CARRIED_MODELS = (Backup, Operation)
+# storage afterwards anyway), the audit trail, which records the very restore, and the health
+# state, so that a restore does not announce a change of health that did not happen.
+CARRIED_MODELS = (Backup, Operation, HealthState)
 
 
 @dataclass
@@ -42,7 +44,29 @@ def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, ope
 
     Before anything changes: the file's sha256 must match its manifest, and (unless turned off)
     a pre-restore backup of the current state is taken, so a wrong restore can be undone.
+    A restore is a major event: people are told how it went (BACKUP_NOTIFY_ON_RESTORE).
     """
+    try:
+        result = _restore(filename, actor, target, pre_restore_backup, operation)
+    except (RestoreFailed, DatabaseBusy) as exc:
+        announce_restore(filename, actor, target, f"FAILED, nothing was changed: {exc.message}")
+        raise
+    undo = f"\nTo undo it, restore {result.pre_restore_backup.filename}." if result.pre_restore_backup else ""
+    announce_restore(filename, actor, result.database, f"succeeded.{undo}")
+    return result
+
+
+def announce_restore(filename, actor, database, outcome):
+    if backup_settings.NOTIFY_ON_RESTORE:
+        notify(
+            f"Database {database or 'default'} restored from {filename}"
+            if "succeeded" in outcome
+            else f"Restore of {filename} failed",
+            f"{actor.name} (via {actor.origin}) restored database {database or 'default'} from {filename}: {outcome}",
+        )
+
+
+def _restore(filename, actor, target, pre_restore_backup, operation):
     refuse_inside_transaction()
     with journal(
         Action.RESTORE,
@@ -62,12 +86,15 @@ def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, ope
             )
         if pre_restore_backup is None:
             pre_restore_backup = backup_settings.PRE_RESTORE_BACKUP
+        warning = verification_warning(backup)
         engine.check_tools()
         storage = get_storage()
         manifest = storage.read_json(manifest_name(filename))
         if manifest is None:
             raise BackupNotFound(f"The manifest of {filename} is missing; run 'manage.py backups sync'.")
         result = RestoreResult(backup=backup, database=alias, finished_at=None, operation=record)
+        if warning:
+            result.warnings.append(warning)
         with engine.lock(exclusive=True):
             with verified_copy(storage, filename, manifest) as source:
                 if pre_restore_backup:
@@ -81,6 +108,15 @@ def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, ope
         record.message = f"Restored {engine.describe()} from {filename}"
         record.details = {**record.details, "warnings": result.warnings}
     return result
+
+
+def verification_warning(backup):
+    """What a person should hear before restoring ``backup`` into a live database."""
+    if backup.verification is None:
+        return f"{backup.filename} has never been verified; consider 'manage.py backups verify --level restore' first."
+    if not backup.verification.get("passed"):
+        return f"{backup.filename} failed its last verification ({backup.verification.get('message')})."
+    return None
 
 
 def refuse_inside_transaction():

@@ -19,7 +19,9 @@ from ..exceptions import BackupError, OperationInProgress
 from ..formatting import human_duration, human_size
 from ..models import Backup, BackupStatus, Trigger
 from .backups import create_backup, record_failed_attempt
+from .health import check_health_quietly
 from .journal import Actor
+from .notify import notify
 from .retention import cleanup_backups
 
 logger = logging.getLogger("backups")
@@ -33,6 +35,7 @@ def run_scheduled_backups(now=None):
         backup = run_scheduled_backup(alias, now=now)
         if backup is not None:
             made.append(backup)
+    check_health_quietly()
     return made
 
 
@@ -70,18 +73,18 @@ def run_scheduled_backup(alias, now=None):
         except Exception:
             logger.exception("Scheduled backup failed: unexpected error")
             return None
-    logger.info(
-        "Scheduled backup completed: %s, %s in %s",
-        backup.filename,
-        human_size(backup.size_bytes),
-        human_duration(backup.duration_seconds),
-    )
+    summary = f"{backup.filename}, {human_size(backup.size_bytes)} in {human_duration(backup.duration_seconds)}"
+    logger.info("Scheduled backup completed: %s", summary)
+    if backup_settings.NOTIFY_ON_SUCCESS:
+        notify(f"Scheduled backup completed: {alias}", f"Scheduled backup of database {alias} completed: {summary}")
     return backup
 
 
 def scheduled_failure(alias, reason, engine=None):
-    """Log the failure; with ``engine``, also leave the failed row nothing else has written."""
+    """Log and announce the failure; with ``engine``, also leave the failed row nothing else
+    has written."""
     logger.error("Scheduled backup failed: %s", reason)
+    notify(f"Scheduled backup failed: {alias}", f"The scheduled backup of database {alias} failed:\n{reason}")
     if engine is not None:
         try:
             record_failed_attempt(engine, actor=Actor.cron(), trigger=Trigger.SCHEDULED, reason=reason)
@@ -99,12 +102,13 @@ def run_scheduled_cleanup():
     except OperationInProgress:
         logger.info("Scheduled backup cleanup skipped: another host or process is running it")
         return None
-    except BackupError as exc:
-        logger.error("Scheduled backup cleanup failed: %s", exc.message)
+    except Exception as exc:
+        message = exc.message if isinstance(exc, BackupError) else "unexpected error; see the server log"
+        logger.error("Scheduled backup cleanup failed: %s", message, exc_info=not isinstance(exc, BackupError))
+        notify("Scheduled backup cleanup failed", f"The scheduled cleanup failed:\n{message}")
         return None
-    except Exception:
-        logger.exception("Scheduled backup cleanup failed: unexpected error")
-        return None
+    finally:
+        check_health_quietly()
     logger.info(
         "Scheduled backup cleanup completed: deleted %d backups (%s), kept %d",
         len(result.deleted),
@@ -139,7 +143,14 @@ def schedule_status(*, actor, now=None):
     """What is scheduled, in words and as given, the next runs, retention, and the last outcome."""
     actor.require("view_backup")
     jobs = {}
-    for name, expression in (("backup", backup_settings.SCHEDULE), ("cleanup", backup_settings.CLEANUP_SCHEDULE)):
+    for name, expression in (
+        ("backup", backup_settings.SCHEDULE),
+        ("cleanup", backup_settings.CLEANUP_SCHEDULE),
+        ("verification", backup_settings.VERIFY_SCHEDULE),
+    ):
+        if expression is None:
+            jobs[name] = None
+            continue
         jobs[name] = {
             "schedule": expression,
             "description": describe(expression),

@@ -16,6 +16,13 @@ from ...exceptions import BackupError
 from ...formatting import human_duration, human_size
 
 
+def verified_label(backup):
+    if not backup.verification:
+        return "-"
+    outcome = "ok" if backup.verification.get("passed") else "FAILED"
+    return f"{outcome} ({backup.verification.get('level')}, {timezone.localtime(backup.verified_at):%Y-%m-%d})"
+
+
 def one_line(message):
     """Tools write several lines of stderr; a failed command prints exactly one."""
     return " / ".join(line.strip() for line in message.splitlines() if line.strip())
@@ -82,6 +89,20 @@ class Command(BaseCommand):
         commands.add_parser("sync", help="Rebuild the catalog from the manifests in storage.")
         commands.add_parser("schedule", help="Show the schedule, the next runs and the last scheduled backup.")
 
+        verify = commands.add_parser("verify", help="Verify backups: checksum, or a restore drill.")
+        which = verify.add_mutually_exclusive_group(required=True)
+        which.add_argument("filename", nargs="?", help="The backup to verify.")
+        which.add_argument("--latest", action="store_true", help="The newest backup of each database.")
+        which.add_argument("--all", action="store_true", help="Every backup that can be restored.")
+        verify.add_argument(
+            "--level",
+            choices=["checksum", "restore"],
+            default="checksum",
+            help="checksum (default): sha256 and decompression; restore: a drill into a scratch database.",
+        )
+
+        commands.add_parser("health", help="Check that backups are recent and verified; exit 1 if not.")
+
     def handle(self, *args, subcommand, **options):
         self.actor = services.Actor.command()
         try:
@@ -112,6 +133,7 @@ class Command(BaseCommand):
                 human_size(backup.size_bytes),
                 backup.database,
                 backup.trigger,
+                verified_label(backup),
                 backup.description.replace("\n", " ")[:50],
             )
             for backup in backups
@@ -119,7 +141,7 @@ class Command(BaseCommand):
         if not rows:
             self.stdout.write("No backups.")
             return
-        header = ("FILENAME", "CREATED", "SIZE", "DATABASE", "TRIGGER", "DESCRIPTION")
+        header = ("FILENAME", "CREATED", "SIZE", "DATABASE", "TRIGGER", "VERIFIED", "DESCRIPTION")
         widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
         for row in [header, *rows]:
             self.stdout.write(
@@ -177,11 +199,14 @@ class Command(BaseCommand):
         status = services.schedule_status(actor=self.actor)
         state = "enabled" if status["enabled"] else "disabled (set BACKUP_ENABLED=true and run 'manage.py crontab add')"
         self.stdout.write(f"Scheduled backups: {state}")
-        for name in ("backup", "cleanup"):
+        for name in ("backup", "cleanup", "verification"):
             job = status[name]
-            self.stdout.write(f"{name.capitalize():8} {job['schedule']}  ({job['description']}, {status['timezone']})")
+            if job is None:
+                self.stdout.write(f"{name.capitalize():13} off")
+                continue
+            self.stdout.write(f"{name.capitalize():13} {job['schedule']}  ({job['description']}, {status['timezone']})")
             runs = ", ".join(datetime.fromisoformat(moment).strftime("%Y-%m-%d %H:%M") for moment in job["next_runs"])
-            self.stdout.write(f"         next: {runs}")
+            self.stdout.write(f"{'':13} next: {runs}")
         retention = status["retention"]
         extra = [
             f"{unit} {retention['keep_' + unit]}"
@@ -200,6 +225,39 @@ class Command(BaseCommand):
             when = timezone.localtime(datetime.fromisoformat(last["created_at"])).strftime("%Y-%m-%d %H:%M:%S")
             line = f"Last scheduled backup: {last['filename']} at {when}: {last['status']}"
             self.stdout.write(line + (f" ({last['error']})" if last["error"] else ""))
+
+    def handle_verify(self, filename, latest, all, level, **options):
+        if filename:
+            names = [filename]
+        else:
+            backups = services.list_backups(actor=self.actor)
+            if latest:
+                newest = {}
+                for backup in backups:  # newest first
+                    newest.setdefault(backup.database, backup)
+                backups = newest.values()
+            names = [backup.filename for backup in backups]
+        failed = 0
+        for name in names:
+            result = services.verify_backup(name, actor=self.actor, level=level)
+            self.stdout.write(f"{'PASSED' if result.passed else 'FAILED'}  {name}: {result.message}")
+            failed += not result.passed
+        if failed:
+            raise CommandError(f"{failed} of {len(names)} backups failed verification.")
+        if not names:
+            self.stdout.write("No backups to verify.")
+
+    def handle_health(self, **options):
+        report = services.check_health()
+        self.stdout.write(f"Backups are {'healthy' if report.healthy else 'UNHEALTHY'}.")
+        for alias, facts in report.databases.items():
+            newest = facts["newest_backup_filename"] or "none"
+            age = f", {facts['age_hours']} hours old" if facts["age_hours"] is not None else ""
+            check = facts["verification"]
+            verified = f"; last verification {'passed' if check['passed'] else 'FAILED'}" if check else ""
+            self.stdout.write(f"  {alias}: newest backup {newest}{age}{verified}")
+        if not report.healthy:
+            raise CommandError(" ".join(report.problems))
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -1,0 +1,103 @@
+"""The alarm for when backups stop: is the newest backup of every covered database young enough,
+and did the latest verification pass? A change of state is announced once, not at every check."""
+
+import logging
+from dataclasses import dataclass, field
+
+from django.utils import timezone
+
+from ..conf import backup_settings, max_age_hours
+from ..models import Backup, BackupStatus, HealthState
+from .notify import notify
+
+logger = logging.getLogger("backups")
+
+
+@dataclass
+class HealthReport:
+    healthy: bool
+    checked_at: object
+    problems: list = field(default_factory=list)  # never names a file: monitors may read them
+    databases: dict = field(default_factory=dict)
+
+    def as_dict(self, with_filenames):
+        databases = {}
+        for alias, facts in self.databases.items():
+            databases[alias] = {k: v for k, v in facts.items() if with_filenames or not k.endswith("filename")}
+        return {
+            "status": "healthy" if self.healthy else "unhealthy",
+            "checked_at": self.checked_at.isoformat(),
+            "max_age_hours": max_age_hours(),
+            "problems": self.problems,
+            "databases": databases,
+        }
+
+
+def check_health(now=None):
+    """Evaluate every database in BACKUP_DATABASES; announce a change of state."""
+    now = now or timezone.now()
+    limit = max_age_hours()
+    report = HealthReport(healthy=True, checked_at=now)
+    for alias in backup_settings.DATABASES:
+        backups = Backup.objects.filter(database=alias).defer("manifest")
+        newest = backups.filter(status=BackupStatus.SUCCEEDED).order_by("-created_at").first()
+        checked = backups.filter(verified_at__isnull=False).order_by("-verified_at").first()
+        facts = {"newest_backup_filename": None, "newest_backup_at": None, "age_hours": None, "verification": None}
+        if newest is None:
+            report.problems.append(f"Database {alias!r} has no successful backup.")
+        else:
+            age = (now - newest.created_at).total_seconds() / 3600
+            facts.update(
+                newest_backup_filename=newest.filename,
+                newest_backup_at=newest.created_at.isoformat(),
+                age_hours=round(age, 1),
+            )
+            if limit is not None and age > limit:
+                report.problems.append(
+                    f"The newest backup of database {alias!r} is {age:.0f} hours old (limit {limit} hours)."
+                )
+        if checked is not None:
+            passed = checked.verification.get("passed", False)
+            facts["verification"] = {
+                "checked_at": checked.verified_at.isoformat(),
+                "level": checked.verification.get("level"),
+                "passed": passed,
+                "checked_filename": checked.filename,
+            }
+            if not passed:
+                report.problems.append(
+                    f"The latest verification of a backup of database {alias!r} failed "
+                    f"({timezone.localtime(checked.verified_at):%Y-%m-%d %H:%M})."
+                )
+        report.databases[alias] = facts
+    report.healthy = not report.problems
+    announce_change(report)
+    return report
+
+
+def check_health_quietly():
+    """After each scheduled job, so that a change of health is announced even when no monitor
+    polls /backups/health."""
+    try:
+        check_health()
+    except Exception:
+        logger.exception("The backup health check after a scheduled job failed")
+
+
+def announce_change(report):
+    """Notify when the state differs from the last one recorded. The conditional update makes
+    exactly one of several simultaneous checks send the notification."""
+    state, _ = HealthState.objects.get_or_create(pk=1, defaults={"healthy": True, "changed_at": report.checked_at})
+    if state.healthy == report.healthy:
+        return
+    changed = HealthState.objects.filter(pk=1, healthy=state.healthy).update(
+        healthy=report.healthy, changed_at=report.checked_at, problems=report.problems
+    )
+    if not changed:
+        return
+    if report.healthy:
+        logger.info("Backups are healthy again")
+        notify("Backups are healthy again", "Every covered database has a recent backup, and verification passes.")
+    else:
+        logger.error("Backups are unhealthy: %s", " ".join(report.problems))
+        notify("Backups are unhealthy", "\n".join(report.problems))

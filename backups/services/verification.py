@@ -1,0 +1,262 @@
+"""Verifying backups: a backup nobody has restored is a hope, not a backup.
+
+Two levels:
+- ``checksum``: the stored file's sha256 and size match the manifest, and the whole stream
+  decompresses.
+- ``restore``: a restore drill. The backup is restored into a scratch database created for the
+  drill (never the live one) and dropped afterwards; then the rows of every table are counted
+  against the manifest (counted while the backup streamed), and the scratch database is dumped
+  again and compared line by line with the backup, ignoring the lines every dump makes unique.
+
+Drills take a per-database "verify" lock (one drill at a time) but not the lock that backups and
+restores share: a drill never touches the live database, so it never holds up its restore.
+"""
+
+import io
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+from django.utils import timezone
+
+from ..compression import CHUNK_SIZE, codec_for
+from ..conf import backup_settings
+from ..engines import get_engine
+from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest, OperationInProgress, RestoreFailed
+from ..models import Action, Backup, BackupStatus, OperationStatus
+from ..naming import manifest_name
+from ..storage import get_storage
+from .backups import get_restorable_backup
+from .health import check_health_quietly
+from .journal import Actor, journal
+from .notify import notify
+from .restore import GuardedReader, verified_copy
+
+logger = logging.getLogger("backups")
+
+LEVELS = ("checksum", "restore")
+
+
+@dataclass
+class Verification:
+    filename: str
+    level: str
+    passed: bool
+    checked_at: object
+    message: str
+    details: dict = field(default_factory=dict)
+
+    def as_dict(self):
+        return {
+            "level": self.level,
+            "passed": self.passed,
+            "checked_at": self.checked_at.isoformat(),
+            "message": self.message,
+            "details": self.details,
+        }
+
+
+class VerificationFailed(Exception):
+    """The backup was read and found wanting (not: the check could not run)."""
+
+    def __init__(self, message, **details):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+def verify_backup(filename, *, actor, level="checksum"):
+    """Check one backup at ``level``; records and returns the outcome.
+
+    A backup that fails is not an error of this call: the result says so (and people are told).
+    Errors are for checks that could not run (no scratch database, a tool missing, a lock held).
+    """
+    if level not in LEVELS:
+        raise InvalidRequest(f"Unknown verification level {level!r}; use {' or '.join(LEVELS)}.")
+    with journal(Action.VERIFY, actor, filename=filename, permission="verify_backup") as operation:
+        backup = get_restorable_backup(filename)
+        operation.database = backup.database
+        storage = get_storage()
+        manifest = storage.read_json(manifest_name(filename))
+        if manifest is None:
+            raise BackupNotFound(f"The manifest of {filename} is missing; run 'manage.py backups sync'.")
+        engine = get_engine(backup.database)
+        started = time.monotonic()
+        try:
+            with engine.lock(exclusive=True, purpose="verify"):
+                details = run_checks(engine, storage, filename, manifest, level)
+            result = Verification(filename, level, True, timezone.now(), f"{level} verification passed", details)
+        except (VerificationFailed, BackupDamaged, BackupNotFound, RestoreFailed) as exc:
+            details = getattr(exc, "details", {})
+            result = Verification(filename, level, False, timezone.now(), exc.message, details)
+        result.details["duration_seconds"] = round(time.monotonic() - started, 3)
+        record(backup, manifest, result)
+        operation.message = result.message
+        operation.details = {"level": level, "passed": result.passed}
+        if not result.passed:
+            operation.status = OperationStatus.FAILED
+    if not result.passed:
+        logger.error("Backup verification of %s failed: %s", filename, result.message)
+        notify(
+            f"Backup verification failed: {filename}", f"{level} verification of {filename} failed:\n{result.message}"
+        )
+    return result
+
+
+def run_checks(engine, storage, filename, manifest, level):
+    """The checks themselves; raise ``VerificationFailed`` (or a damaged-file error) on a finding."""
+    codec = codec_for(filename)
+    with verified_copy(storage, filename, manifest) as source:  # sha256 and size first
+        if level == "checksum":
+            sql = GuardedReader(codec.decompressor(source), filename)
+            size = 0
+            while chunk := sql.read(CHUNK_SIZE):
+                size += len(chunk)
+            if manifest.get("uncompressed_bytes") is not None and size != manifest["uncompressed_bytes"]:
+                raise VerificationFailed(
+                    f"{filename} decompresses to {size} bytes, not the {manifest['uncompressed_bytes']} recorded."
+                )
+            return {"sha256": "matches", "uncompressed_bytes": size}
+        with engine.scratch() as scratch:
+            source_position = source.tell()
+            scratch.restore(GuardedReader(codec.decompressor(source), filename), backup_settings.RESTORE_LOCK_TIMEOUT)
+            tables = compare_row_counts(scratch, manifest.get("table_rows"))
+            source.seek(source_position)
+            lines = compare_dumps(
+                scratch, GuardedReader(codec.decompressor(source), filename), engine.volatile_prefixes
+            )
+            return {
+                "sha256": "matches",
+                "tables_checked": tables,
+                "lines_compared": lines,
+                "scratch_database": "dropped",
+            }
+
+
+def compare_row_counts(scratch, expected):
+    """Every table holds the rows the backup promised when it was made."""
+    if not expected:
+        return 0
+    for table, rows in sorted(expected.items()):
+        try:
+            found = scratch.count_rows(table)
+        except Exception as exc:
+            raise VerificationFailed(f"Table {table} could not be read after the restore: {exc}", table=table) from None
+        if found != rows:
+            raise VerificationFailed(
+                f"Table {table} has {found} rows after the restore; the backup recorded {rows}.",
+                table=table,
+                expected_rows=rows,
+                found_rows=found,
+            )
+    return len(expected)
+
+
+def compare_dumps(scratch, original, volatile_prefixes):
+    """Dump the scratch database again and compare it with the backup, line by line."""
+    with scratch.dump() as dump:
+        redump = io.BufferedReader(ChunkReader(iter(dump)), CHUNK_SIZE)
+        ours = (
+            line for line in io.BufferedReader(Readable(original), CHUNK_SIZE) if not line.startswith(volatile_prefixes)
+        )
+        theirs = (line for line in redump if not line.startswith(volatile_prefixes))
+        number = 0
+        for number, (expected, found) in enumerate(itertools.zip_longest(ours, theirs), start=1):
+            if expected != found:
+                raise VerificationFailed(
+                    f"The restored database differs from the backup at line {number}: "
+                    f"expected {_shown(expected)}, found {_shown(found)}.",
+                    line=number,
+                )
+    return number
+
+
+def _shown(line):
+    if line is None:
+        return "the end of the dump"
+    text = line.decode("utf-8", "replace").rstrip("\n")
+    return repr(text if len(text) <= 120 else text[:117] + "...")
+
+
+class Readable(io.RawIOBase):
+    """Any object with ``read()``, as a raw stream for ``io.BufferedReader``."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class ChunkReader(io.RawIOBase):
+    """An iterator of byte chunks as a raw stream."""
+
+    def __init__(self, chunks):
+        self.chunks = chunks
+        self.pending = b""
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        while not self.pending:
+            self.pending = next(self.chunks, b"")
+            if not self.pending:
+                return 0
+        size = min(len(buffer), len(self.pending))
+        buffer[:size] = self.pending[:size]
+        self.pending = self.pending[size:]
+        return size
+
+
+def record(backup, manifest, result):
+    """The outcome goes with the backup: in the catalog and in its manifest."""
+    backup.verified_at = result.checked_at
+    backup.verification = result.as_dict()
+    backup.save(update_fields=["verified_at", "verification"])
+    manifest["verification"] = result.as_dict()
+    get_storage().write_json(manifest_name(backup.filename), manifest)
+
+
+def run_scheduled_verification(now=None):
+    """The drill job: a restore drill of the newest backup of each covered database, unless
+    another host is drilling it or it has been verified since its backup was made."""
+    logger.info("Running scheduled backup verification")
+    results = []
+    for alias in backup_settings.DATABASES:
+        newest = (
+            Backup.objects.filter(database=alias, status=BackupStatus.SUCCEEDED)
+            .defer("manifest")
+            .order_by("-created_at")
+            .first()
+        )
+        if newest is None:
+            logger.info("Scheduled backup verification of %r skipped: no backup yet", alias)
+            continue
+        if newest.verification and newest.verification.get("level") == "restore":
+            logger.info("Scheduled backup verification skipped: %s was already drilled", newest.filename)
+            continue
+        try:
+            result = verify_backup(newest.filename, actor=Actor.cron(), level="restore")
+        except OperationInProgress:
+            logger.info("Scheduled backup verification of %r skipped: another drill is running", alias)
+            continue
+        except Exception as exc:
+            message = getattr(exc, "message", "unexpected error; see the server log")
+            logger.error("Scheduled backup verification failed: %s", message)
+            notify(
+                "Scheduled backup verification failed",
+                f"The restore drill of {newest.filename} could not run: {message}",
+            )
+            continue
+        if result.passed:
+            logger.info("Scheduled backup verification passed: %s", newest.filename)
+        results.append(result)
+    check_health_quietly()
+    return results
