@@ -12,7 +12,7 @@ from django.utils import timezone
 from ..compression import CHUNK_SIZE, CountingReader, codec_for
 from ..conf import backup_settings
 from ..engines import get_engine
-from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest
+from ..exceptions import BackupDamaged, BackupError, BackupNotFound, InvalidRequest, RestoreIncomplete
 from ..models import Action, Backup, Operation, Trigger
 from ..naming import manifest_name
 from ..storage import get_storage
@@ -42,6 +42,8 @@ def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, ope
 
     Before anything changes: the file's sha256 must match its manifest, and (unless turned off)
     a pre-restore backup of the current state is taken, so a wrong restore can be undone.
+    Where the database cannot roll back a failed restore, that backup is mandatory, and put back
+    automatically when the restore fails.
     """
     actor.require("restore_backup")
     backup = get_restorable_backup(filename)
@@ -52,8 +54,7 @@ def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, ope
             f"{filename} is a {backup.engine} backup and cannot be restored into the {engine.vendor} "
             f"database {alias!r}. Nothing was changed."
         )
-    if pre_restore_backup is None:
-        pre_restore_backup = backup_settings.PRE_RESTORE_BACKUP
+    pre_restore_backup = wants_pre_restore_backup(engine, pre_restore_backup)
     refuse_inside_transaction()
     with journal(Action.RESTORE, actor, filename=filename, database=alias, operation=operation) as record:
         engine.check_tools()
@@ -69,11 +70,24 @@ def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, ope
                         engine, actor=actor, description=f"Before restoring {filename}", trigger=Trigger.PRE_RESTORE
                     )
                     record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
-                result.warnings.extend(replace_database(engine, source, filename))
+                result.warnings.extend(replace_database(engine, source, filename, undo=result.pre_restore_backup))
         result.finished_at = timezone.now()
         record.message = f"Restored {engine.describe()} from {filename}"
         record.details = {**record.details, "warnings": result.warnings}
     return result
+
+
+def wants_pre_restore_backup(engine, requested):
+    """Whether to back up the current state first: as asked, else BACKUP_PRE_RESTORE_BACKUP.
+    Where a failed restore cannot be rolled back, always: that backup is its undo."""
+    if engine.restore_is_transactional:
+        return backup_settings.PRE_RESTORE_BACKUP if requested is None else requested
+    if requested is False:
+        raise InvalidRequest(
+            f"The {engine.vendor} database {engine.alias!r} cannot roll back a failed restore, so the pre-restore "
+            "backup that undoes one cannot be skipped. Nothing was changed."
+        )
+    return True
 
 
 def refuse_inside_transaction():
@@ -120,17 +134,63 @@ def check_digest(reader, filename, manifest, already_read=False):
         )
 
 
-def replace_database(engine, source, filename):
+def replace_database(engine, source, filename, undo=None):
     """Feed the decompressed dump to the engine, carrying the catalog tables across.
-    Returns warnings about the catalog; the restore itself either happened or raised."""
+    Returns warnings about the catalog; the restore itself either happened or raised.
+
+    A restore that stopped partway (``RestoreIncomplete``, from engines that cannot roll back)
+    is undone by restoring ``undo``, the pre-restore backup.
+    """
     carried = snapshot_carried_rows(engine.alias)
     connections.close_all()
-    codec = codec_for(filename)
-    reader = codec.decompressor(source)
+    try:
+        load_dump(engine, source, filename)
+    except RestoreIncomplete as incomplete:
+        if undo is None:
+            raise
+        failure = undo_incomplete_restore(engine, filename, incomplete, undo)
+        carry_back(carried)
+        raise failure from incomplete
+    return carry_back(carried)
+
+
+def load_dump(engine, source, filename):
+    reader = codec_for(filename).decompressor(source)
     try:
         engine.restore(GuardedReader(reader, filename), backup_settings.RESTORE_LOCK_TIMEOUT)
     finally:
         reader.close()
+
+
+def undo_incomplete_restore(engine, filename, incomplete, undo):
+    """Put the pre-restore backup ``undo`` back after ``incomplete``; returns the error to raise,
+    which tells both steps and, if the undo failed too, which backup to restore by hand."""
+    logger.error(
+        "Restoring %s stopped partway: %s Restoring %s to undo it.", filename, incomplete.message, undo.filename
+    )
+    try:
+        with verified_copy(get_storage(), undo.filename, undo.manifest) as source:
+            load_dump(engine, source, undo.filename)
+    except Exception as exc:
+        cause = exc.message if isinstance(exc, BackupError) else "unexpected error; see the server log"
+        message = (
+            f"THE DATABASE {engine.describe()} IS LEFT PARTLY RESTORED. Restoring {filename} stopped partway "
+            f"({incomplete.message}), and restoring the pre-restore backup {undo.filename} automatically failed "
+            f"too ({cause}). Restore {undo.filename} now: 'manage.py backups restore {undo.filename}', or by hand "
+            "as the README's 'Restoring without the app' shows."
+        )
+        logger.critical("%s", message, exc_info=not isinstance(exc, BackupError))
+        return RestoreIncomplete(message, pre_restore_backup=undo.filename, undone=False)
+    return RestoreIncomplete(
+        f"Restoring {filename} failed. {incomplete.message} This database cannot roll back a failed restore, so "
+        f"the pre-restore backup {undo.filename} was restored automatically: the database is as it was before.",
+        status_code=incomplete.status_code,
+        pre_restore_backup=undo.filename,
+        undone=True,
+    )
+
+
+def carry_back(carried):
     if carried is None:
         return []
     return restore_carried_rows(carried) or sync_after_restore()
@@ -150,9 +210,7 @@ class GuardedReader:
         try:
             return self.reader.read(size)
         except (OSError, EOFError, ValueError) as exc:
-            raise BackupDamaged(
-                f"{self.filename} cannot be decompressed ({exc}); the database was not changed."
-            ) from None
+            raise BackupDamaged(f"{self.filename} cannot be decompressed ({exc}); the restore was stopped.") from None
 
 
 def snapshot_carried_rows(alias):
