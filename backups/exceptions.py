@@ -61,9 +61,9 @@ class RestoreIncomplete(RestoreFailed):
     """A restore stopped partway through a database that cannot roll back (MySQL), leaving it
     partly restored.
 
-    The engine raises it; the service then restores the pre-restore backup and raises it again,
-    saying both steps, with ``pre_restore_backup`` and ``undone`` (whether the database is back
-    as it was before the restore).
+    The engine raises it with the cause as its message; the service then restores the
+    pre-restore backup and raises it again, saying both steps, with ``pre_restore_backup`` and
+    ``undone`` (whether the database is back as it was before the restore).
     """
 
     def __init__(self, message, *, status_code=500, pre_restore_backup=None, undone=None):

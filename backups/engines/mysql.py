@@ -129,9 +129,7 @@ class MySQLEngine(DatabaseEngine):
                 try:
                     drop(cursor, objects)
                 except pymysql.MySQLError as exc:
-                    raise RestoreIncomplete(
-                        f"The restore stopped while emptying the database: {reason(exc)}."
-                    ) from None
+                    raise RestoreIncomplete(f"emptying the database failed: {reason(exc)}") from None
         finally:
             connection.close()
         try:
@@ -141,9 +139,7 @@ class MySQLEngine(DatabaseEngine):
         except Exception as exc:
             # A damaged file, say: the database is emptied and partly refilled by now.
             cause = exc.message if isinstance(exc, BackupError) else "unexpected error; see the server log"
-            raise RestoreIncomplete(
-                f"The restore stopped partway: {cause}", status_code=getattr(exc, "status_code", 500)
-            ) from exc
+            raise RestoreIncomplete(cause, status_code=getattr(exc, "status_code", 500)) from exc
 
     def replay(self, stream, lock_timeout):
         """Run the dump through the ``mysql`` client, which stops at the first error."""
@@ -159,9 +155,7 @@ class MySQLEngine(DatabaseEngine):
             returncode = process.wait()
             if returncode != 0:
                 message = client_error(read_tail(stderr))
-                raise RestoreIncomplete(
-                    f"The restore stopped partway (mysql said: {describe_exit(returncode, message)})."
-                )
+                raise RestoreIncomplete(f"mysql stopped at an error: {describe_exit(returncode, message)}")
 
     @contextmanager
     def lock(self, exclusive, purpose="operations"):

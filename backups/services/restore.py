@@ -165,24 +165,23 @@ def load_dump(engine, source, filename):
 def undo_incomplete_restore(engine, filename, incomplete, undo):
     """Put the pre-restore backup ``undo`` back after ``incomplete``; returns the error to raise,
     which tells both steps and, if the undo failed too, which backup to restore by hand."""
-    logger.error(
-        "Restoring %s stopped partway: %s Restoring %s to undo it.", filename, incomplete.message, undo.filename
-    )
+    failure = incomplete.message.rstrip(".")
+    logger.error("Restoring %s stopped partway (%s); restoring %s to undo it", filename, failure, undo.filename)
     try:
         with verified_copy(get_storage(), undo.filename, undo.manifest) as source:
             load_dump(engine, source, undo.filename)
     except Exception as exc:
-        cause = exc.message if isinstance(exc, BackupError) else "unexpected error; see the server log"
+        undo_failure = exc.message.rstrip(".") if isinstance(exc, BackupError) else "unexpected error"
         message = (
             f"THE DATABASE {engine.describe()} IS LEFT PARTLY RESTORED. Restoring {filename} stopped partway "
-            f"({incomplete.message}), and restoring the pre-restore backup {undo.filename} automatically failed "
-            f"too ({cause}). Restore {undo.filename} now: 'manage.py backups restore {undo.filename}', or by hand "
-            "as the README's 'Restoring without the app' shows."
+            f"({failure}), and restoring the pre-restore backup {undo.filename} automatically failed too "
+            f"({undo_failure}). Restore {undo.filename} now: 'manage.py backups restore {undo.filename}', or by "
+            "hand as the README's 'Restoring without the app' shows."
         )
         logger.critical("%s", message, exc_info=not isinstance(exc, BackupError))
         return RestoreIncomplete(message, pre_restore_backup=undo.filename, undone=False)
     return RestoreIncomplete(
-        f"Restoring {filename} failed. {incomplete.message} This database cannot roll back a failed restore, so "
+        f"Restoring {filename} failed partway ({failure}). This database cannot roll back a failed restore, so "
         f"the pre-restore backup {undo.filename} was restored automatically: the database is as it was before.",
         status_code=incomplete.status_code,
         pre_restore_backup=undo.filename,
