@@ -12,8 +12,8 @@ from django.db import connections
 from backups import services
 from backups.engines import get_engine
 from backups.engines.mysql import SHARED_LOCK_SLOTS, InsertRowCounter, mysql_only_dump_options
-from backups.exceptions import InvalidRequest, OperationInProgress, RestoreIncomplete
-from backups.models import Backup, Operation, Trigger
+from backups.exceptions import DumpFailed, InvalidRequest, OperationInProgress, RestoreIncomplete
+from backups.models import Backup, BackupStatus, Operation, Trigger
 
 from .conftest import execute, fetch, read_manifest, rewrite_backup, table_exists
 
@@ -128,6 +128,27 @@ def test_the_tools_get_the_password_in_their_environment_and_ignore_option_files
     execute("mariadb", "UPDATE brew SET name = 'changed'")
     restore(made.filename)
     assert names() == ["Pale Ale", "Stout"]
+
+
+def test_a_failed_dump_leaves_no_file_and_is_recorded_with_the_tools_message(backup_dir, settings, extra_alias):
+    """mysqldump fails for real: the user it runs as may read one table and nothing else."""
+    user = f"hoppybrew_reader{settings.SUFFIX}"
+    database = connections["mariadb"].settings_dict["NAME"]
+    execute(
+        "mariadb",
+        "CREATE TABLE brew (id integer)",
+        f"DROP USER IF EXISTS '{user}'@'%'",
+        f"CREATE USER '{user}'@'%'",
+        f"GRANT SELECT ON `{database}`.brew TO '{user}'@'%'",
+    )
+    try:
+        with pytest.raises(DumpFailed, match="mysqldump failed: .*denied"):
+            backup(extra_alias("reader", base="mariadb", USER=user))
+    finally:
+        execute("mariadb", f"DROP USER IF EXISTS '{user}'@'%'")
+    failed = Backup.objects.get(status=BackupStatus.FAILED)
+    assert failed.error.startswith("mysqldump failed: ")
+    assert list(backup_dir.iterdir()) == []
 
 
 def test_versions_name_the_server_and_the_dump_tool():

@@ -366,5 +366,6 @@ def count_row_separators(values):
     Without the escaped backslashes and then the escaped quotes, every quote left opens or closes
     a literal, so every other piece between quotes is SQL.
     """
-    plain = values.replace(b"\\\\", b"").replace(b"\\'", b"")
-    return b"'".join(plain.split(b"'")[::2]).count(b"),(")
+    if b"\\" in values:
+        values = values.replace(b"\\\\", b"").replace(b"\\'", b"")
+    return b"'".join(values.split(b"'")[::2]).count(b"),(")
