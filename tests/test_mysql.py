@@ -1,9 +1,15 @@
 """What only MySQL/MariaDB does, against the real MariaDB server: exact row counts from
 mysqldump's INSERTs, credentials that never reach the command line, locks from named-lock slots,
-restores that remove everything created since, and the undo of a restore that fails partway."""
+restores that remove everything created since, the undo of a restore that fails partway, and a
+site whose own database (and so its catalog) is MariaDB."""
 
 import gzip
+import json
+import os
+import subprocess
+import sys
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -20,6 +26,7 @@ from .conftest import execute, fetch, read_manifest, rewrite_backup, table_exist
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mariadb"])
 COMMAND = services.Actor.command()
 BROKEN = "\nINSERT INTO no_such_table VALUES (1);\n"
+PROJECT = Path(__file__).resolve().parent.parent
 
 
 def backup(alias="mariadb"):
@@ -313,3 +320,60 @@ def test_restoring_into_another_alias_needs_the_same_engine(brew):
     made = backup()
     with pytest.raises(InvalidRequest, match="mysql backup and cannot be restored into the postgresql"):
         restore(made.filename, target="default")
+
+
+# -- a site whose own database is MariaDB ----------------------------------------------------------
+
+
+def manage(*args, env):
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=PROJECT, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture
+def mysql_site(tmp_path, settings):
+    """manage.py with the site's own settings on a scratch MariaDB database, which therefore also
+    holds the backup catalog and the journal."""
+    database = f"hoppybrew_site{settings.SUFFIX}"
+    mysql = ["mysql", "--protocol=TCP", "-h", "127.0.0.1", "-u", "root", "-e"]
+    subprocess.run([*mysql, f"DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"], check=True)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "DJANGO_SETTINGS_MODULE": "hoppybrew_site.settings",
+        "DJANGO_SECRET_KEY": "test",
+        "DATABASE_URL": f"mysql://root@127.0.0.1:3306/{database}",
+        "BACKUP_DIR": str(tmp_path / "backups"),
+    }
+    assert manage("migrate", "-v0", env=env).returncode == 0
+    yield env, [*mysql[:-1], database, "-N", "-B", "-e"]
+    subprocess.run([*mysql, f"DROP DATABASE IF EXISTS {database}"], check=True)
+
+
+def test_a_mariadb_site_keeps_its_catalog_across_restores_and_their_undo(mysql_site):
+    env, sql = mysql_site
+    subprocess.run([*sql, "CREATE TABLE brew (name text); INSERT INTO brew VALUES ('Pale Ale')"], check=True)
+    first = manage("backups", "create", "--description", "A", env=env).stdout.split()[1]
+    subprocess.run([*sql, "UPDATE brew SET name = 'Stout'; CREATE TABLE hops (id int)"], check=True)
+    second = manage("backups", "create", "--description", "B", env=env).stdout.split()[1]
+
+    result = manage("backups", "restore", first, "--yes", env=env)
+    assert result.returncode == 0, result.stderr
+    assert subprocess.run([*sql, "SELECT name FROM brew"], capture_output=True, text=True).stdout == "Pale Ale\n"
+    assert "hops" not in subprocess.run([*sql, "SHOW TABLES"], capture_output=True, text=True).stdout.split()
+    listed = {item["filename"] for item in json.loads(manage("backups", "list", "--json", env=env).stdout)}
+    assert {first, second} <= listed and len(listed) == 3  # and the pre-restore backup
+
+    rewrite_backup(Path(env["BACKUP_DIR"]), second, lambda dump: dump + BROKEN)
+    result = manage("backups", "restore", second, "--yes", env=env)
+    assert result.returncode == 1
+    assert "was restored automatically" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert subprocess.run([*sql, "SELECT name FROM brew"], capture_output=True, text=True).stdout == "Pale Ale\n"
+    after = {item["filename"] for item in json.loads(manage("backups", "list", "--json", env=env).stdout)}
+    assert listed < after and len(after) == 4  # the second pre-restore backup joined them
+    journal = subprocess.run(
+        [*sql, "SELECT status, details FROM backups_operation WHERE action = 'restore' ORDER BY started_at"],
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
+    assert [line.split("\t")[0] for line in journal] == ["succeeded", "failed"]
+    assert '"undone": true' in journal[1]
