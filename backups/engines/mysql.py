@@ -13,6 +13,7 @@ backups of one database run side by side, and a restore runs alone.
 """
 
 import hashlib
+import logging
 import os
 import re
 import subprocess
@@ -53,6 +54,7 @@ RESTORE_OPTIONS = [
     # The client's own limit; the dump's longest statement (one big row) fits the server's.
     "--max-allowed-packet=1G",
 ]
+logger = logging.getLogger("backups")
 SHARED_LOCK_SLOTS = 16
 LOCK_NAME_LIMIT = 64  # MySQL refuses longer lock names
 LOCK_WAIT_TIMEOUT = 1205  # ER_LOCK_WAIT_TIMEOUT
@@ -136,10 +138,12 @@ class MySQLEngine(DatabaseEngine):
             self.replay(stream, lock_timeout)
         except RestoreIncomplete:
             raise
-        except Exception as exc:
+        except BackupError as exc:
             # A damaged file, say: the database is emptied and partly refilled by now.
-            cause = exc.message if isinstance(exc, BackupError) else "unexpected error; see the server log"
-            raise RestoreIncomplete(cause, status_code=getattr(exc, "status_code", 500)) from exc
+            raise RestoreIncomplete(exc.message, status_code=exc.status_code) from None
+        except Exception:
+            logger.exception("The restore of %s stopped on an unexpected error", self.describe())
+            raise RestoreIncomplete("unexpected error; see the server log") from None
 
     def replay(self, stream, lock_timeout):
         """Run the dump through the ``mysql`` client, which stops at the first error."""
