@@ -12,6 +12,11 @@ class BackupError(Exception):
         self.message = message or self.default_message
         super().__init__(self.message)
 
+    @property
+    def details(self):
+        """Fields for the API's error body and the journal, beside the message."""
+        return {}
+
 
 class InvalidRequest(BackupError):
     status_code = 400
@@ -50,6 +55,28 @@ class DumpFailed(BackupError):
 class RestoreFailed(BackupError):
     status_code = 500
     default_message = "Database restore failed; the database was not changed."
+
+
+class RestoreIncomplete(RestoreFailed):
+    """A restore stopped partway through a database that cannot roll back (MySQL), leaving it
+    partly restored.
+
+    The engine raises it with the cause as its message; the service then restores the
+    pre-restore backup and raises it again, saying both steps, with ``pre_restore_backup`` and
+    ``undone`` (whether the database is back as it was before the restore).
+    """
+
+    def __init__(self, message, *, status_code=500, pre_restore_backup=None, undone=None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.pre_restore_backup = pre_restore_backup
+        self.undone = undone
+
+    @property
+    def details(self):
+        if self.pre_restore_backup is None:
+            return {}
+        return {"pre_restore_backup": self.pre_restore_backup, "undone": self.undone}
 
 
 class DatabaseBusy(BackupError):

@@ -34,10 +34,51 @@ def require_server(name, host, port):
     pytest.skip(message)
 
 
+def mysql_servers():
+    """{alias: (host, port)} of the MariaDB (MySQL) aliases of the test settings."""
+    from django.conf import settings
+
+    return {
+        alias: (config["HOST"] or "localhost", int(config["PORT"] or 3306))
+        for alias, config in settings.DATABASES.items()
+        if config["ENGINE"] == "django.db.backends.mysql"
+    }
+
+
+def databases_of(item):
+    marker = item.get_closest_marker("django_db")
+    return set(marker.kwargs.get("databases") or ["default"]) if marker else set()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests on a MariaDB alias are left out when its server is down on a developer's machine:
+    their test database could not even be created. With CI=true they stay, and fail."""
+    down = {alias for alias, (host, port) in mysql_servers().items() if not server_reachable(host, port)}
+    if not down or IN_CI:
+        return
+    left_out = [item for item in items if databases_of(item) & down]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if not databases_of(item) & down]
+        config.stash[LEFT_OUT] = f"MariaDB is not reachable: {len(left_out)} tests on it were not run."
+
+
+LEFT_OUT = pytest.StashKey[str]()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if LEFT_OUT in config.stash:
+        terminalreporter.write_line(config.stash[LEFT_OUT], yellow=True)
+
+
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
-    """Runs before the test databases are created: the PostgreSQL server must be there."""
+def django_db_modify_db_settings(request, django_db_modify_db_settings_parallel_suffix):
+    """Runs before the test databases are created: the servers the tests use must be there."""
     require_server("PostgreSQL", "127.0.0.1", 5432)
+    used = set().union(*(databases_of(item) for item in request.session.items))
+    for alias, (host, port) in mysql_servers().items():
+        if alias in used:
+            require_server("MariaDB", host, port)
 
 
 @pytest.fixture(autouse=True)

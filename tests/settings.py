@@ -1,4 +1,4 @@
-"""Test settings: the site's settings on the real PostgreSQL server, plus an SQLite alias.
+"""Test settings: the site's settings on the real PostgreSQL server, plus SQLite and MariaDB aliases.
 
 Nothing from the machine's environment or .env may change what the tests test, so BACKUP_*
 values are dropped here and set by the tests themselves.
@@ -16,6 +16,7 @@ for _name in [name for name in globals() if name.startswith("BACKUP_")]:
 # Lets two checkouts run their suites side by side against one server.
 SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/hoppybrew")
+MARIADB_URL = os.environ.get("TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/hoppybrew")
 SQLITE_DIR = os.path.join(tempfile.gettempdir(), f"hoppybrew-tests{SUFFIX}")
 os.makedirs(SQLITE_DIR, exist_ok=True)
 # A password that the server (trust auth) ignores, so tests can prove it never leaks.
@@ -30,6 +31,10 @@ DATABASES = {
     "sqlite": {
         **database_config(f"sqlite:///{SQLITE_DIR}/main.sqlite3"),
         "TEST": {"NAME": f"{SQLITE_DIR}/test_main.sqlite3"},
+    },
+    "mariadb": {
+        **database_config(MARIADB_URL),
+        "TEST": {"NAME": f"test_hoppybrew{SUFFIX}", "CHARSET": "utf8mb4"},
     },
 }
 

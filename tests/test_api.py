@@ -100,7 +100,7 @@ def test_create_without_pg_dump_is_503_naming_the_tool(api, monkeypatch, tmp_pat
 # -- list and show ------------------------------------------------------------------------------
 
 
-def test_list_is_newest_first_with_the_spec_fields(api):
+def test_list_is_newest_first_with_the_spec_fields(api, settings):
     older = create(api, description="older")
     newer = create(api, description="newer")
     Backup.objects.filter(filename=older).update(

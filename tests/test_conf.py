@@ -116,4 +116,6 @@ def test_cronjobs_exist_only_when_enabled():
         ("30 3 * * *", "backups.cron.scheduled_cleanup"),
         ("45 4 * * *", "backups.cron.scheduled_verification"),
     ]
-    assert cronjobs({"BACKUP_ENABLED": "true", "BACKUP_VERIFY_SCHEDULE": "off"})[-1][1] == "backups.cron.scheduled_cleanup"
+    assert (
+        cronjobs({"BACKUP_ENABLED": "true", "BACKUP_VERIFY_SCHEDULE": "off"})[-1][1] == "backups.cron.scheduled_cleanup"
+    )

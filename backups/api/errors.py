@@ -34,9 +34,9 @@ def flatten_validation(detail, prefix=""):
 
 def exception_handler(exc, context):
     """Maps service errors to their HTTP status, and DRF's own errors to the same body."""
-    headers = {}
+    headers, details = {}, {}
     if isinstance(exc, BackupError):
-        code, message = exc.status_code, exc.message
+        code, message, details = exc.status_code, exc.message, exc.details
     elif isinstance(exc, drf_exceptions.ValidationError):
         code, message = status.HTTP_400_BAD_REQUEST, flatten_validation(exc.detail)
     elif isinstance(exc, drf_exceptions.APIException):
@@ -52,7 +52,7 @@ def exception_handler(exc, context):
     else:
         logger.exception("Unexpected error in the backup API")
         code, message = status.HTTP_500_INTERNAL_SERVER_ERROR, "Unexpected error; see the server log."
-    return Response(error_body(message), status=code, headers=headers)
+    return Response({**error_body(message), **details}, status=code, headers=headers)
 
 
 API_PREFIXES = ("/backups", "/api/")

@@ -223,3 +223,9 @@ class ScheduleSerializer(serializers.Serializer):
 class ErrorSerializer(serializers.Serializer):
     status = serializers.CharField(help_text='Always "error"')
     message = serializers.CharField()
+    pre_restore_backup = serializers.CharField(
+        required=False, help_text="A restore that stopped partway (MySQL): the backup restored to undo it"
+    )
+    undone = serializers.BooleanField(
+        required=False, help_text="Whether that undo brought the database back as it was before the restore"
+    )

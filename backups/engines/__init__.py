@@ -6,6 +6,7 @@ from django.utils.module_loading import import_string
 from ..exceptions import ConfigurationError, InvalidRequest
 
 ENGINES = {
+    "mysql": "backups.engines.mysql.MySQLEngine",
     "postgresql": "backups.engines.postgresql.PostgreSQLEngine",
     "sqlite": "backups.engines.sqlite.SQLiteEngine",
 }

@@ -86,6 +86,10 @@ class DatabaseEngine:
         tool's message. Objects that are not in the dump (a table added since) are removed.
         Raise ``DatabaseBusy`` when other sessions keep their locks beyond ``lock_timeout``
         seconds.
+
+        An engine that cannot roll back (``restore_is_transactional = False``) raises
+        ``RestoreIncomplete`` when it stopped after changing the database, and the service
+        puts the pre-restore backup back; any other error still means nothing was changed.
         """
         raise NotImplementedError("subclasses of DatabaseEngine must provide a restore() method")
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import DatabaseError
 from django.utils import timezone
 
 from ..exceptions import BackupError, PermissionDenied
@@ -100,6 +101,7 @@ def journal(action, actor, *, permission, filename="", database="", operation=No
         actor.require(permission)
         yield operation
     except BackupError as exc:
+        operation.details = {**operation.details, **exc.details}
         _finish(operation, OperationStatus.FAILED, exc.message)
         logger.error("Backup %s failed (%s via %s): %s", action, actor.name, actor.origin, exc.message)
         raise
@@ -133,4 +135,9 @@ def _finish(operation, status, message):
     operation.message = message or ""
     operation.finished_at = timezone.now()
     # save() updates the row, or inserts it again when a restore has just rewritten the table.
-    operation.save()
+    try:
+        operation.save()
+    except DatabaseError:
+        # The journal must not hide the outcome it records: a restore that failed partway may
+        # have left the very database that holds the journal without its tables.
+        logger.exception("Could not record the end of the %s operation", operation.action)

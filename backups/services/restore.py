@@ -12,7 +12,15 @@ from django.utils import timezone
 from ..compression import CHUNK_SIZE, CountingReader, codec_for
 from ..conf import backup_settings
 from ..engines import get_engine
-from ..exceptions import BackupDamaged, BackupNotFound, DatabaseBusy, InvalidRequest, RestoreFailed
+from ..exceptions import (
+    BackupDamaged,
+    BackupError,
+    BackupNotFound,
+    DatabaseBusy,
+    InvalidRequest,
+    RestoreFailed,
+    RestoreIncomplete,
+)
 from ..models import Action, Backup, HealthState, Operation, Trigger
 from ..naming import manifest_name
 from ..storage import get_storage
@@ -44,26 +52,25 @@ def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, ope
 
     Before anything changes: the file's sha256 must match its manifest, and (unless turned off)
     a pre-restore backup of the current state is taken, so a wrong restore can be undone.
-    A restore is a major event: people are told how it went (BACKUP_NOTIFY_ON_RESTORE).
+    Where the database cannot roll back a failed restore, that backup is mandatory, and put back
+    automatically when the restore fails. A restore is a major event: people are told how it went
+    (BACKUP_NOTIFY_ON_RESTORE).
     """
     try:
         result = _restore(filename, actor, target, pre_restore_backup, operation)
-    except (RestoreFailed, DatabaseBusy) as exc:
-        announce_restore(filename, actor, target, f"FAILED, nothing was changed: {exc.message}")
+    except (RestoreFailed, DatabaseBusy) as exc:  # it was attempted; refusals are not announced
+        announce_restore(f"Restore of {filename} failed", actor, target, f"failed: {exc.message}")
         raise
-    undo = f"\nTo undo it, restore {result.pre_restore_backup.filename}." if result.pre_restore_backup else ""
-    announce_restore(filename, actor, result.database, f"succeeded.{undo}")
+    undo = f" To undo it, restore {result.pre_restore_backup.filename}." if result.pre_restore_backup else ""
+    announce_restore(
+        f"Database {result.database} restored from {filename}", actor, result.database, f"succeeded.{undo}"
+    )
     return result
 
 
-def announce_restore(filename, actor, database, outcome):
+def announce_restore(subject, actor, database, outcome):
     if backup_settings.NOTIFY_ON_RESTORE:
-        notify(
-            f"Database {database or 'default'} restored from {filename}"
-            if "succeeded" in outcome
-            else f"Restore of {filename} failed",
-            f"{actor.name} (via {actor.origin}) restored database {database or 'default'} from {filename}: {outcome}",
-        )
+        notify(subject, f"{actor.name} (via {actor.origin}) restored database {database or 'default'}: {outcome}")
 
 
 def _restore(filename, actor, target, pre_restore_backup, operation):
@@ -84,8 +91,7 @@ def _restore(filename, actor, target, pre_restore_backup, operation):
                 f"{filename} is a {backup.engine} backup and cannot be restored into the {engine.vendor} "
                 f"database {alias!r}. Nothing was changed."
             )
-        if pre_restore_backup is None:
-            pre_restore_backup = backup_settings.PRE_RESTORE_BACKUP
+        pre_restore_backup = wants_pre_restore_backup(engine, pre_restore_backup)
         warning = verification_warning(backup)
         engine.check_tools()
         storage = get_storage()
@@ -103,7 +109,7 @@ def _restore(filename, actor, target, pre_restore_backup, operation):
                     )
                     result.pre_restore_backup = write_backup(engine, undo)
                     record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
-                result.warnings.extend(replace_database(engine, source, filename))
+                result.warnings.extend(replace_database(engine, source, filename, undo=result.pre_restore_backup))
         result.finished_at = timezone.now()
         record.message = f"Restored {engine.describe()} from {filename}"
         record.details = {**record.details, "warnings": result.warnings}
@@ -117,6 +123,19 @@ def verification_warning(backup):
     if not backup.verification.get("passed"):
         return f"{backup.filename} failed its last verification ({backup.verification.get('message')})."
     return None
+
+
+def wants_pre_restore_backup(engine, requested):
+    """Whether to back up the current state first: as asked, else BACKUP_PRE_RESTORE_BACKUP.
+    Where a failed restore cannot be rolled back, always: that backup is its undo."""
+    if engine.restore_is_transactional:
+        return backup_settings.PRE_RESTORE_BACKUP if requested is None else requested
+    if requested is False:
+        raise InvalidRequest(
+            f"The {engine.vendor} database {engine.alias!r} cannot roll back a failed restore, so the pre-restore "
+            "backup that undoes one cannot be skipped. Nothing was changed."
+        )
+    return True
 
 
 def refuse_inside_transaction():
@@ -163,17 +182,62 @@ def check_digest(reader, filename, manifest, already_read=False):
         )
 
 
-def replace_database(engine, source, filename):
+def replace_database(engine, source, filename, undo=None):
     """Feed the decompressed dump to the engine, carrying the catalog tables across.
-    Returns warnings about the catalog; the restore itself either happened or raised."""
+    Returns warnings about the catalog; the restore itself either happened or raised.
+
+    A restore that stopped partway (``RestoreIncomplete``, from engines that cannot roll back)
+    is undone by restoring ``undo``, the pre-restore backup.
+    """
     carried = snapshot_carried_rows(engine.alias)
     connections.close_all()
-    codec = codec_for(filename)
-    reader = codec.decompressor(source)
+    try:
+        load_dump(engine, source, filename)
+    except RestoreIncomplete as incomplete:
+        if undo is None:
+            raise
+        failure = undo_incomplete_restore(engine, filename, incomplete, undo)
+        carry_back(carried)
+        raise failure from incomplete
+    return carry_back(carried)
+
+
+def load_dump(engine, source, filename):
+    reader = codec_for(filename).decompressor(source)
     try:
         engine.restore(GuardedReader(reader, filename), backup_settings.RESTORE_LOCK_TIMEOUT)
     finally:
         reader.close()
+
+
+def undo_incomplete_restore(engine, filename, incomplete, undo):
+    """Put the pre-restore backup ``undo`` back after ``incomplete``; returns the error to raise,
+    which tells both steps and, if the undo failed too, which backup to restore by hand."""
+    failure = incomplete.message.rstrip(".")
+    logger.error("Restoring %s stopped partway (%s); restoring %s to undo it", filename, failure, undo.filename)
+    try:
+        with verified_copy(get_storage(), undo.filename, undo.manifest) as source:
+            load_dump(engine, source, undo.filename)
+    except Exception as exc:
+        undo_failure = exc.message.rstrip(".") if isinstance(exc, BackupError) else "unexpected error"
+        message = (
+            f"THE DATABASE {engine.describe()} IS LEFT PARTLY RESTORED. Restoring {filename} stopped partway "
+            f"({failure}), and restoring the pre-restore backup {undo.filename} automatically failed too "
+            f"({undo_failure}). Restore {undo.filename} now: 'manage.py backups restore {undo.filename}', or by "
+            "hand as the README's 'Restoring without the app' shows."
+        )
+        logger.critical("%s", message, exc_info=not isinstance(exc, BackupError))
+        return RestoreIncomplete(message, pre_restore_backup=undo.filename, undone=False)
+    return RestoreIncomplete(
+        f"Restoring {filename} failed partway ({failure}). This database cannot roll back a failed restore, so "
+        f"the pre-restore backup {undo.filename} was restored automatically: the database is as it was before.",
+        status_code=incomplete.status_code,
+        pre_restore_backup=undo.filename,
+        undone=True,
+    )
+
+
+def carry_back(carried):
     if carried is None:
         return []
     return restore_carried_rows(carried) or sync_after_restore()
@@ -193,9 +257,7 @@ class GuardedReader:
         try:
             return self.reader.read(size)
         except (OSError, EOFError, ValueError) as exc:
-            raise BackupDamaged(
-                f"{self.filename} cannot be decompressed ({exc}); the database was not changed."
-            ) from None
+            raise BackupDamaged(f"{self.filename} cannot be decompressed ({exc}); the restore was stopped.") from None
 
 
 def snapshot_carried_rows(alias):

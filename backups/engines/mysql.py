@@ -1,0 +1,375 @@
+"""MySQL and MariaDB: ``mysqldump`` to plain SQL, the ``mysql`` client to restore.
+
+MySQL cannot roll back DDL, so a restore cannot be all or nothing: it locks every table (giving
+up, with nothing changed, when other sessions keep them busy), drops everything the database
+holds, then replays the dump statement by statement. A failure after that point raises
+``RestoreIncomplete``; ``restore_is_transactional = False`` makes the service take a pre-restore
+backup before every restore and put it back automatically when that happens.
+
+Locks are named locks (``GET_LOCK``) held by a connection of their own, so they vanish with it.
+MySQL and MariaDB have exclusive named locks only. Shared holders (backups) each take one of
+``SHARED_LOCK_SLOTS`` locks and an exclusive holder (a restore) takes them all: up to that many
+backups of one database run side by side, and a restore runs alone.
+"""
+
+import hashlib
+import logging
+import os
+import re
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from functools import cached_property
+
+import pymysql
+from django.db import connections
+from django.db.backends.mysql.client import DatabaseClient
+
+from ..exceptions import (
+    BackupError,
+    DatabaseBusy,
+    DatabaseUnavailable,
+    OperationInProgress,
+    RestoreFailed,
+    RestoreIncomplete,
+    ToolMissing,
+)
+from .base import DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, feed_process, read_tail, run_tool
+
+DUMP_OPTIONS = [
+    # One consistent snapshot of InnoDB tables, without locking them. mysqldump's defaults
+    # (--opt) already write DROP ... IF EXISTS before every table, routine and event.
+    "--single-transaction",
+    "--routines",
+    "--triggers",
+    "--events",
+    # Binary columns as hex literals: exact bytes whatever the character set of the restore.
+    "--hex-blob",
+    "--default-character-set=utf8mb4",
+    # Tablespace statements need the PROCESS privilege and do not carry over to another server.
+    "--no-tablespaces",
+]
+RESTORE_OPTIONS = [
+    "--default-character-set=utf8mb4",
+    # The client's own limit; the dump's longest statement (one big row) fits the server's.
+    "--max-allowed-packet=1G",
+]
+logger = logging.getLogger("backups")
+SHARED_LOCK_SLOTS = 16
+LOCK_NAME_LIMIT = 64  # MySQL refuses longer lock names
+LOCK_WAIT_TIMEOUT = 1205  # ER_LOCK_WAIT_TIMEOUT
+
+
+class MySQLEngine(DatabaseEngine):
+    vendor = "mysql"
+    required_tools = ("mysqldump", "mysql")
+    restore_is_transactional = False
+
+    def command(self, tool, parameters):
+        """Argument list and environment for a client tool, built the way ``dbshell`` does (the
+        password in MYSQL_PWD, never on the command line), connecting exactly as Django does.
+
+        Option files (~/.my.cnf) and this process's MYSQL_* variables would override the
+        settings (a password in ~/.my.cnf beats MYSQL_PWD), so the tools read neither, unless
+        OPTIONS names a file. PyMySQL, the site's driver, uses TCP unless HOST is a socket
+        path; the tools would take the Unix socket for "localhost", so they are told to use TCP.
+        """
+        args, env = DatabaseClient.settings_to_cmd_args_env(self.settings_dict, parameters)
+        args[0] = tool
+        if not self.settings_dict["OPTIONS"].get("read_default_file"):
+            args.insert(1, "--no-defaults")
+        host = self.settings_dict["OPTIONS"].get("host", self.settings_dict["HOST"])
+        if "/" not in host:
+            args.insert(2, "--protocol=TCP")
+        inherited = {name: value for name, value in os.environ.items() if not name.startswith("MYSQL_")}
+        return args, {**inherited, **(env or {})}
+
+    def connect(self):
+        """A separate autocommit connection, outside Django's, for locks and small queries."""
+        params = connections[self.alias].get_connection_params()
+        params.setdefault("connect_timeout", 10)
+        params["autocommit"] = True
+        try:
+            return pymysql.connect(**params)
+        except pymysql.MySQLError as exc:
+            raise DatabaseUnavailable(
+                f"Cannot connect to the MySQL database {self.describe()}: {reason(exc)}"
+            ) from None
+
+    def query_value(self, sql):
+        connection = self.connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+                return cursor.fetchone()[0]
+        finally:
+            connection.close()
+
+    def versions(self):
+        server = self.query_value("SELECT VERSION()")
+        flavour = "MariaDB" if "mariadb" in server.lower() else "MySQL"
+        return {"server": f"{flavour} {server}", "dump_tool": self.dump_tool_version}
+
+    @cached_property
+    def dump_tool_version(self):
+        return run_tool(["mysqldump", "--version"], os.environ, "mysqldump").strip()
+
+    @contextmanager
+    def dump(self):
+        args, env = self.command("mysqldump", DUMP_OPTIONS + mysql_only_dump_options(self.dump_tool_version))
+        with ProcessDump(args, env, "mysqldump").run() as stdout:
+            yield DumpStream(stdout, InsertRowCounter())
+
+    def restore(self, stream, lock_timeout):
+        connection = self.connect()
+        try:
+            with connection.cursor() as cursor:
+                objects = list_objects(cursor)
+                lock_tables(
+                    cursor, [name for kind, name in objects if kind == "TABLE"], lock_timeout, self.database_name
+                )
+                try:
+                    drop(cursor, objects)
+                except pymysql.MySQLError as exc:
+                    raise RestoreIncomplete(f"emptying the database failed: {reason(exc)}") from None
+        finally:
+            connection.close()
+        try:
+            self.replay(stream, lock_timeout)
+        except RestoreIncomplete:
+            raise
+        except BackupError as exc:
+            # A damaged file, say: the database is emptied and partly refilled by now.
+            raise RestoreIncomplete(exc.message, status_code=exc.status_code) from None
+        except Exception:
+            logger.exception("The restore of %s stopped on an unexpected error", self.describe())
+            raise RestoreIncomplete("unexpected error; see the server log") from None
+
+    def replay(self, stream, lock_timeout):
+        """Run the dump through the ``mysql`` client, which stops at the first error."""
+        args, env = self.command("mysql", RESTORE_OPTIONS)
+        with tempfile.TemporaryFile() as stderr:
+            try:
+                process = subprocess.Popen(
+                    args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr, env=env
+                )
+            except FileNotFoundError:
+                raise ToolMissing("mysql not found on PATH; install the MySQL or MariaDB client tools.") from None
+            feed_process(process, f"SET SESSION lock_wait_timeout = {int(lock_timeout)};\n".encode(), stream)
+            returncode = process.wait()
+            if returncode != 0:
+                message = client_error(read_tail(stderr))
+                raise RestoreIncomplete(f"mysql stopped at an error: {describe_exit(returncode, message)}")
+
+    @contextmanager
+    def lock(self, exclusive, purpose="operations"):
+        connection = self.connect()
+        try:
+            names = [self.lock_name(purpose, slot) for slot in range(SHARED_LOCK_SLOTS)]
+            with connection.cursor() as cursor:
+                if exclusive:
+                    cursor.execute("SELECT " + ", ".join(["GET_LOCK(%s, 0)"] * len(names)), names)
+                    acquired = all(result == 1 for result in cursor.fetchone())
+                else:
+                    acquired = any(take_lock(cursor, name) for name in names)
+            if not acquired:
+                raise OperationInProgress(
+                    f"Another backup or restore of the database {self.database_name} is running; "
+                    "try again when it has finished."
+                )
+            yield
+        finally:
+            # Closing the session releases its locks; so does the death of this process.
+            connection.close()
+
+    def lock_name(self, purpose, slot):
+        """Named locks are server-wide: the name carries the database's."""
+        name = f"hoppybrew-backups.{purpose}.{slot}.{self.database_name}"
+        if len(name) > LOCK_NAME_LIMIT:
+            name = f"hoppybrew-backups.{purpose}.{slot}.{hashlib.sha256(self.database_name.encode()).hexdigest()[:32]}"
+        return name
+
+    def size_bytes(self):
+        total = self.query_value(
+            "SELECT COALESCE(SUM(DATA_LENGTH + INDEX_LENGTH), 0) FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = DATABASE()"
+        )
+        return int(total)
+
+
+def mysql_only_dump_options(dump_tool_version):
+    """Options of MySQL's own mysqldump, which MariaDB's does not know."""
+    if "mariadb" in dump_tool_version.lower():
+        return []
+    # A dump from a server with GTIDs would otherwise set GTID_PURGED, which fails on any server
+    # that has GTIDs of its own: the very server it came from, among others.
+    return ["--set-gtid-purged=OFF"]
+
+
+def client_error(stderr):
+    """The client's error, without the failing statement that MariaDB's client prints before it
+    (at times a whole INSERT of row data)."""
+    start = stderr.rfind("\nERROR ")
+    return stderr[start + 1 :] if start >= 0 else stderr
+
+
+def reason(exc):
+    """A PyMySQL error's message without its numeric code."""
+    return str(exc.args[-1]) if exc.args else str(exc)
+
+
+def quote(name):
+    return "`" + name.replace("`", "``") + "`"
+
+
+def take_lock(cursor, name):
+    cursor.execute("SELECT GET_LOCK(%s, 0)", [name])
+    return cursor.fetchone()[0] == 1
+
+
+def lock_tables(cursor, tables, lock_timeout, database_name):
+    """Take the lock of every table at once, waiting at most ``lock_timeout`` seconds for the
+    sessions that use them; held until the tables are dropped."""
+    cursor.execute("SET SESSION lock_wait_timeout = %s", [int(lock_timeout)])
+    cursor.execute("SET SESSION foreign_key_checks = 0")
+    if not tables:
+        return
+    try:
+        cursor.execute("LOCK TABLES " + ", ".join(f"{quote(name)} WRITE" for name in tables))
+    except pymysql.MySQLError as exc:
+        if exc.args and exc.args[0] == LOCK_WAIT_TIMEOUT:
+            raise DatabaseBusy(
+                f"The database {database_name} is busy: other sessions kept its tables in use for more than "
+                f"{lock_timeout} s. Nothing was changed; stop the application or try again."
+            ) from None
+        raise RestoreFailed(
+            f"Database restore failed; the database was not changed. Locking its tables failed: {reason(exc)}"
+        ) from None
+
+
+def list_objects(cursor):
+    """(kind, name) of everything in the current database that a dump can recreate."""
+    cursor.execute(
+        "SELECT IF(TABLE_TYPE = 'VIEW', 'VIEW', 'TABLE'), TABLE_NAME "
+        "FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+        "UNION ALL SELECT ROUTINE_TYPE, ROUTINE_NAME "
+        "FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = DATABASE() "
+        "UNION ALL SELECT 'EVENT', EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = DATABASE()"
+    )
+    return cursor.fetchall()
+
+
+def drop(cursor, objects):
+    """Remove everything, so that the restored database holds exactly what the dump does (and not
+    a table created since, say). Tables (with their triggers; MariaDB's sequences are tables too)
+    go while locked; views, routines and events cannot be dropped under LOCK TABLES."""
+    tables = [quote(name) for kind, name in objects if kind == "TABLE"]
+    if tables:
+        cursor.execute("DROP TABLE IF EXISTS " + ", ".join(tables))
+    cursor.execute("UNLOCK TABLES")
+    for kind, name in objects:
+        if kind != "TABLE":
+            cursor.execute(f"DROP {kind} IF EXISTS {quote(name)}")
+
+
+class InsertRowCounter(RowCounter):
+    """Counts the rows of each table in mysqldump's INSERT statements as the dump streams past.
+
+    mysqldump escapes newlines, quotes and backslashes inside string literals (``\\n``, ``\\'``,
+    ``\\\\``), so a raw newline never occurs inside a value. MariaDB's mysqldump writes one row
+    per line after ``INSERT INTO `t` VALUES``; the statement ends with the first ``);`` at the
+    end of a line, and counting rows is counting lines, with ``bytes.count``. MySQL's writes a
+    whole statement on one line, where the ``),(`` between rows are counted outside string
+    literals. ``CREATE TABLE`` lines record empty tables as 0; the bodies of triggers, routines
+    and events (between ``DELIMITER ;;`` and ``DELIMITER ;``) are not data and are skipped.
+    """
+
+    STATEMENT = re.compile(rb"^(?:(INSERT INTO|CREATE TABLE) `((?:[^`]|``)+)`|(DELIMITER ;;)$)", re.MULTILINE)
+    BLOCK_END = re.compile(rb"^DELIMITER ;$", re.MULTILINE)
+    ROWS_END = b");\n"
+
+    def __init__(self):
+        super().__init__()
+        self._line = []  # the unfinished last line, in pieces
+        self._in_block = False
+        self._table = None  # the table whose row lines are being counted
+        self._rows = 0
+        self._previous = b""  # in row lines: the last bytes seen, to find a split ROWS_END
+
+    def feed(self, chunk):
+        position = 0
+        while position < len(chunk):
+            if self._table is None:
+                position = self._find_statement(chunk, position)
+            else:
+                position = self._count_row_lines(chunk, position)
+
+    def _find_statement(self, chunk, position):
+        """Looks at complete lines only; returns where to go on in ``chunk``."""
+        first_newline = chunk.find(b"\n", position)
+        if first_newline < 0:
+            self._line.append(chunk[position:])
+            return len(chunk)
+        if self._line:
+            # The line begun in an earlier chunk ends here: look at it alone.
+            line = b"".join([*self._line, chunk[position : first_newline + 1]])
+            self._line = []
+            match = self._pattern().match(line)
+            if match:
+                self._on_statement(match, line, len(line) - 1)
+            return first_newline + 1
+        end = chunk.rfind(b"\n", position) + 1
+        match = self._pattern().search(chunk, position, end)
+        if match is None:
+            return end
+        line_end = chunk.index(b"\n", match.end())
+        self._on_statement(match, chunk, line_end)
+        return line_end + 1
+
+    def _pattern(self):
+        return self.BLOCK_END if self._in_block else self.STATEMENT
+
+    def _on_statement(self, match, data, line_end):
+        if self._in_block:
+            self._in_block = False
+        elif match[3]:
+            self._in_block = True
+        else:
+            table = match[2].replace(b"``", b"`").decode("utf-8", "replace")
+            if match[1] == b"CREATE TABLE":
+                self.counts.setdefault(table, 0)
+            elif data.endswith(b");", match.end(), line_end):
+                self._add(table, count_row_separators(data[match.end() : line_end]) + 1)
+            else:
+                self._table, self._rows, self._previous = table, 0, b""
+
+    def _count_row_lines(self, chunk, position):
+        boundary = self._previous + chunk[position : position + len(self.ROWS_END) - 1]
+        found = boundary.find(self.ROWS_END)
+        if 0 <= found < len(self._previous):  # split between the last chunk and this one
+            end = position + found + len(self.ROWS_END) - len(self._previous)
+        else:
+            found = chunk.find(self.ROWS_END, position)
+            if found < 0:
+                self._rows += chunk.count(b"\n", position)
+                keep = len(self.ROWS_END) - 1
+                self._previous = (self._previous + chunk[max(position, len(chunk) - keep) :])[-keep:]
+                return len(chunk)
+            end = found + len(self.ROWS_END)
+        self._add(self._table, self._rows + chunk.count(b"\n", position, end))
+        self._table = None
+        return end
+
+    def _add(self, table, rows):
+        self.counts[table] = self.counts.get(table, 0) + rows
+
+
+def count_row_separators(values):
+    """The ``),(`` between rows in one line of VALUES, leaving out any inside string literals.
+
+    Without the escaped backslashes and then the escaped quotes, every quote left opens or closes
+    a literal, so every other piece between quotes is SQL.
+    """
+    if b"\\" in values:
+        values = values.replace(b"\\\\", b"").replace(b"\\'", b"")
+    return b"'".join(values.split(b"'")[::2]).count(b"),(")
