@@ -88,4 +88,5 @@ def test_a_backup_is_refused_by_a_database_of_another_engine_before_anything_run
     assert "Nothing was changed" in message
     assert names(target) == ["untouched"]
     assert sorted(path.name for path in backup_dir.iterdir()) == files  # not even a pre-restore backup
-    assert not Operation.objects.filter(action="restore").exists()
+    # Refused before it started: recorded for the audit trail, as failed, and nothing else.
+    assert list(Operation.objects.filter(action="restore").values_list("status", flat=True)) == ["failed"]

@@ -267,7 +267,9 @@ def test_the_pre_restore_backup_cannot_be_skipped(api, brew, backup_dir, setting
     assert "cannot be skipped" in response.json()["message"]
     with pytest.raises(CommandError, match="cannot be skipped"):
         call_command("backups", "restore", made.filename, "--yes", "--no-pre-restore-backup")
-    assert not Operation.objects.filter(action="restore").exists()
+    # Refused before they started: recorded for the audit trail, as failed, and nothing else.
+    assert set(Operation.objects.filter(action="restore").values_list("status", flat=True)) == {"failed"}
+    assert not Backup.objects.filter(trigger="pre-restore").exists()
     # The setting turns it off for the engines that can roll back, not for this one.
     settings.BACKUP_PRE_RESTORE_BACKUP = False
     result = restore(made.filename)

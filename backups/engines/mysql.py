@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -64,6 +65,8 @@ class MySQLEngine(DatabaseEngine):
     vendor = "mysql"
     required_tools = ("mysqldump", "mysql")
     restore_is_transactional = False
+    # mysqldump's comments name the database and the time of the dump; they carry no data.
+    volatile_prefixes = (b"--",)
 
     def command(self, tool, parameters):
         """Argument list and environment for a client tool, built the way ``dbshell`` does (the
@@ -87,6 +90,7 @@ class MySQLEngine(DatabaseEngine):
     def connect(self):
         """A separate autocommit connection, outside Django's, for locks and small queries."""
         params = connections[self.alias].get_connection_params()
+        params["database"] = self.database_name  # a drill's scratch database has its own name
         params.setdefault("connect_timeout", 10)
         params["autocommit"] = True
         try:
@@ -188,6 +192,33 @@ class MySQLEngine(DatabaseEngine):
         if len(name) > LOCK_NAME_LIMIT:
             name = f"hoppybrew-backups.{purpose}.{slot}.{hashlib.sha256(self.database_name.encode()).hexdigest()[:32]}"
         return name
+
+    @contextmanager
+    def scratch(self):
+        name = f"{self.database_name[:40]}_drill_{secrets.token_hex(4)}"
+        connection = self.connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"CREATE DATABASE {quote(name)} CHARACTER SET utf8mb4")
+        except pymysql.MySQLError as exc:
+            raise DatabaseUnavailable(
+                f"Cannot create a scratch database for the restore drill: {reason(exc)}. "
+                "The database user needs the CREATE privilege on new databases."
+            ) from None
+        finally:
+            connection.close()
+        try:
+            yield MySQLEngine(self.alias, {**self.settings_dict, "NAME": name})
+        finally:
+            connection = self.connect()
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(f"DROP DATABASE IF EXISTS {quote(name)}")
+            finally:
+                connection.close()
+
+    def count_rows(self, table):
+        return self.query_value(f"SELECT COUNT(*) FROM {quote(table)}")
 
     def size_bytes(self):
         total = self.query_value(

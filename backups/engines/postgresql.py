@@ -16,7 +16,7 @@ from .base import DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_
 # Advisory lock keys: (application, purpose). Advisory locks live inside one database, so the
 # database being backed up is part of the key by construction.
 LOCK_APPLICATION = 0x48425042  # "HBPB"
-LOCK_PURPOSES = {"operations": 1, "schedule": 2, "cleanup": 3}
+LOCK_PURPOSES = {"operations": 1, "schedule": 2, "cleanup": 3, "verify": 4}
 
 DUMP_OPTIONS = [
     "--format=plain",

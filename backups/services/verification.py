@@ -32,6 +32,7 @@ from .health import check_health_quietly
 from .journal import Actor, journal
 from .notify import notify
 from .restore import GuardedReader, verified_copy
+from .schedule import describe_failure
 
 logger = logging.getLogger("backups")
 
@@ -248,8 +249,8 @@ def run_scheduled_verification(now=None):
             logger.info("Scheduled backup verification of %r skipped: another drill is running", alias)
             continue
         except Exception as exc:
-            message = getattr(exc, "message", "unexpected error; see the server log")
-            logger.error("Scheduled backup verification failed: %s", message)
+            message = describe_failure(exc)
+            logger.error("Scheduled backup verification failed: %s", message, exc_info=not hasattr(exc, "message"))
             notify(
                 "Scheduled backup verification failed",
                 f"The restore drill of {newest.filename} could not run: {message}",

@@ -1,0 +1,230 @@
+"""Notifications to a real SMTP server and a real HTTP webhook, with exactly the events that
+matter; and the health alarm: fresh, stale, failed verification, one notice per change."""
+
+import json
+import logging
+import socket
+import threading
+from datetime import timedelta
+from email import message_from_string
+from email.policy import default
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import StringIO
+
+import pytest
+from aiosmtpd.controller import Controller
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from backups import services
+from backups.models import Backup
+from backups.services.schedule import run_scheduled_backups, run_scheduled_cleanup
+
+from .conftest import make_staff, token_client
+
+pytestmark = pytest.mark.django_db(transaction=True)
+COMMAND = services.Actor.command()
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Inbox:
+    """aiosmtpd handler keeping what it receives."""
+
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((envelope.rcpt_tos, message_from_string(envelope.content.decode(), policy=default)))
+        return "250 Message accepted"
+
+
+class Webhook(ThreadingHTTPServer):
+    def __init__(self):
+        self.posts = []
+        self.answer = 200
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.posts.append((self.headers["Content-Type"], json.loads(body)))
+                self.send_response(outer.answer)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.fixture
+def channels(settings):
+    """A real SMTP server and a real webhook receiver, both configured for notifications."""
+    inbox = Inbox()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    webhook = Webhook()
+    thread = threading.Thread(target=webhook.serve_forever, daemon=True)
+    thread.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp.port
+    settings.BACKUP_NOTIFY_EMAILS = "ops@example.com, brewer@example.com"
+    settings.BACKUP_NOTIFY_WEBHOOK_URL = f"http://127.0.0.1:{webhook.server_port}/hooks/backups"
+    yield inbox, webhook
+    smtp.stop()
+    webhook.shutdown()
+
+
+def subjects(channels):
+    inbox, webhook = channels
+    emails = [message["Subject"].removeprefix("[HoppyBrew backups] ") for _, message in inbox.messages]
+    posts = [body["text"].split("\n")[0].split(": ", 1)[1].rstrip("*") for _, body in webhook.posts]
+    assert emails == posts, "email and webhook carry the same events"
+    return emails
+
+
+def test_a_failed_scheduled_backup_is_announced_once_with_the_reason(channels, settings, extra_alias):
+    settings.BACKUP_DATABASES = extra_alias("unreachable", PORT="1")
+    run_scheduled_backups()
+    assert subjects(channels) == ["Scheduled backup failed: unreachable", "Backups are unhealthy"]
+    inbox, webhook = channels
+    recipients, message = inbox.messages[0]
+    assert sorted(recipients) == ["brewer@example.com", "ops@example.com"]
+    assert "Cannot connect to the PostgreSQL database" in message.get_content()
+    content_type, body = webhook.posts[0]
+    assert content_type == "application/json" and "Cannot connect" in body["text"]
+
+
+def test_successful_scheduled_backups_are_announced_only_when_asked(channels, settings):
+    run_scheduled_backups()
+    assert subjects(channels) == []
+    settings.BACKUP_NOTIFY_ON_SUCCESS = "true"
+    settings.BACKUP_SCHEDULE = "* * * * *"
+    Backup.objects.update(created_at=timezone.now() - timedelta(minutes=5))  # a new run
+    run_scheduled_backups()
+    assert subjects(channels) == ["Scheduled backup completed: default"]
+
+
+def test_a_failed_cleanup_is_announced(channels, settings):
+    services.create_backup(actor=COMMAND)
+    settings.BACKUP_RETENTION_DAYS = "a month"
+    run_scheduled_cleanup()
+    assert subjects(channels) == ["Scheduled backup cleanup failed"]
+    assert "BACKUP_RETENTION_DAYS" in channels[0].messages[0][1].get_content()
+
+
+def test_a_failed_verification_is_announced(channels, backup_dir):
+    backup = services.create_backup(actor=COMMAND)
+    (backup_dir / backup.filename).write_bytes(b"not what was written")
+    assert not services.verify_backup(backup.filename, actor=COMMAND).passed
+    assert subjects(channels) == [f"Backup verification failed: {backup.filename}"]
+
+
+def test_every_restore_of_the_live_database_is_announced(channels, settings, api):
+    backup = services.create_backup(actor=COMMAND)
+    api.post("/backups/restore", {"filename": backup.filename, "pre_restore_backup": False}, format="json")
+    assert subjects(channels) == [f"Database default restored from {backup.filename}"]
+    text = channels[0].messages[0][1].get_content()
+    assert "root (via api) restored database default" in text
+    settings.BACKUP_NOTIFY_ON_RESTORE = "false"
+    services.restore_backup(backup.filename, actor=COMMAND, pre_restore_backup=False)
+    assert len(subjects(channels)) == 1
+    services.verify_backup(backup.filename, actor=COMMAND, level="restore")  # a drill is no live restore
+    assert len(subjects(channels)) == 1
+
+
+def test_a_notification_that_cannot_be_sent_never_breaks_the_backup(settings, caplog, extra_alias):
+    webhook = Webhook()
+    webhook.answer = 500
+    thread = threading.Thread(target=webhook.serve_forever, daemon=True)
+    thread.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nobody listens
+    settings.BACKUP_NOTIFY_EMAILS = "ops@example.com"
+    settings.BACKUP_NOTIFY_WEBHOOK_URL = f"http://127.0.0.1:{webhook.server_port}/"
+    settings.BACKUP_NOTIFY_ON_SUCCESS = "true"
+    try:
+        with caplog.at_level(logging.INFO, logger="backups"):
+            made = run_scheduled_backups()
+    finally:
+        webhook.shutdown()
+    assert len(made) == 1 and made[0].status == "succeeded"
+    assert "Backup notification email to ops@example.com failed" in caplog.text
+    assert "Backup notification webhook failed: HTTP Error 500" in caplog.text
+    assert len(webhook.posts) == 1
+
+
+# -- health ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def monitored(settings):
+    settings.BACKUP_ENABLED = "true"  # so the 26-hour limit applies
+    return settings
+
+
+def health(client):
+    response = client.get("/backups/health")
+    return response.status_code, response.json()
+
+
+def test_health_fresh_stale_and_failed_verification(monitored, api):
+    code, body = health(api)
+    assert code == 503 and body["problems"] == ["Database 'default' has no successful backup."]
+    backup = services.create_backup(actor=COMMAND)
+    code, body = health(api)
+    assert code == 200 and body["status"] == "healthy" and body["problems"] == []
+    assert body["databases"]["default"]["newest_backup_filename"] == backup.filename
+    Backup.objects.filter(pk=backup.pk).update(created_at=timezone.now() - timedelta(hours=30))
+    code, body = health(api)
+    assert code == 503
+    assert body["problems"] == ["The newest backup of database 'default' is 30 hours old (limit 26 hours)."]
+    Backup.objects.filter(pk=backup.pk).update(
+        created_at=timezone.now(), verified_at=timezone.now(), verification={"passed": False, "level": "restore"}
+    )
+    code, body = health(api)
+    assert code == 503 and "latest verification of a backup of database 'default' failed" in body["problems"][0]
+
+
+def test_one_notification_per_change_of_health(monitored, channels, api):
+    for _ in range(3):
+        assert health(api)[0] == 503
+    assert subjects(channels) == ["Backups are unhealthy"]
+    services.create_backup(actor=COMMAND)
+    for _ in range(3):
+        assert health(api)[0] == 200
+    assert subjects(channels) == ["Backups are unhealthy", "Backups are healthy again"]
+
+
+def test_who_may_read_the_health(monitored, settings):
+    services.create_backup(actor=COMMAND)
+    anonymous = APIClient()
+    assert anonymous.get("/backups/health").status_code == 401
+    settings.BACKUP_HEALTH_TOKEN = "monitor-secret"
+    monitor = APIClient()
+    monitor.credentials(HTTP_AUTHORIZATION="Bearer monitor-secret")
+    code, body = health(monitor)
+    assert code == 200 and "newest_backup_filename" not in body["databases"]["default"]
+    wrong = APIClient()
+    wrong.credentials(HTTP_AUTHORIZATION="Bearer guess")
+    assert wrong.get("/backups/health").status_code == 401
+    settings.BACKUP_HEALTH_PUBLIC = "true"
+    code, body = health(anonymous)
+    assert code == 200 and "newest_backup_filename" not in body["databases"]["default"]
+    staff = token_client(make_staff("watcher", "view_backup"))
+    assert health(staff)[1]["databases"]["default"]["newest_backup_filename"].startswith("hoppybrew_backup_")
+
+
+def test_the_health_command_exits_non_zero_when_unhealthy(monitored):
+    with pytest.raises(CommandError, match="has no successful backup"):
+        call_command("backups", "health", stdout=StringIO())
+    services.create_backup(actor=COMMAND)
+    out = StringIO()
+    call_command("backups", "health", stdout=out)
+    assert "Backups are healthy." in out.getvalue()

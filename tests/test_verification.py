@@ -1,0 +1,172 @@
+"""Verification by checksum and by restore drill, on every engine: good backups pass; a flipped
+byte, a truncated file and a dump that lost a table's rows are caught; the live database is
+never touched; the outcome is recorded, shown and warned about."""
+
+import gzip
+import re
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from backups import services
+from backups.models import Backup, Operation
+from backups.services.verification import run_scheduled_verification
+
+from .conftest import execute, fetch, read_manifest, rewrite_backup
+from .test_engines import ALIASES, ORIGINAL, rows
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=ALIASES)
+COMMAND = services.Actor.command()
+LEVELS = ["checksum", "restore"]
+
+
+@pytest.fixture(params=ALIASES)
+def alias(request):
+    return request.param
+
+
+@pytest.fixture
+def brewed(alias):
+    """A backup of a database holding the brew table."""
+    execute(
+        alias,
+        "CREATE TABLE brew (id integer PRIMARY KEY, name varchar(100), notes text)",
+        "INSERT INTO brew VALUES (1, 'Pale Ale', 'citra'), (2, 'Stout', 'roasty\nand dark'), (3, 'Saison', NULL)",
+    )
+    return services.create_backup(actor=COMMAND, database=alias)
+
+
+def verify(backup, level):
+    return services.verify_backup(backup.filename, actor=COMMAND, level=level)
+
+
+def scratch_databases(alias):
+    if alias == "default":
+        return fetch("default", "SELECT datname FROM pg_database WHERE datname LIKE '%\\_drill\\_%'")
+    if alias == "mariadb":
+        return fetch("mariadb", "SHOW DATABASES LIKE '%\\_drill\\_%'")
+    return []
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_good_backup_passes_and_the_outcome_is_recorded(brewed, alias, level, backup_dir):
+    execute(alias, "UPDATE brew SET name = 'changed since'")
+    result = verify(brewed, level)
+    assert result.passed, result.message
+    assert rows(alias) == [
+        (1, "changed since", "citra"),
+        (2, "changed since", "roasty\nand dark"),
+        (3, "changed since", None),
+    ]
+    row = Backup.objects.get(filename=brewed.filename)
+    assert row.verified_at is not None
+    assert row.verification["level"] == level and row.verification["passed"] is True
+    assert read_manifest(backup_dir, brewed.filename)["verification"]["passed"] is True
+    if level == "restore":
+        assert result.details["tables_checked"] >= 1 and result.details["lines_compared"] > 10
+        assert scratch_databases(alias) == []
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_one_flipped_byte_is_caught(brewed, backup_dir, level):
+    path = backup_dir / brewed.filename
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    result = verify(brewed, level)
+    assert not result.passed
+    assert "does not match its manifest" in result.message
+    assert Backup.objects.get(filename=brewed.filename).verification["passed"] is False
+    assert Operation.objects.get(action="verify").status == "failed"
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_truncated_file_is_caught_even_when_its_manifest_was_rewritten_to_match(brewed, backup_dir, level):
+    path = backup_dir / brewed.filename
+    data = path.read_bytes()[:-40]
+    path.write_bytes(data)
+    import hashlib
+    import json
+
+    manifest_path = backup_dir / f"{brewed.filename}.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest.update(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+    manifest_path.write_text(json.dumps(manifest))
+    result = verify(brewed, level)
+    assert not result.passed
+    assert "cannot be decompressed" in result.message or "not changed" in result.message or "stopped" in result.message
+
+
+def without_brew_rows(sql):
+    """The dump with the brew table's rows removed, in each engine's dump format."""
+    if "COPY public.brew " in sql:
+        return re.sub(r"(COPY public\.brew [^\n]*\n).*?(\n\\\.\n)", r"\1\\.\n", sql, flags=re.S)
+    if 'INSERT INTO "brew"' in sql:
+        return re.sub(r'INSERT INTO "brew" VALUES\(.*?\);\n', "", sql, flags=re.S)
+    return re.sub(r"INSERT INTO `brew` VALUES[^;]*;\n", "", sql, flags=re.S)
+
+
+def test_a_dump_missing_a_tables_rows_fails_the_drill(brewed, backup_dir):
+    before = gzip.decompress((backup_dir / brewed.filename).read_bytes()).decode()
+    rewrite_backup(backup_dir, brewed.filename, without_brew_rows)
+    after = gzip.decompress((backup_dir / brewed.filename).read_bytes()).decode()
+    assert "Pale Ale" in before and "Pale Ale" not in after
+    result = verify(brewed, "restore")
+    assert not result.passed
+    assert re.search(r"Table \S*brew\S* has 0 rows after the restore; the backup recorded 3", result.message)
+    assert result.details["expected_rows"] == 3 and result.details["found_rows"] == 0
+
+
+# -- entry points, warnings, the scheduled drill ---------------------------------------------------
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_the_api_verifies_and_shows_the_outcome(brewed, api):
+    response = api.post(f"/backups/{brewed.filename}/verify", {"level": "restore"}, format="json")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["filename"] == brewed.filename and body["passed"] is True and body["level"] == "restore"
+    shown = api.get(f"/backups/{brewed.filename}").json()
+    assert shown["verified_at"] and shown["verification"]["passed"] is True
+    listed = api.get("/backups").json()[0]
+    assert listed["verification"]["level"] == "restore"
+    bad = api.post(f"/backups/{brewed.filename}/verify", {"level": "thorough"}, format="json")
+    assert bad.status_code == 400
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_the_command_verifies_latest_and_all_and_fails_on_a_bad_backup(brewed, backup_dir):
+    out = StringIO()
+    call_command("backups", "verify", "--latest", "--level", "restore", stdout=out)
+    assert f"PASSED  {brewed.filename}" in out.getvalue()
+    listing = StringIO()
+    call_command("backups", "list", stdout=listing)
+    assert "ok (restore," in listing.getvalue()
+    (backup_dir / brewed.filename).write_bytes(b"garbage")
+    with pytest.raises(CommandError, match="1 of 1 backups failed verification"):
+        call_command("backups", "verify", "--all", stdout=StringIO())
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_restoring_an_unverified_or_failed_backup_warns(brewed):
+    result = services.restore_backup(brewed.filename, actor=COMMAND, pre_restore_backup=False)
+    assert any("never been verified" in warning for warning in result.warnings)
+    verify(brewed, "checksum")
+    result = services.restore_backup(brewed.filename, actor=COMMAND, pre_restore_backup=False)
+    assert not any("verif" in warning for warning in result.warnings)
+    Backup.objects.filter(pk=brewed.pk).update(verification={"passed": False, "level": "restore", "message": "bad"})
+    result = services.restore_backup(brewed.filename, actor=COMMAND, pre_restore_backup=False)
+    assert any("failed its last verification (bad)" in warning for warning in result.warnings)
+    assert rows("default") == ORIGINAL
+
+
+@pytest.mark.parametrize("alias", ["default"])
+def test_the_scheduled_drill_checks_the_newest_backup_once(brewed, api, caplog):
+    newer = services.create_backup(actor=COMMAND)
+    results = run_scheduled_verification()
+    assert [r.filename for r in results] == [newer.filename]
+    assert results[0].passed and results[0].level == "restore"
+    assert api.get(f"/backups/{newer.filename}").json()["verification"]["level"] == "restore"
+    assert run_scheduled_verification() == []  # already drilled
+    assert "Running scheduled backup verification" in caplog.text
