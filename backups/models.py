@@ -63,6 +63,9 @@ class Backup(models.Model):
     progress_at = models.DateTimeField(null=True, blank=True)
     worker = models.CharField(max_length=255, blank=True, help_text="host:pid of the process writing it")
     manifest = models.JSONField(default=dict, blank=True)
+    # Where verified copies live: "primary" (the backup storage) and "offsite" (the second one).
+    locations = models.JSONField(default=list, blank=True)
+    offsite_error = models.TextField(blank=True, help_text="Why the off-site copy failed, until it succeeds")
 
     objects = BackupQuerySet.as_manager()
 
@@ -81,6 +84,10 @@ class Backup(models.Model):
     def timestamp(self):
         """The spec's compact UTC timestamp, YYYYMMDD_HHMMSS."""
         return self.created_at.strftime("%Y%m%d_%H%M%S")
+
+    @property
+    def encrypted(self):
+        return self.filename.endswith(".age")
 
     @property
     def duration_seconds(self):

@@ -4,6 +4,7 @@ import re
 from datetime import datetime
 
 import pytest
+from django.conf import settings
 from rest_framework.test import APIClient
 
 from backups.engines import get_engine
@@ -111,7 +112,7 @@ def test_list_is_newest_first_with_the_spec_fields(api):
     assert [item["filename"] for item in items] == [newer, older]
     assert list(items[0])[: len(LIST_KEYS)] == LIST_KEYS
     assert re.fullmatch(r"\d{8}_\d{6}", items[0]["timestamp"])
-    assert items[0]["database_name"] == "test_hoppybrew"
+    assert items[0]["database_name"] == f"test_hoppybrew{settings.SUFFIX}"
     assert items[0]["database_host"] == "127.0.0.1"
     assert items[0]["size_bytes"] > 0
 

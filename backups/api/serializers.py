@@ -70,6 +70,11 @@ class BackupSerializer(serializers.Serializer):
     uncompressed_bytes = serializers.IntegerField(allow_null=True)
     duration_seconds = serializers.FloatField(allow_null=True)
     created_by = serializers.CharField()
+    locations = serializers.ListField(
+        child=serializers.CharField(), help_text='Storages holding a verified copy: "primary", "offsite"'
+    )
+    offsite_error = serializers.CharField(help_text="Why the off-site copy failed; empty when it did not")
+    encrypted = serializers.BooleanField(help_text="Encrypted with age (the filename ends in .age)")
 
 
 class StatusSerializer(serializers.Serializer):
@@ -77,6 +82,10 @@ class StatusSerializer(serializers.Serializer):
     message = serializers.CharField()
     filename = serializers.CharField()
     timestamp = serializers.DateTimeField()
+
+
+class CreateResponseSerializer(StatusSerializer):
+    warnings = serializers.ListField(child=serializers.CharField(), help_text="The off-site copy failed, say")
 
 
 class RestoreResponseSerializer(StatusSerializer):
@@ -107,6 +116,8 @@ class SyncResponseSerializer(serializers.Serializer):
     updated = serializers.ListField(child=serializers.CharField())
     missing = serializers.ListField(child=serializers.CharField())
     interrupted = serializers.ListField(child=serializers.CharField())
+    copied_offsite = serializers.ListField(child=serializers.CharField())
+    offsite_failed = serializers.ListField(child=serializers.CharField())
 
 
 class ErrorSerializer(serializers.Serializer):

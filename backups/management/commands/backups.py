@@ -97,6 +97,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Created {backup.filename} ({human_size(backup.size_bytes)} in {human_duration(backup.duration_seconds)})"
         )
+        if backup.offsite_error:
+            self.stderr.write(f"Warning: {backup.offsite_error}")
 
     def handle_list(self, as_json, database, **options):
         backups = services.list_backups(actor=self.actor, database=database)
@@ -110,6 +112,7 @@ class Command(BaseCommand):
                 human_size(backup.size_bytes),
                 backup.database,
                 backup.trigger,
+                "+".join(backup.locations) + (" (off-site copy failed)" if backup.offsite_error else ""),
                 backup.description.replace("\n", " ")[:50],
             )
             for backup in backups
@@ -117,7 +120,7 @@ class Command(BaseCommand):
         if not rows:
             self.stdout.write("No backups.")
             return
-        header = ("FILENAME", "CREATED", "SIZE", "DATABASE", "TRIGGER", "DESCRIPTION")
+        header = ("FILENAME", "CREATED", "SIZE", "DATABASE", "TRIGGER", "COPIES", "DESCRIPTION")
         widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
         for row in [header, *rows]:
             self.stdout.write(
@@ -170,6 +173,8 @@ class Command(BaseCommand):
     def handle_sync(self, **options):
         result = services.sync_catalog(actor=self.actor)
         self.stdout.write(f"Catalog synchronised: {result.summary}.")
+        for filename in result.offsite_failed:
+            self.stderr.write(f"Warning: {filename}: {services.get_backup(filename).offsite_error}")
 
     # -- helpers ---------------------------------------------------------------------------
 
