@@ -107,6 +107,23 @@ def test_the_age_tool_alone_decrypts_a_backup_that_psql_restores(encrypted, back
         subprocess.run(["dropdb", *server, "--if-exists", scratch], check=True)
 
 
+def test_an_identity_file_with_several_keys_restores_backups_made_before_a_key_change(settings, tmp_path):
+    old_key, new_key = tmp_path / "old.txt", tmp_path / "new.txt"
+    settings.BACKUP_ENCRYPTION_RECIPIENTS = make_age_key(old_key)
+    brew("default")
+    before = services.create_backup(actor=COMMAND)
+    settings.BACKUP_ENCRYPTION_RECIPIENTS = make_age_key(new_key)
+    execute("default", "UPDATE brew SET name = 'Porter' WHERE id = 1")
+    after = services.create_backup(actor=COMMAND)
+    both = tmp_path / "keys.txt"
+    both.write_text(old_key.read_text() + new_key.read_text())
+    settings.BACKUP_ENCRYPTION_IDENTITY_FILE = str(both)
+    restore(before.filename)
+    assert names("default") == ORIGINAL
+    restore(after.filename)
+    assert names("default") == [(1, "Porter"), (2, "Stout")]
+
+
 # -- missing, wrong and damaged: a clear error, and the database as it was ----------------------
 
 
