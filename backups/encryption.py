@@ -56,7 +56,11 @@ class Sealed:
                 f"{self.filename} is to be encrypted but BACKUP_ENCRYPTION_RECIPIENTS is empty; set the public keys."
             )
         encryptor = EncryptingWriter(raw, [x25519.Recipient.from_str(key) for key in recipients])
-        return SealedWriter(self.codec.compressor(encryptor), encryptor)
+        try:
+            return SealedWriter(self.codec.compressor(encryptor), encryptor)
+        except BaseException:
+            encryptor.close()
+            raise
 
     def decompressor(self, raw):
         decryptor = DecryptingReader(raw, load_identities(self.filename), self.filename)

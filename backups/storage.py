@@ -26,7 +26,7 @@ from django.core.files.storage import FileSystemStorage, storages
 from django.utils.functional import cached_property
 
 from .conf import backup_settings
-from .exceptions import BackupError, DiskFull, StorageFailed
+from .exceptions import DiskFull, StorageFailed
 
 PRIMARY = "primary"
 OFFSITE = "offsite"
@@ -53,8 +53,6 @@ def is_storage_failure(exc):
 
 def storage_error(exc, doing):
     """Turn an OSError or an S3 error into the error a person can act on."""
-    if isinstance(exc, BackupError):
-        return exc
     if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
         return DiskFull(
             f"No space left on the backup storage while {doing}; free space or run cleanup, then try again."
