@@ -12,8 +12,10 @@ from django.core.checks import Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from .conf import backup_settings
+from .conf import StorageLocation, backup_settings
+from .encryption import IDENTITY_SETTING, load_identities
 from .engines import ENGINES, get_engine
+from .exceptions import EncryptionKeyError
 from .storage import get_storage
 
 
@@ -111,3 +113,55 @@ def check_tools(app_configs, **kwargs):
                 )
             )
     return problems
+
+
+@register()
+def check_offsite_storage(app_configs, **kwargs):
+    """E004: the off-site storage is the primary storage itself, which would copy every backup
+    onto itself and leave no second copy anywhere."""
+    try:
+        offsite = backup_settings.OFFSITE_STORAGE_URL
+        primary = backup_settings.STORAGE_URL or StorageLocation("file", path=backup_settings.DIR)
+    except ImproperlyConfigured:
+        return []
+    if offsite is None or offsite != primary:
+        return []
+    return [
+        Error(
+            f"BACKUP_OFFSITE_STORAGE_URL: {offsite} is the primary backup storage; a second copy must live elsewhere.",
+            hint="Point it at another bucket, prefix or disk, or unset it.",
+            id="backups.E004",
+        )
+    ]
+
+
+@register()
+def check_identity_file(app_configs, **kwargs):
+    """W003: the identity file that decrypts backups cannot be used. W004: others can read it."""
+    try:
+        path = backup_settings.ENCRYPTION_IDENTITY_FILE
+    except ImproperlyConfigured:
+        return []
+    if path is None:
+        return []
+    try:
+        load_identities()
+    except EncryptionKeyError as exc:
+        message = exc.message.removesuffix(" Nothing was changed.")
+        return [
+            Warning(
+                f"{message} Restores of encrypted backups will fail.",
+                hint=f"Point {IDENTITY_SETTING} at a file made by age-keygen.",
+                id="backups.W003",
+            )
+        ]
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        return [
+            Warning(
+                f"{IDENTITY_SETTING}: {path} is readable by other users (mode {mode:o}); it decrypts every backup.",
+                hint=f"chmod 600 {path}",
+                id="backups.W004",
+            )
+        ]
+    return []

@@ -9,6 +9,8 @@ import hashlib
 import os
 
 from .conf import backup_settings
+from .encryption import SUFFIX as ENCRYPTED_SUFFIX
+from .encryption import Sealed
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -53,15 +55,17 @@ CODECS = {codec.name: codec for codec in (Gzip(), Zstd())}
 
 
 def configured_codec():
-    return CODECS[backup_settings.COMPRESSION]
+    """The codec new backups are written with; encrypted when BACKUP_ENCRYPTION_RECIPIENTS is set."""
+    codec = CODECS[backup_settings.COMPRESSION]
+    return Sealed(codec) if backup_settings.ENCRYPTION_RECIPIENTS else codec
 
 
 def codec_for(filename):
-    """The codec that reads ``filename``, from its suffix (``.age`` is peeled off first)."""
-    name = filename.removesuffix(".age")
+    """The codec that reads ``filename``, from its suffix (``.age`` adds decryption)."""
+    name = filename.removesuffix(ENCRYPTED_SUFFIX)
     for codec in CODECS.values():
         if name.endswith(codec.suffix):
-            return codec
+            return Sealed(codec, filename) if name != filename else codec
     raise ValueError(f"no codec reads {filename!r}")
 
 

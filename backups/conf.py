@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
@@ -105,6 +106,87 @@ def parse_path(value):
     return path
 
 
+def parse_optional_path(value):
+    if value is None or str(value).strip() == "":
+        return None
+    return parse_path(str(value).strip())
+
+
+@dataclass(frozen=True)
+class StorageLocation:
+    """Where a storage URL points: ``s3://bucket/prefix`` or ``file:///absolute/path``."""
+
+    scheme: str
+    bucket: str = ""
+    prefix: str = ""
+    path: Path | None = None
+
+    def __str__(self):
+        if self.scheme == "s3":
+            return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        return f"file://{self.path}"
+
+
+# S3 bucket naming rules: 3-63 lower-case letters, digits, dots and hyphens.
+BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+PREFIX_SEGMENT_PATTERN = re.compile(r"^[A-Za-z0-9._=+@,-]+$")
+
+
+def parse_storage_url(value):
+    """``s3://bucket/prefix`` (django-storages' S3 backend) or ``file:///path`` (a local
+    directory), or nothing. Credentials never belong in the URL, and an error never repeats one."""
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if "@" in parts.netloc:
+        raise ValueError(
+            "the URL must not contain credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError("the URL takes no query or fragment; expected s3://bucket/prefix or file:///path")
+    if parts.scheme == "s3":
+        if not BUCKET_PATTERN.fullmatch(parts.netloc):
+            raise ValueError(
+                f"{parts.netloc!r} is not an S3 bucket name (3-63 lower-case letters, digits, '.' and '-'); "
+                "expected s3://bucket/prefix"
+            )
+        segments = [segment for segment in parts.path.split("/") if segment]
+        if any(segment in {".", ".."} or not PREFIX_SEGMENT_PATTERN.fullmatch(segment) for segment in segments):
+            raise ValueError(f"{parts.path!r} is not a usable key prefix; use letters, digits and '/._=+@,-'")
+        return StorageLocation("s3", bucket=parts.netloc, prefix="/".join(segments))
+    if parts.scheme == "file":
+        if parts.netloc not in {"", "localhost"} or not parts.path.startswith("/"):
+            raise ValueError("a file URL needs an absolute path: file:///srv/backups")
+        return StorageLocation("file", path=Path(parts.path))
+    scheme = parts.scheme or "(none)"
+    raise ValueError(f"unsupported scheme {scheme!r}; expected s3://bucket/prefix or file:///path")
+
+
+def parse_recipients(value):
+    """age X25519 public keys (``age1...``), separated by commas or white space."""
+    from pyrage import RecipientError, x25519
+
+    items = value if isinstance(value, (list, tuple)) else re.split(r"[\s,]+", str(value or ""))
+    recipients = []
+    for item in (str(item).strip() for item in items):
+        if not item:
+            continue
+        if item.upper().startswith("AGE-SECRET-KEY-"):
+            # Not repeated in the message: it is a secret, and it should not be on this server.
+            raise ValueError(
+                "a private key (AGE-SECRET-KEY-...) was given; list only public keys (age1...) here "
+                "and keep the private key off the machine that makes backups"
+            )
+        try:
+            x25519.Recipient.from_str(item)
+        except RecipientError:
+            shown = item if len(item) <= 70 else item[:67] + "..."
+            raise ValueError(f"{shown!r} is not an age X25519 public key (age1...)") from None
+        recipients.append(item)
+    return list(dict.fromkeys(recipients))
+
+
 def choice_parser(*choices):
     def parse(value):
         text = str(value).strip().lower()
@@ -171,6 +253,18 @@ SETTINGS = {
     ),
     "HEALTH_TOKEN": Setting(None, parse_optional_str, "Bearer token that lets a monitor read /backups/health."),
     "HEALTH_PUBLIC": Setting(False, parse_bool, "Let anyone read /backups/health (without filenames)."),
+    "STORAGE_URL": Setting(
+        None, parse_storage_url, "s3://bucket/prefix or file:///path for backups; unset: BACKUP_DIR."
+    ),
+    "OFFSITE_STORAGE_URL": Setting(
+        None, parse_storage_url, "A second storage (s3://... or file:///...) every backup is copied to."
+    ),
+    "ENCRYPTION_RECIPIENTS": Setting(
+        [], parse_recipients, "age public keys (age1...); when set, backups are encrypted to them."
+    ),
+    "ENCRYPTION_IDENTITY_FILE": Setting(
+        None, parse_optional_path, "age identity file (private key) that decrypts backups for restores."
+    ),
 }
 
 

@@ -107,3 +107,11 @@ class DiskFull(StorageFailed):
 class ConfigurationError(BackupError):
     status_code = 503
     default_message = "The backup system is not configured correctly."
+
+
+class EncryptionKeyError(BackupError):
+    """The private key that decrypts a backup is not configured, cannot be read, or is not the
+    right one. The database is never touched when this is raised."""
+
+    status_code = 503
+    default_message = "The key that decrypts this backup is not available; nothing was changed."

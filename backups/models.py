@@ -66,6 +66,9 @@ class Backup(models.Model):
     # The latest verification: {"level", "passed", "checked_at", "message", "details"}.
     verified_at = models.DateTimeField(null=True, blank=True)
     verification = models.JSONField(null=True, blank=True)
+    # Where verified copies live: "primary" (the backup storage) and "offsite" (the second one).
+    locations = models.JSONField(default=list, blank=True)
+    offsite_error = models.TextField(blank=True, help_text="Why the off-site copy failed, until it succeeds")
 
     objects = BackupQuerySet.as_manager()
 
@@ -85,6 +88,10 @@ class Backup(models.Model):
     def timestamp(self):
         """The spec's compact UTC timestamp, YYYYMMDD_HHMMSS."""
         return self.created_at.strftime("%Y%m%d_%H%M%S")
+
+    @property
+    def encrypted(self):
+        return self.filename.endswith(".age")
 
     @property
     def duration_seconds(self):

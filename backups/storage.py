@@ -1,15 +1,22 @@
 """Where backup files and their manifests live, behind one small interface.
 
-The files go through a Django storage: ``STORAGES["backups"]`` when the site defines it, else a
-local directory (``BACKUP_DIR``). Local writes are atomic (temporary name, fsync, rename) and
-private (directory 0700, files 0600).
+The files go through a Django storage: ``STORAGES["backups"]`` when the site defines it, else
+the one ``BACKUP_STORAGE_URL`` names (``s3://bucket/prefix`` through django-storages' S3
+backend, or ``file:///path``), else a local directory (``BACKUP_DIR``). An off-site storage
+(``STORAGES["backups_offsite"]`` or ``BACKUP_OFFSITE_STORAGE_URL``) can hold a second copy.
+
+Local writes are atomic (temporary name, fsync, rename) and private (directory 0700, files
+0600). S3 writes are multipart uploads that become an object only when complete, and are
+aborted on any error; reads stream the object's body.
 """
 
 import errno
+import functools
 import json
 import os
 import re
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +28,8 @@ from django.utils.functional import cached_property
 from .conf import backup_settings
 from .exceptions import DiskFull, StorageFailed
 
+PRIMARY = "primary"
+OFFSITE = "offsite"
 DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
 FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -37,21 +46,45 @@ class BackupFileSystemStorage(FileSystemStorage):
         super().__init__(location=location, **kwargs)
 
 
+def is_storage_failure(exc):
+    """An error of the storage itself: the file system, or S3 (botocore)."""
+    return isinstance(exc, OSError) or type(exc).__module__.startswith("botocore")
+
+
 def storage_error(exc, doing):
-    """Turn an OSError into the error a person can act on."""
+    """Turn an OSError or an S3 error into the error a person can act on."""
     if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
         return DiskFull(
             f"No space left on the backup storage while {doing}; free space or run cleanup, then try again."
         )
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.__class__.__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    elif type(exc).__module__.startswith("botocore"):
+        # botocore's messages name the request and the service's answer, never the credentials.
+        reason = str(exc).rstrip(".")
+    else:
+        reason = exc.__class__.__name__
     return StorageFailed(f"The backup storage failed while {doing}: {reason}.")
 
 
-class BackupStorage:
-    """Backup files and manifests in one Django storage."""
+def stream_size(stream):
+    """The size of a stream ``BackupStorage.open`` returned."""
+    size = getattr(stream, "size", None)
+    return size if size is not None else os.fstat(stream.fileno()).st_size
 
-    def __init__(self, storage):
+
+class BackupStorage:
+    """Backup files and manifests in one Django storage. ``where`` says where, for messages."""
+
+    def __init__(self, storage, where=""):
         self.storage = storage
+        self.where = where or (storage.location if isinstance(storage, FileSystemStorage) else "")
+
+    @property
+    def is_s3(self):
+        # boto3 is slow to import; a storage can only be an S3Storage once its module is loaded.
+        module = sys.modules.get("storages.backends.s3")
+        return module is not None and isinstance(self.storage, module.S3Storage)
 
     @cached_property
     def directory(self):
@@ -77,7 +110,7 @@ class BackupStorage:
         Until then the data sits under a temporary name that never lists as a backup.
         """
         if self.directory is None:
-            with self._remote_writer(name) as stream:
+            with self._remote_writer(name, overwrite) as stream:
                 yield stream
             return
         self.ensure_directory()
@@ -106,24 +139,27 @@ class BackupStorage:
             raise
 
     @contextmanager
-    def _remote_writer(self, name):
+    def _remote_writer(self, name, overwrite):
+        """S3File uploads a part whenever AWS_S3_FILE_BUFFER_SIZE bytes (5 MiB) have gathered in
+        memory and completes the upload on close; only then does the object exist. On any
+        error the upload is aborted, so no parts linger, and a new name that may have been
+        completed is deleted. An existing object being replaced is left as it was."""
         try:
             stream = self.storage.open(name, "wb")
         except Exception as exc:
             raise storage_error(exc, f"creating {name}") from None
         try:
             yield stream
-        except BaseException:
+            stream.close()
+        except BaseException as exc:
             abort = getattr(getattr(stream, "_multipart", None), "abort", None)
             if abort is not None:
                 _quietly(abort)
-            _quietly(self.storage.delete, name)
+            if not overwrite:
+                _quietly(self.storage.delete, name)
+            if is_storage_failure(exc):
+                raise storage_error(exc, f"uploading {name}") from None
             raise
-        try:
-            stream.close()
-        except Exception as exc:
-            _quietly(self.storage.delete, name)
-            raise storage_error(exc, f"uploading {name}") from None
 
     def _fsync_directory(self):
         descriptor = os.open(self.directory, os.O_RDONLY)
@@ -139,10 +175,16 @@ class BackupStorage:
     # -- reading ---------------------------------------------------------------------------
 
     def open(self, name):
+        """A binary stream of the stored file; raises FileNotFoundError when there is none."""
         try:
             if self.directory is not None:
                 return open(self.directory / name, "rb")
-            return self.storage.open(name, "rb")
+            stored = self.storage.open(name, "rb")
+            if self.is_s3:
+                from .s3 import stream_object
+
+                return stream_object(stored)
+            return stored
         except FileNotFoundError:
             raise
         except Exception as exc:
@@ -197,6 +239,13 @@ class BackupStorage:
     def remove_partial_files(self, older_than_seconds):
         """Delete leftovers of interrupted writes: those of dead processes on this host at once,
         any other once older than ``older_than_seconds``. Returns the names removed."""
+        if self.is_s3:
+            from .s3 import abort_stale_uploads
+
+            try:
+                return abort_stale_uploads(self.storage, older_than_seconds)
+            except Exception as exc:
+                raise storage_error(exc, "removing unfinished uploads") from None
         if self.directory is None or not self.directory.is_dir():
             return []
         removed = []
@@ -245,5 +294,43 @@ def _quietly(function, *args):
 def get_storage():
     """The configured backup storage, resolved when asked for (settings may change in tests)."""
     if "backups" in getattr(settings, "STORAGES", {}):
-        return BackupStorage(storages["backups"])
+        return BackupStorage(storages["backups"], 'STORAGES["backups"]')
+    location = backup_settings.STORAGE_URL
+    if location is not None:
+        return BackupStorage(build_storage(location, *s3_settings()), str(location))
     return BackupStorage(BackupFileSystemStorage(location=backup_settings.DIR))
+
+
+def get_offsite_storage():
+    """The storage that holds the off-site copies, or None when there is none."""
+    if "backups_offsite" in getattr(settings, "STORAGES", {}):
+        return BackupStorage(storages["backups_offsite"], 'STORAGES["backups_offsite"]')
+    location = backup_settings.OFFSITE_STORAGE_URL
+    if location is None:
+        return None
+    return BackupStorage(build_storage(location, *s3_settings()), str(location))
+
+
+def backup_storages():
+    """(label, storage) of every storage a backup may live in, the primary first."""
+    offsite = get_offsite_storage()
+    return [(PRIMARY, get_storage())] + ([(OFFSITE, offsite)] if offsite is not None else [])
+
+
+def s3_settings():
+    """The Django settings an S3 storage is built from, as part of the cache key."""
+    return getattr(settings, "AWS_S3_ENDPOINT_URL", None), getattr(settings, "AWS_S3_REGION_NAME", None)
+
+
+@functools.lru_cache(maxsize=8)
+def build_storage(location, endpoint_url, region_name):
+    """One storage object per place: an S3 storage holds a boto3 session and its connections,
+    which are slow to make and safe to share between threads. Credentials come from boto3's
+    own chain: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws, or an instance role."""
+    if location.scheme == "file":
+        return BackupFileSystemStorage(location=location.path)
+    from .s3 import BackupS3Storage
+
+    return BackupS3Storage(
+        bucket_name=location.bucket, location=location.prefix, endpoint_url=endpoint_url, region_name=region_name
+    )

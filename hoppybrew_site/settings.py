@@ -168,6 +168,14 @@ SPECTACULAR_SETTINGS = {
 # Backups: the BACKUP_* variables that are set, as strings; backups.conf holds the defaults.
 globals().update(from_environment(os.environ))
 
+# S3-compatible storage (BACKUP_STORAGE_URL or BACKUP_OFFSITE_STORAGE_URL = s3://bucket/prefix):
+# django-storages reads these from Django's settings. Credentials stay with boto3, which reads
+# AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from the environment itself (or ~/.aws, or a role).
+AWS_S3_ENDPOINT_URL = env.str("AWS_S3_ENDPOINT_URL", default="") or None
+AWS_S3_REGION_NAME = env.str("AWS_S3_REGION_NAME", default="") or env.str("AWS_DEFAULT_REGION", default="") or None
+# Upload part size: memory per upload, and a backup can have at most 10,000 parts (5 MiB: 48 GiB).
+AWS_S3_FILE_BUFFER_SIZE = env.int("AWS_S3_FILE_BUFFER_SIZE", default=5 * 1024 * 1024)
+
 # django-crontab: the jobs exist only when BACKUP_ENABLED is true.
 CRONJOBS = cronjobs(globals())
 CRONTAB_DJANGO_MANAGE_PATH = str(BASE_DIR / "manage.py")

@@ -4,7 +4,13 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -29,6 +35,16 @@ def require_server(name, host, port):
     if server_reachable(host, port):
         return
     message = f"{name} is not reachable on {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: tests needing it must run)")
+    pytest.skip(message)
+
+
+def require_tool(name):
+    """Skip when a command-line tool is missing on a developer's machine; fail in CI."""
+    if shutil.which(name) is not None:
+        return
+    message = f"{name} is not installed (scripts/system-packages installs it)"
     if IN_CI:
         pytest.fail(f"{message} (CI=true: tests needing it must run)")
     pytest.skip(message)
@@ -186,3 +202,121 @@ def extra_alias():
             connections[alias].close()
             del connections[alias]
         connections.settings.pop(alias, None)
+
+
+# -- S3: moto in server mode, a real HTTP API on 127.0.0.1 --------------------------------------
+
+REGION = "us-east-1"
+AWS_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """moto's S3 server as a child process for the whole session; yields its endpoint URL."""
+    executable = Path(sys.executable).with_name("moto_server")
+    if not executable.exists():
+        require_tool("moto_server")
+        executable = shutil.which("moto_server")
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [str(executable), "-H", "127.0.0.1", "-p", str(port)], stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not server_reachable("127.0.0.1", port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"moto_server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+class S3:
+    """The moto server as the tests see it: fresh buckets, and a boto3 client to look inside."""
+
+    def __init__(self, endpoint):
+        import boto3
+
+        self.endpoint = endpoint
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=REGION,
+            aws_access_key_id=AWS_ENVIRONMENT["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=AWS_ENVIRONMENT["AWS_SECRET_ACCESS_KEY"],
+        )
+        self.buckets = []
+
+    def bucket(self, create=True):
+        """A bucket name of this test alone (S3 names take no underscores)."""
+        suffix = os.environ.get("TEST_DB_SUFFIX", "").lower().replace("_", "-")
+        name = f"hoppybrew{suffix}-{uuid.uuid4().hex[:12]}"
+        if create:
+            self.client.create_bucket(Bucket=name)
+            self.buckets.append(name)
+        return name
+
+    def keys(self, bucket, prefix=""):
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+    def read(self, bucket, key):
+        return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def write(self, bucket, key, data):
+        self.client.put_object(Bucket=bucket, Key=key, Body=data)
+
+    def unfinished_uploads(self, bucket):
+        return self.client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+    def environment(self):
+        """What a process needs to reach this S3, as the README tells operators to set it."""
+        return {**AWS_ENVIRONMENT, "AWS_S3_ENDPOINT_URL": self.endpoint}
+
+    def remove_buckets(self):
+        """moto keeps everything in memory: empty what this test made."""
+        for bucket in self.buckets:
+            for upload in self.unfinished_uploads(bucket):
+                self.client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            for key in self.keys(bucket):
+                self.client.delete_object(Bucket=bucket, Key=key)
+            self.client.delete_bucket(Bucket=bucket)
+
+
+@pytest.fixture
+def s3(moto_server, monkeypatch, settings):
+    """S3 reachable from this process (as a deployment configures it) and from its children."""
+    for variable, value in AWS_ENVIRONMENT.items():
+        monkeypatch.setenv(variable, value)
+    settings.AWS_S3_ENDPOINT_URL = moto_server
+    settings.AWS_S3_REGION_NAME = REGION
+    service = S3(moto_server)
+    yield service
+    service.remove_buckets()
+
+
+# -- age keys -----------------------------------------------------------------------------------
+
+
+def make_age_key(path):
+    """A new key pair from age-keygen: the identity file at ``path``; returns the public key."""
+    require_tool("age-keygen")
+    result = subprocess.run(["age-keygen", "-o", str(path)], capture_output=True, text=True, check=True)
+    return result.stderr.split("Public key:")[1].strip()
+
+
+@pytest.fixture
+def age_key(tmp_path):
+    """(identity file, public key) of a key pair made for this test."""
+    path = tmp_path / "backup-key.txt"
+    return path, make_age_key(path)

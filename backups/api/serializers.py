@@ -149,12 +149,22 @@ class BackupSerializer(serializers.Serializer):
     def get_verification(self, backup):
         return backup.verification
 
+    locations = serializers.ListField(
+        child=serializers.CharField(), help_text='Storages holding a verified copy: "primary", "offsite"'
+    )
+    offsite_error = serializers.CharField(help_text="Why the off-site copy failed; empty when it did not")
+    encrypted = serializers.BooleanField(help_text="Encrypted with age (the filename ends in .age)")
+
 
 class StatusSerializer(serializers.Serializer):
     status = serializers.CharField()
     message = serializers.CharField()
     filename = serializers.CharField()
     timestamp = serializers.DateTimeField()
+
+
+class CreateResponseSerializer(StatusSerializer):
+    warnings = serializers.ListField(child=serializers.CharField(), help_text="The off-site copy failed, say")
 
 
 class RestoreResponseSerializer(StatusSerializer):
@@ -185,6 +195,8 @@ class SyncResponseSerializer(serializers.Serializer):
     updated = serializers.ListField(child=serializers.CharField())
     missing = serializers.ListField(child=serializers.CharField())
     interrupted = serializers.ListField(child=serializers.CharField())
+    copied_offsite = serializers.ListField(child=serializers.CharField())
+    offsite_failed = serializers.ListField(child=serializers.CharField())
 
 
 class JobScheduleSerializer(serializers.Serializer):

@@ -1,9 +1,11 @@
 """The REST API: thin. Parse the request, call the service, shape the answer."""
 
+import base64
 import hmac
 
-from django.http import QueryDict
+from django.http import FileResponse, QueryDict
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -16,6 +18,7 @@ from .. import services
 from ..conf import backup_settings
 from ..models import Origin
 from ..naming import FILENAME_REGEX
+from ..storage import stream_size
 from . import serializers
 from .errors import exception_handler
 
@@ -99,7 +102,7 @@ def status_body(message, filename, timestamp=None):
     create=extend_schema(
         summary="Create a backup",
         request=serializers.CreateRequestSerializer,
-        responses={201: serializers.StatusSerializer, **errors(409, 413, 507)},
+        responses={201: serializers.CreateResponseSerializer, **errors(409, 413, 507)},
     ),
     destroy=extend_schema(
         summary="Delete a backup, its file and manifest",
@@ -123,6 +126,11 @@ class BackupViewSet(viewsets.ViewSet):
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise RequestTooLarge()
         super().initial(request, *args, **kwargs)
+
+    def perform_content_negotiation(self, request, force=False):
+        # DRF negotiates before the view runs, and no renderer offers application/octet-stream:
+        # a download must not be refused for its Accept header. Errors still render as JSON.
+        return super().perform_content_negotiation(request, force=force or self.action == "download")
 
     @property
     def throttle_scope(self):
@@ -151,11 +159,30 @@ class BackupViewSet(viewsets.ViewSet):
             actor=actor_for(request), description=data["description"], database=data["database"]
         )
         body = status_body("Backup created successfully", backup.filename, backup.created_at)
+        body["warnings"] = [backup.offsite_error] if backup.offsite_error else []
         return Response(body, status=status.HTTP_201_CREATED)
 
     def destroy(self, request, filename=None):
         backup = services.delete_backup(filename, actor=actor_for(request))
         return Response(status_body("Backup deleted successfully", backup.filename))
+
+    @extend_schema(
+        summary="Download the stored backup file (encrypted ones stay encrypted)",
+        description="Answers with the file as it is stored, whatever the Accept header says. "
+        "X-Backup-SHA256 (hex, as sha256sum prints it) and Repr-Digest carry its sha256.",
+        parameters=[FILENAME_PARAMETER],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, **errors(404)},
+    )
+    @action(detail=True, methods=["get"])
+    def download(self, request, filename=None):
+        backup, stream = services.open_backup(filename, actor=actor_for(request))
+        response = FileResponse(stream, as_attachment=True, filename=backup.filename)
+        response["Content-Type"] = "application/octet-stream"
+        response["Content-Length"] = stream_size(stream)
+        response["X-Backup-SHA256"] = backup.sha256
+        digest = base64.b64encode(bytes.fromhex(backup.sha256)).decode()
+        response["Repr-Digest"] = f"sha-256=:{digest}:"
+        return response
 
     @extend_schema(
         summary="Restore the database from a backup (overwrites all current data)",
@@ -251,5 +278,7 @@ class BackupViewSet(viewsets.ViewSet):
                 "updated": result.updated,
                 "missing": result.missing,
                 "interrupted": result.interrupted,
+                "copied_offsite": result.copied_offsite,
+                "offsite_failed": result.offsite_failed,
             }
         )

@@ -10,12 +10,14 @@ from django.utils import timezone
 
 from ..compression import CountingWriter, codec_for, configured_codec
 from ..conf import backup_settings
+from ..encryption import manifest_entry
 from ..engines import get_engine
 from ..exceptions import BackupError, BackupNotFound, InvalidRequest, OperationInProgress
 from ..models import Action, Backup, BackupStatus, Trigger
 from ..naming import candidate_names, manifest_name, validate_filename
-from ..storage import get_storage
+from ..storage import PRIMARY, backup_storages, get_storage
 from .journal import journal
+from .offsite import copy_offsite, open_stored, write_manifest
 
 logger = logging.getLogger("backups")
 
@@ -84,6 +86,7 @@ def write_backup(engine, backup, progress=None):
         backup.sha256 = written["sha256"]
         backup.status = BackupStatus.SUCCEEDED
         backup.bytes_written = written["size_bytes"]
+        backup.locations = [PRIMARY]
         backup.manifest = build_manifest(
             backup,
             versions=versions,
@@ -99,7 +102,7 @@ def write_backup(engine, backup, progress=None):
     logger.info(
         "Backup %s written: %s bytes in %.1f s", backup.filename, backup.size_bytes, backup.manifest["duration_seconds"]
     )
-    return backup
+    return copy_offsite(backup)
 
 
 def record_failed_attempt(engine, *, actor, trigger, reason, description=""):
@@ -223,6 +226,8 @@ def build_manifest(backup, *, versions, duration, table_rows):
             "origin": backup.origin,
             "created_by": backup.created_by,
             "table_rows": table_rows,
+            "encryption": manifest_entry(backup.filename),
+            "locations": backup.locations,
         }
     )
     return manifest
@@ -273,10 +278,7 @@ def open_backup(filename, *, actor):
     """The stored file of a restorable backup, for downloading: (backup, readable stream)."""
     actor.require("download_backup")
     backup = get_restorable_backup(filename)
-    try:
-        return backup, get_storage().open(filename)
-    except FileNotFoundError:
-        raise BackupNotFound(f"The file {filename} is missing from the backup storage.") from None
+    return backup, open_stored(filename)
 
 
 def describe_database(alias="default"):
@@ -299,7 +301,7 @@ def update_description(filename, description, *, actor):
     backup.description = description
     if backup.status == BackupStatus.SUCCEEDED and backup.manifest:
         backup.manifest["description"] = description
-        get_storage().write_json(manifest_name(filename), backup.manifest)
+        write_manifest(backup)
     backup.save(update_fields=["description", "manifest"])
     return backup
 
@@ -317,9 +319,10 @@ def delete_backup(filename, *, actor):
 
 
 def remove_backup_files(backup):
-    """The data file goes first: a manifest without its file is reported missing by sync,
-    while a file without its manifest would be an orphan nobody lists."""
-    storage = get_storage()
-    storage.delete(backup.filename)
-    storage.delete(manifest_name(backup.filename))
+    """From every storage (the off-site copy too). The data file goes first: a manifest without
+    its file is reported missing by sync, while a file without its manifest would be an orphan
+    nobody lists."""
+    for _label, storage in backup_storages():
+        storage.delete(backup.filename)
+        storage.delete(manifest_name(backup.filename))
     backup.delete()

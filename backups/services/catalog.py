@@ -9,8 +9,9 @@ from django.utils import timezone
 
 from ..models import Action, Backup, BackupStatus
 from ..naming import MANIFEST_SUFFIX, is_backup_filename, manifest_name
-from ..storage import get_storage, process_alive
+from ..storage import backup_storages, process_alive
 from .journal import journal
+from .offsite import copy_missing
 
 logger = logging.getLogger("backups")
 
@@ -26,70 +27,95 @@ class SyncResult:
     missing: list = field(default_factory=list)
     interrupted: list = field(default_factory=list)
     removed_partials: list = field(default_factory=list)
+    copied_offsite: list = field(default_factory=list)
+    offsite_failed: list = field(default_factory=list)
 
     @property
     def summary(self):
-        return (
+        text = (
             f"{len(self.added)} added, {len(self.updated)} updated, {len(self.missing)} missing, "
             f"{len(self.interrupted)} interrupted, {len(self.removed_partials)} temporary files removed"
         )
+        if self.copied_offsite or self.offsite_failed:
+            text += f", {len(self.copied_offsite)} copied off-site, {len(self.offsite_failed)} off-site copies failed"
+        return text
 
 
 def sync_catalog(*, actor=None, remove_partials=True):
     """Rebuild the catalog from the manifests in storage.
 
-    New manifests become rows, rows whose file vanished are marked missing, backups whose process
-    died are marked failed, and temporary files of interrupted backups are removed. With an
-    ``actor`` (a person asked for it) the sync is checked and journaled; the service's own
-    calls, after a restore or before a cleanup, are part of those operations.
+    Both storages count: a backup whose file is in the primary or the off-site storage is
+    restorable, and its row says where (``locations``). New manifests become rows, rows whose
+    file vanished everywhere are marked missing, backups whose process died are marked failed,
+    and temporary files of interrupted backups are removed. With an ``actor`` (a person asked
+    for it) the sync is checked and journaled, and backups without an off-site copy are copied
+    there; the service's own calls, after a restore or before a cleanup, are part of those
+    operations.
     """
     if actor is None:
         return _sync(remove_partials)
     with journal(Action.SYNC, actor, permission="add_backup") as operation:
         result = _sync(remove_partials)
+        result.copied_offsite, result.offsite_failed = copy_missing()
         operation.message = result.summary
     return result
 
 
 def _sync(remove_partials):
-    storage = get_storage()
+    copies = backup_storages()
+    listed = {label: set(storage.names()) for label, storage in copies}
     result = SyncResult()
-    names = set(storage.names())
     stored = {
         name.removesuffix(MANIFEST_SUFFIX)
+        for names in listed.values()
         for name in names
         if name.endswith(MANIFEST_SUFFIX) and is_backup_filename(name.removesuffix(MANIFEST_SUFFIX))
     }
     rows = {row.filename: row for row in Backup.objects.filter(filename__in=stored)}
     for filename in sorted(stored):
         row = rows.get(filename)
-        present = filename in names
-        if row is not None and row.status == BackupStatus.SUCCEEDED and present:
+        locations = [label for label, _storage in copies if filename in listed[label]]
+        present = bool(locations)
+        if row is not None and row.status == BackupStatus.SUCCEEDED and present and row.locations == locations:
             continue  # already known and intact: no need to read its manifest
-        manifest = storage.read_json(manifest_name(filename))
+        manifest = read_listed_manifest(copies, listed, filename)
         if not isinstance(manifest, dict) or manifest.get("filename") != filename:
             logger.warning("Ignoring the unreadable manifest of %s", filename)
             continue
         status = BackupStatus.SUCCEEDED if present else BackupStatus.MISSING
         if row is None:
-            Backup.objects.create(**row_fields(manifest), status=status)
+            Backup.objects.create(**row_fields(manifest), status=status, locations=locations)
             (result.added if present else result.missing).append(filename)
         else:
             for name, value in row_fields(manifest).items():
                 setattr(row, name, value)
             row.status = status
+            row.locations = locations
             row.save()
             (result.updated if present else result.missing).append(filename)
-    vanished = Backup.objects.filter(status=BackupStatus.SUCCEEDED).exclude(filename__in=stored & names)
+    held = set().union(*listed.values())
+    vanished = Backup.objects.filter(status=BackupStatus.SUCCEEDED).exclude(filename__in=stored & held)
     for row in vanished:
         row.status = BackupStatus.MISSING
-        row.save(update_fields=["status"])
+        row.locations = []
+        row.save(update_fields=["status", "locations"])
         result.missing.append(row.filename)
     result.interrupted = mark_interrupted()
     if remove_partials:
-        result.removed_partials = storage.remove_partial_files(PARTIAL_MAX_AGE)
+        for _label, storage in copies:
+            result.removed_partials += storage.remove_partial_files(PARTIAL_MAX_AGE)
     logger.info("Backup catalog synchronised: %s", result.summary)
     return result
+
+
+def read_listed_manifest(copies, listed, filename):
+    """The manifest from the first storage that lists it."""
+    for label, storage in copies:
+        if manifest_name(filename) in listed[label]:
+            manifest = storage.read_json(manifest_name(filename))
+            if manifest is not None:
+                return manifest
+    return None
 
 
 def row_fields(manifest):

@@ -3,7 +3,7 @@
 import logging
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from django.db import DatabaseError, connections, router, transaction
@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from ..compression import CHUNK_SIZE, CountingReader, codec_for
 from ..conf import backup_settings
+from ..encryption import check_decryptable
 from ..engines import get_engine
 from ..exceptions import (
     BackupDamaged,
@@ -20,14 +21,15 @@ from ..exceptions import (
     InvalidRequest,
     RestoreFailed,
     RestoreIncomplete,
+    StorageFailed,
 )
 from ..models import Action, Backup, HealthState, Operation, Trigger
-from ..naming import manifest_name
-from ..storage import get_storage
+from ..storage import get_offsite_storage, get_storage
 from .backups import get_restorable_backup, reserve_backup, write_backup
 from .catalog import sync_catalog
 from .journal import journal
 from .notify import notify
+from .offsite import find_manifest
 
 logger = logging.getLogger("backups")
 
@@ -94,15 +96,15 @@ def _restore(filename, actor, target, pre_restore_backup, operation):
         pre_restore_backup = wants_pre_restore_backup(engine, pre_restore_backup)
         warning = verification_warning(backup)
         engine.check_tools()
-        storage = get_storage()
-        manifest = storage.read_json(manifest_name(filename))
+        manifest = find_manifest(filename)
         if manifest is None:
             raise BackupNotFound(f"The manifest of {filename} is missing; run 'manage.py backups sync'.")
+        check_decryptable(filename, manifest)
         result = RestoreResult(backup=backup, database=alias, finished_at=None, operation=record)
         if warning:
             result.warnings.append(warning)
         with engine.lock(exclusive=True):
-            with verified_copy(storage, filename, manifest) as source:
+            with verified_copy_anywhere(filename, manifest, result.warnings) as source:
                 if pre_restore_backup:
                     undo = reserve_backup(
                         engine, actor=actor, description=f"Before restoring {filename}", trigger=Trigger.PRE_RESTORE
@@ -169,6 +171,42 @@ def verified_copy(storage, filename, manifest):
             check_digest(reader, filename, manifest, already_read=True)
             copy.seek(0)
             yield copy
+
+
+@contextmanager
+def verified_copy_anywhere(filename, manifest, warnings):
+    """``verified_copy`` from the primary storage or, when that copy is missing, damaged or out
+    of reach, from the off-site copy; a warning then says so."""
+    offsite = get_offsite_storage()
+    with ExitStack() as stack:
+        try:
+            source = stack.enter_context(verified_copy(get_storage(), filename, manifest))
+        except (BackupNotFound, BackupDamaged, StorageFailed) as primary_problem:
+            if offsite is None:
+                raise
+            try:
+                source = stack.enter_context(verified_copy(offsite, filename, manifest))
+            except (BackupNotFound, BackupDamaged, StorageFailed) as offsite_problem:
+                raise type(offsite_problem)(
+                    f"No copy of {filename} can be used: the primary copy {unusable(primary_problem)}, the "
+                    f"off-site copy {unusable(offsite_problem)}. Nothing was changed."
+                ) from None
+            warnings.append(
+                f"The primary copy of {filename} {unusable(primary_problem)}; "
+                f"it was restored from the off-site copy in {offsite.where}."
+            )
+            logger.warning(
+                "Restoring %s from the off-site copy: the primary copy %s", filename, unusable(primary_problem)
+            )
+        yield source
+
+
+def unusable(problem):
+    if isinstance(problem, BackupNotFound):
+        return "is missing"
+    if isinstance(problem, BackupDamaged):
+        return "does not match its checksum"
+    return f"cannot be read ({problem.message})"
 
 
 def check_digest(reader, filename, manifest, already_read=False):

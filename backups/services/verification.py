@@ -22,16 +22,16 @@ from django.utils import timezone
 
 from ..compression import CHUNK_SIZE, codec_for
 from ..conf import backup_settings
+from ..encryption import check_decryptable
 from ..engines import get_engine
 from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest, OperationInProgress, RestoreFailed
 from ..models import Action, Backup, BackupStatus, OperationStatus
-from ..naming import manifest_name
-from ..storage import get_storage
 from .backups import get_restorable_backup
 from .health import check_health_quietly
 from .journal import Actor, journal
 from .notify import notify
-from .restore import GuardedReader, verified_copy
+from .offsite import find_manifest, write_manifest
+from .restore import GuardedReader, verified_copy_anywhere
 from .schedule import describe_failure
 
 logger = logging.getLogger("backups")
@@ -78,15 +78,15 @@ def verify_backup(filename, *, actor, level="checksum"):
     with journal(Action.VERIFY, actor, filename=filename, permission="verify_backup") as operation:
         backup = get_restorable_backup(filename)
         operation.database = backup.database
-        storage = get_storage()
-        manifest = storage.read_json(manifest_name(filename))
+        manifest = find_manifest(filename)
         if manifest is None:
             raise BackupNotFound(f"The manifest of {filename} is missing; run 'manage.py backups sync'.")
+        check_decryptable(filename, manifest)  # without the key the check cannot run: an error
         engine = get_engine(backup.database)
         started = time.monotonic()
         try:
             with engine.lock(exclusive=True, purpose="verify"):
-                details = run_checks(engine, storage, filename, manifest, level)
+                details = run_checks(engine, filename, manifest, level)
             result = Verification(filename, level, True, timezone.now(), f"{level} verification passed", details)
         except (VerificationFailed, BackupDamaged, BackupNotFound, RestoreFailed) as exc:
             details = getattr(exc, "details", {})
@@ -105,10 +105,12 @@ def verify_backup(filename, *, actor, level="checksum"):
     return result
 
 
-def run_checks(engine, storage, filename, manifest, level):
-    """The checks themselves; raise ``VerificationFailed`` (or a damaged-file error) on a finding."""
+def run_checks(engine, filename, manifest, level):
+    """The checks themselves; raise ``VerificationFailed`` (or a damaged-file error) on a finding.
+    The copy checked is the one a restore would use: the primary, else the off-site one."""
     codec = codec_for(filename)
-    with verified_copy(storage, filename, manifest) as source:  # sha256 and size first
+    warnings = []
+    with verified_copy_anywhere(filename, manifest, warnings) as source:  # sha256 and size first
         if level == "checksum":
             sql = GuardedReader(codec.decompressor(source), filename)
             size = 0
@@ -118,7 +120,7 @@ def run_checks(engine, storage, filename, manifest, level):
                 raise VerificationFailed(
                     f"{filename} decompresses to {size} bytes, not the {manifest['uncompressed_bytes']} recorded."
                 )
-            return {"sha256": "matches", "uncompressed_bytes": size}
+            return {"sha256": "matches", "uncompressed_bytes": size, "warnings": warnings}
         with engine.scratch() as scratch:
             source_position = source.tell()
             scratch.restore(GuardedReader(codec.decompressor(source), filename), backup_settings.RESTORE_LOCK_TIMEOUT)
@@ -220,9 +222,9 @@ def record(backup, manifest, result):
     """The outcome goes with the backup: in the catalog and in its manifest."""
     backup.verified_at = result.checked_at
     backup.verification = result.as_dict()
-    backup.save(update_fields=["verified_at", "verification"])
-    manifest["verification"] = result.as_dict()
-    get_storage().write_json(manifest_name(backup.filename), manifest)
+    backup.manifest = {**manifest, "verification": result.as_dict()}
+    backup.save(update_fields=["verified_at", "verification", "manifest"])
+    write_manifest(backup)
 
 
 def run_scheduled_verification(now=None):

@@ -120,6 +120,8 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Created {backup.filename} ({human_size(backup.size_bytes)} in {human_duration(backup.duration_seconds)})"
         )
+        if backup.offsite_error:
+            self.stderr.write(f"Warning: {backup.offsite_error}")
 
     def handle_list(self, as_json, database, **options):
         backups = services.list_backups(actor=self.actor, database=database)
@@ -133,6 +135,7 @@ class Command(BaseCommand):
                 human_size(backup.size_bytes),
                 backup.database,
                 backup.trigger,
+                "+".join(backup.locations) + (" (off-site copy failed)" if backup.offsite_error else ""),
                 verified_label(backup),
                 backup.description.replace("\n", " ")[:50],
             )
@@ -141,7 +144,7 @@ class Command(BaseCommand):
         if not rows:
             self.stdout.write("No backups.")
             return
-        header = ("FILENAME", "CREATED", "SIZE", "DATABASE", "TRIGGER", "VERIFIED", "DESCRIPTION")
+        header = ("FILENAME", "CREATED", "SIZE", "DATABASE", "TRIGGER", "COPIES", "VERIFIED", "DESCRIPTION")
         widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
         for row in [header, *rows]:
             self.stdout.write(
@@ -194,6 +197,8 @@ class Command(BaseCommand):
     def handle_sync(self, **options):
         result = services.sync_catalog(actor=self.actor)
         self.stdout.write(f"Catalog synchronised: {result.summary}.")
+        for filename in result.offsite_failed:
+            self.stderr.write(f"Warning: {filename}: {services.get_backup(filename).offsite_error}")
 
     def handle_schedule(self, **options):
         status = services.schedule_status(actor=self.actor)
