@@ -398,8 +398,16 @@ class BackupAdmin(admin.ModelAdmin):
         """Django logs before it deletes; ``delete_backups`` logs afterwards what really went."""
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Records are written by the service only."""
+class OperationAdmin(admin.ModelAdmin):
+    """The journal's records are written by the service only; here they are read."""
+
+    @admin.display(description="when", ordering="started_at")
+    def started(self, operation):
+        return local_time(operation.started_at)
+
+    @admin.display(description="finished", ordering="finished_at")
+    def finished(self, operation):
+        return local_time(operation.finished_at)
 
     def has_add_permission(self, request):
         return False
@@ -412,7 +420,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(RestoreHistory)
-class RestoreHistoryAdmin(ReadOnlyAdmin):
+class RestoreHistoryAdmin(OperationAdmin):
     list_display = (
         "started",
         "actor",
@@ -441,14 +449,6 @@ class RestoreHistoryAdmin(ReadOnlyAdmin):
     )
     readonly_fields = fields
 
-    @admin.display(description="when", ordering="started_at")
-    def started(self, operation):
-        return local_time(operation.started_at)
-
-    @admin.display(description="finished", ordering="finished_at")
-    def finished(self, operation):
-        return local_time(operation.finished_at)
-
     @admin.display(description="pre-restore backup")
     def pre_restore_backup(self, operation):
         return operation.details.get("pre_restore_backup") or "-"
@@ -459,7 +459,7 @@ class RestoreHistoryAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Operation)
-class AuditLogAdmin(ReadOnlyAdmin):
+class AuditLogAdmin(OperationAdmin):
     list_display = ("started", "action", "status", "actor", "origin", "client_address", "filename", "message")
     list_filter = ("action", "status", "origin", "database")
     search_fields = ("filename", "actor", "message")
@@ -478,14 +478,6 @@ class AuditLogAdmin(ReadOnlyAdmin):
         "details_json",
     )
     readonly_fields = fields
-
-    @admin.display(description="when", ordering="started_at")
-    def started(self, operation):
-        return local_time(operation.started_at)
-
-    @admin.display(description="finished", ordering="finished_at")
-    def finished(self, operation):
-        return local_time(operation.finished_at)
 
     @admin.display(description="details")
     def details_json(self, operation):

@@ -79,16 +79,7 @@ def check_storage(app_configs, **kwargs):
                 id="backups.E003",
             )
         ]
-    mode = stat.S_IMODE(directory.stat().st_mode)
-    if mode & 0o077:
-        return [
-            Warning(
-                f"BACKUP_DIR: {directory} is readable by other users (mode {mode:o}); backups hold the whole database.",
-                hint=f"chmod 700 {directory}",
-                id="backups.W002",
-            )
-        ]
-    return []
+    return readable_by_others(directory, "BACKUP_DIR", "backups hold the whole database", "700", "backups.W002")
 
 
 @register()
@@ -155,13 +146,18 @@ def check_identity_file(app_configs, **kwargs):
                 id="backups.W003",
             )
         ]
+    return readable_by_others(path, IDENTITY_SETTING, "it decrypts every backup", "600", "backups.W004")
+
+
+def readable_by_others(path, variable, why, private_mode, check_id):
+    """A warning when a secret file or directory is open to other users, else none."""
     mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        return [
-            Warning(
-                f"{IDENTITY_SETTING}: {path} is readable by other users (mode {mode:o}); it decrypts every backup.",
-                hint=f"chmod 600 {path}",
-                id="backups.W004",
-            )
-        ]
-    return []
+    if not mode & 0o077:
+        return []
+    return [
+        Warning(
+            f"{variable}: {path} is readable by other users (mode {mode:o}); {why}.",
+            hint=f"chmod {private_mode} {path}",
+            id=check_id,
+        )
+    ]

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, OperationInProgress, RestoreFailed
+from ..streams import ReadableStream
 from .base import CHUNK_SIZE, DatabaseEngine
 
 DUMP_WRAPPER_STATEMENTS = {"BEGIN TRANSACTION;", "COMMIT;"}
@@ -174,7 +175,7 @@ def replay(connection, stream):
     The dump's own BEGIN/COMMIT (there for restoring by hand with the sqlite3 shell) are skipped.
     Statements are read line by line, so memory holds one statement at a time.
     """
-    text = io.TextIOWrapper(io.BufferedReader(_Readable(stream), CHUNK_SIZE), encoding="utf-8", newline="")
+    text = io.TextIOWrapper(io.BufferedReader(ReadableStream(stream), CHUNK_SIZE), encoding="utf-8", newline="")
     statement = []
     for line in text:
         statement.append(line)
@@ -190,18 +191,3 @@ def replay(connection, stream):
         raise RestoreFailed(
             "Database restore failed; the database was not changed. The dump ends in the middle of a statement."
         )
-
-
-class _Readable(io.RawIOBase):
-    """Adapts any object with ``read()`` to what ``io.TextIOWrapper`` expects."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        data = self.stream.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)

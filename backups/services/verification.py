@@ -26,6 +26,7 @@ from ..encryption import check_decryptable
 from ..engines import get_engine
 from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest, OperationInProgress, RestoreFailed
 from ..models import Action, Backup, BackupStatus, OperationStatus
+from ..streams import ChunkStream, ReadableStream
 from .backups import get_restorable_backup
 from .health import check_health_quietly
 from .journal import Actor, journal
@@ -159,9 +160,11 @@ def compare_row_counts(scratch, expected):
 def compare_dumps(scratch, original, volatile_prefixes):
     """Dump the scratch database again and compare it with the backup, line by line."""
     with scratch.dump() as dump:
-        redump = io.BufferedReader(ChunkReader(iter(dump)), CHUNK_SIZE)
+        redump = io.BufferedReader(ChunkStream(dump), CHUNK_SIZE)
         ours = (
-            line for line in io.BufferedReader(Readable(original), CHUNK_SIZE) if not line.startswith(volatile_prefixes)
+            line
+            for line in io.BufferedReader(ReadableStream(original), CHUNK_SIZE)
+            if not line.startswith(volatile_prefixes)
         )
         theirs = (line for line in redump if not line.startswith(volatile_prefixes))
         number = 0
@@ -180,42 +183,6 @@ def _shown(line):
         return "the end of the dump"
     text = line.decode("utf-8", "replace").rstrip("\n")
     return repr(text if len(text) <= 120 else text[:117] + "...")
-
-
-class Readable(io.RawIOBase):
-    """Any object with ``read()``, as a raw stream for ``io.BufferedReader``."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        data = self.stream.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-class ChunkReader(io.RawIOBase):
-    """An iterator of byte chunks as a raw stream."""
-
-    def __init__(self, chunks):
-        self.chunks = chunks
-        self.pending = b""
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        while not self.pending:
-            self.pending = next(self.chunks, b"")
-            if not self.pending:
-                return 0
-        size = min(len(buffer), len(self.pending))
-        buffer[:size] = self.pending[:size]
-        self.pending = self.pending[size:]
-        return size
 
 
 def record(backup, manifest, result):
