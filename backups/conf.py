@@ -150,6 +150,9 @@ SETTINGS = {
     "COMPRESSION_THREADS": Setting(0, int_parser(0), "Compression threads; 0 means one per CPU core."),
     "THROTTLE_CREATE": Setting("30/hour", parse_rate, "API rate limit for creating backups per user, or off."),
     "THROTTLE_RESTORE": Setting("10/hour", parse_rate, "API rate limit for restores per user, or off."),
+    "JOB_LOG": Setting(
+        "data/logs/backup-jobs.log", parse_path, "Where the worker processes of asynchronous API requests log."
+    ),
 }
 
 

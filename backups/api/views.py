@@ -2,10 +2,18 @@
 
 from django.http import QueryDict
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -41,6 +49,22 @@ FILENAME_PARAMETER = OpenApiParameter(
 )
 
 
+JOB_PARAMETER = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="A restore's id")
+PAGING_PARAMETERS = [
+    OpenApiParameter("limit", OpenApiTypes.INT, description="Page size: answer a page envelope instead of the array"),
+    OpenApiParameter("offset", OpenApiTypes.INT, description="Backups to skip, with limit"),
+]
+LOCATION_HEADER = OpenApiParameter(
+    "Location", str, OpenApiParameter.HEADER, response=[202], description="Where to poll for the outcome"
+)
+BACKUP_LIST = PolymorphicProxySerializer(
+    component_name="BackupList",
+    serializers=[serializers.BackupSerializer(many=True), serializers.PagedBackupsSerializer],
+    resource_type_field_name=None,
+    many=False,
+)
+
+
 def errors(*codes):
     return {code: ERRORS[code] for code in (400, 401, 403, 429, 500, 503) + codes}
 
@@ -67,9 +91,9 @@ def actor_for(request):
     return services.Actor(origin=Origin.API, user=request.user, client_address=request.META.get("REMOTE_ADDR"))
 
 
-def status_body(message, filename, timestamp=None):
+def status_body(message, filename, timestamp=None, state="success"):
     return {
-        "status": "success",
+        "status": state,
         "message": message,
         "filename": filename,
         "timestamp": (timestamp or timezone.now()).isoformat(),
@@ -78,9 +102,12 @@ def status_body(message, filename, timestamp=None):
 
 @extend_schema_view(
     list=extend_schema(
-        summary="List backups that can be restored, newest first",
-        parameters=[OpenApiParameter("database", str, description="Only backups of this database alias")],
-        responses={200: serializers.BackupSerializer(many=True), **errors()},
+        summary="List backups that can be restored, newest first (an array; a page with ?limit=)",
+        parameters=[
+            OpenApiParameter("database", str, description="Only backups of this database alias"),
+            *PAGING_PARAMETERS,
+        ],
+        responses={200: BACKUP_LIST, **errors()},
     ),
     retrieve=extend_schema(
         summary="One backup",
@@ -88,9 +115,14 @@ def status_body(message, filename, timestamp=None):
         responses={200: serializers.BackupSerializer, **errors(404)},
     ),
     create=extend_schema(
-        summary="Create a backup",
+        summary="Create a backup (with async: start it and answer at once)",
         request=serializers.CreateRequestSerializer,
-        responses={201: serializers.StatusSerializer, **errors(409, 413, 507)},
+        parameters=[LOCATION_HEADER],
+        responses={
+            201: serializers.StatusSerializer,
+            202: OpenApiResponse(serializers.AcceptedSerializer, description="Started; poll the Location"),
+            **errors(409, 413, 507),
+        },
     ),
     destroy=extend_schema(
         summary="Delete a backup, its file and manifest",
@@ -130,7 +162,12 @@ class BackupViewSet(viewsets.ViewSet):
     def list(self, request):
         database = request.query_params.get("database") or None
         backups = services.list_backups(actor=actor_for(request), database=database)
-        return Response(serializers.BackupSerializer(backups, many=True).data)
+        # The spec's bare array, unless a page is asked for with ?limit=.
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(backups, request, view=self)
+        if page is None:
+            return Response(serializers.BackupSerializer(backups, many=True).data)
+        return paginator.get_paginated_response(serializers.BackupSerializer(page, many=True).data)
 
     def retrieve(self, request, filename=None):
         backup = services.get_backup(filename, actor=actor_for(request))
@@ -138,11 +175,21 @@ class BackupViewSet(viewsets.ViewSet):
 
     def create(self, request):
         data = self.parse(serializers.CreateRequestSerializer, request)
+        if data["async"]:
+            backup = services.start_backup(
+                actor=actor_for(request), description=data["description"], database=data["database"]
+            )
+            body = status_body("Backup started", backup.filename, backup.created_at, state="pending")
+            return self.accepted(body, self.reverse_action("detail", kwargs={"filename": backup.filename}))
         backup = services.create_backup(
             actor=actor_for(request), description=data["description"], database=data["database"]
         )
         body = status_body("Backup created successfully", backup.filename, backup.created_at)
         return Response(body, status=status.HTTP_201_CREATED)
+
+    def accepted(self, body, location):
+        body["message"] += f"; poll {location} for its progress and outcome"
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
 
     def destroy(self, request, filename=None):
         backup = services.delete_backup(filename, actor=actor_for(request))
@@ -151,11 +198,26 @@ class BackupViewSet(viewsets.ViewSet):
     @extend_schema(
         summary="Restore the database from a backup (overwrites all current data)",
         request=serializers.RestoreRequestSerializer,
-        responses={200: serializers.RestoreResponseSerializer, **errors(404, 409, 422)},
+        parameters=[LOCATION_HEADER],
+        responses={
+            200: serializers.RestoreResponseSerializer,
+            202: OpenApiResponse(serializers.RestoreAcceptedSerializer, description="Started; poll the Location"),
+            **errors(404, 409, 422),
+        },
     )
     @action(detail=False, methods=["post"])
     def restore(self, request):
         data = self.parse(serializers.RestoreRequestSerializer, request)
+        if data["async"]:
+            job = services.start_restore(
+                data["filename"],
+                actor=actor_for(request),
+                target=data["target_database"],
+                pre_restore_backup=data["pre_restore_backup"],
+            )
+            body = status_body("Restore started", job.filename, job.started_at, state="pending")
+            body["job_id"] = str(job.pk)
+            return self.accepted(body, self.reverse_action("restore-job", kwargs={"job_id": job.pk}))
         result = services.restore_backup(
             data["filename"],
             actor=actor_for(request),
@@ -166,6 +228,16 @@ class BackupViewSet(viewsets.ViewSet):
         body["pre_restore_backup"] = result.pre_restore_backup.filename if result.pre_restore_backup else None
         body["warnings"] = result.warnings
         return Response(body)
+
+    @extend_schema(
+        summary="A restore: its status, timing and outcome (where an asynchronous restore is polled)",
+        parameters=[JOB_PARAMETER],
+        responses={200: serializers.RestoreJobSerializer, **errors(404)},
+    )
+    @action(detail=False, methods=["get"], url_path=r"restores/(?P<job_id>[^/]+)", url_name="restore-job")
+    def restore_job(self, request, job_id=None):
+        operation = services.get_restore(job_id, actor=actor_for(request))
+        return Response(serializers.RestoreJobSerializer(operation).data)
 
     @extend_schema(
         summary="Delete backups older than the retention period",

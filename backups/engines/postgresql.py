@@ -160,9 +160,7 @@ class PostgreSQLEngine(DatabaseEngine):
             yield DumpStream(stdout, counter)
 
     def restore(self, stream, lock_timeout):
-        args, env = self.command(
-            "psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-f", "-"]
-        )
+        args, env = self.command("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-f", "-"])
         with tempfile.TemporaryFile() as stderr:
             try:
                 process = subprocess.Popen(

@@ -11,6 +11,7 @@ from .backups import (
     update_description,
 )
 from .catalog import sync_catalog
+from .jobs import get_restore, run_job, start_backup, start_restore
 from .journal import Actor
 from .restore import restore_backup
 from .retention import cleanup_backups
@@ -23,10 +24,14 @@ __all__ = [
     "delete_backup",
     "describe_database",
     "get_backup",
+    "get_restore",
     "list_backups",
     "open_backup",
     "restore_backup",
+    "run_job",
     "schedule_status",
+    "start_backup",
+    "start_restore",
     "sync_catalog",
     "update_description",
 ]

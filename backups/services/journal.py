@@ -30,11 +30,16 @@ PERMISSION_WORDS = {
 
 @dataclass(frozen=True)
 class Actor:
-    """The caller: a Django user from the API or admin, or the system (command line, cron)."""
+    """The caller: a Django user from the API or admin, or the system (command line, cron).
+
+    ``username`` names the person a worker process acts for: their permission was checked
+    when they asked, and the journal records them rather than the worker.
+    """
 
     origin: str
     user: Any = None
     client_address: str | None = None
+    username: str | None = None
 
     @classmethod
     def command(cls):
@@ -46,6 +51,8 @@ class Actor:
 
     @property
     def name(self):
+        if self.username:
+            return self.username
         if self.user is not None:
             return self.user.get_username()
         if self.origin == Origin.CRON:
@@ -71,8 +78,9 @@ def journal(action, actor, *, permission, filename="", database="", operation=No
     or failed with the reason. Refused attempts are recorded too: an audit trail shows who
     tried.
 
-    The caller may set ``filename``, ``message``, ``details`` or ``status`` (skipped) on the
-    yielded row. ``operation`` continues a row created earlier (an asynchronous job).
+    The caller may set ``filename``, ``message``, ``details`` or ``status`` on the yielded row:
+    skipped, or pending when it has handed the row to a worker process (``jobs.hand_over``),
+    which then owns it. ``operation`` continues a row created earlier (that worker's job).
     """
     if operation is None:
         operation = Operation.objects.create(
@@ -101,6 +109,9 @@ def journal(action, actor, *, permission, filename="", database="", operation=No
         _finish(operation, OperationStatus.FAILED, "Unexpected error; see the server log.")
         logger.exception("Backup %s failed unexpectedly (%s via %s)", action, actor.name, actor.origin)
         raise
+    if operation.status == OperationStatus.PENDING:
+        logger.info("Backup %s queued (%s via %s): %s", action, actor.name, actor.origin, operation.filename or "-")
+        return
     status = operation.status if operation.status == OperationStatus.SKIPPED else OperationStatus.SUCCEEDED
     _finish(operation, status, operation.message)
     logger.info(

@@ -1,8 +1,10 @@
 """Restoring a database from a backup: checked, locked, undoable, all or nothing."""
 
 import logging
+import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -16,7 +18,7 @@ from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest
 from ..models import Action, Backup, Operation, Trigger
 from ..naming import manifest_name
 from ..storage import get_storage
-from .backups import get_restorable_backup, reserve_backup, write_backup
+from .backups import PROGRESS_INTERVAL, get_restorable_backup, reserve_backup, write_backup
 from .catalog import sync_catalog
 from .journal import journal
 
@@ -37,11 +39,13 @@ class RestoreResult:
     operation: Operation | None = None
 
 
-def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, operation=None):
+def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, operation=None, progress=None):
     """Replace the content of the backup's database (or ``target``) with the backup.
 
     Before anything changes: the file's sha256 must match its manifest, and (unless turned off)
     a pre-restore backup of the current state is taken, so a wrong restore can be undone.
+    ``progress(read=, total=, elapsed=, final=)`` hears how much of the stored file has been
+    replayed, about once a second.
     """
     refuse_inside_transaction()
     with journal(
@@ -54,33 +58,39 @@ def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, ope
     ) as record:
         backup = get_restorable_backup(filename)
         alias = record.database = target or backup.database
-        engine = get_engine(alias)
-        if engine.vendor != backup.engine:
-            raise InvalidRequest(
-                f"{filename} is a {backup.engine} backup and cannot be restored into the {engine.vendor} "
-                f"database {alias!r}. Nothing was changed."
-            )
+        engine, manifest = check_restore(backup, alias)
         if pre_restore_backup is None:
             pre_restore_backup = backup_settings.PRE_RESTORE_BACKUP
-        engine.check_tools()
-        storage = get_storage()
-        manifest = storage.read_json(manifest_name(filename))
-        if manifest is None:
-            raise BackupNotFound(f"The manifest of {filename} is missing; run 'manage.py backups sync'.")
         result = RestoreResult(backup=backup, database=alias, finished_at=None, operation=record)
         with engine.lock(exclusive=True):
-            with verified_copy(storage, filename, manifest) as source:
+            with verified_copy(get_storage(), filename, manifest) as source:
                 if pre_restore_backup:
                     undo = reserve_backup(
                         engine, actor=actor, description=f"Before restoring {filename}", trigger=Trigger.PRE_RESTORE
                     )
                     result.pre_restore_backup = write_backup(engine, undo)
                     record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
-                result.warnings.extend(replace_database(engine, source, filename))
+                result.warnings.extend(replace_database(engine, source, filename, progress))
         result.finished_at = timezone.now()
         record.message = f"Restored {engine.describe()} from {filename}"
         record.details = {**record.details, "warnings": result.warnings}
     return result
+
+
+def check_restore(backup, alias):
+    """What can be checked before a restore of ``backup`` into ``alias`` starts: the engines
+    match, the tools are there, the manifest exists. Returns (engine, manifest)."""
+    engine = get_engine(alias)
+    if engine.vendor != backup.engine:
+        raise InvalidRequest(
+            f"{backup.filename} is a {backup.engine} backup and cannot be restored into the {engine.vendor} "
+            f"database {alias!r}. Nothing was changed."
+        )
+    engine.check_tools()
+    manifest = get_storage().read_json(manifest_name(backup.filename))
+    if manifest is None:
+        raise BackupNotFound(f"The manifest of {backup.filename} is missing; run 'manage.py backups sync'.")
+    return engine, manifest
 
 
 def refuse_inside_transaction():
@@ -127,17 +137,21 @@ def check_digest(reader, filename, manifest, already_read=False):
         )
 
 
-def replace_database(engine, source, filename):
+def replace_database(engine, source, filename, progress=None):
     """Feed the decompressed dump to the engine, carrying the catalog tables across.
     Returns warnings about the catalog; the restore itself either happened or raised."""
     carried = snapshot_carried_rows(engine.alias)
     connections.close_all()
+    if progress is not None:
+        source = ReadProgress(source, progress)
     codec = codec_for(filename)
     reader = codec.decompressor(source)
     try:
         engine.restore(GuardedReader(reader, filename), backup_settings.RESTORE_LOCK_TIMEOUT)
     finally:
         reader.close()
+    if progress is not None:
+        source.finish()
     if carried is None:
         return []
     return restore_carried_rows(carried) or sync_after_restore()
@@ -160,6 +174,49 @@ class GuardedReader:
             raise BackupDamaged(
                 f"{self.filename} cannot be decompressed ({exc}); the database was not changed."
             ) from None
+
+
+class ReadProgress:
+    """Counts the bytes of the stored file consumed so far and reports them about once a second
+    (and once at the end) to ``callback(read=, total=, elapsed=, final=)``.
+
+    Only to the callback, never to the catalog: the catalog may live in the database being
+    restored, whose tables psql keeps locked until it commits, so a write there would wait for
+    the very restore it describes.
+    """
+
+    def __init__(self, raw, callback):
+        self.raw = raw
+        self.callback = callback
+        self.total = raw.seek(0, os.SEEK_END)
+        raw.seek(0)
+        self.consumed = 0
+        self.started = self.last = time.monotonic()
+
+    def read(self, size=-1):
+        data = self.raw.read(size)
+        self.consumed += len(data)
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_INTERVAL:
+            self.last = now
+            self.callback(read=self.consumed, total=self.total, elapsed=now - self.started, final=False)
+        return data
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self):
+        return True
+
+    @property
+    def closed(self):
+        return False
+
+    def finish(self):
+        elapsed = time.monotonic() - self.started
+        self.callback(read=self.consumed, total=self.total, elapsed=elapsed, final=True)
 
 
 def snapshot_carried_rows(alias):
