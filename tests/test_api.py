@@ -189,7 +189,8 @@ def test_the_list_pages_only_when_a_limit_is_given(api):
     last = api.get(page["next"]).json()
     assert [item["filename"] for item in last["results"]] == names[10:] and last["next"] is None
     assert api.get("/backups?offset=5").json() == api.get("/backups").json()  # no limit: the array
-    assert api.get("/backups?limit=0").json() == api.get("/backups").json()  # as DRF: not a page size
+    for bad in ("limit=0", "limit=ten", "limit=-1", "limit=5&offset=-5", "offset=x", "limit=1&limit=2"):
+        assert_error(api.get(f"/backups?{bad}"), 400, bad.split("=")[0] if "offset" not in bad else "offset")
     assert api.get("/backups?limit=5&database=sqlite").json()["count"] == 0
 
 

@@ -19,6 +19,7 @@ from backups.engines import get_engine
 from backups.models import Backup, BackupStatus, Operation
 from backups.services import backups as backup_service
 from backups.services.catalog import mark_interrupted
+from backups.services.journal import this_worker
 from backups.storage import process_alive
 
 from .conftest import execute, fetch, make_staff, token_client
@@ -312,17 +313,25 @@ def test_a_restore_worker_killed_midway_changes_nothing(api, backup_dir, monkeyp
     assert failed["status"] == "failed" and "Interrupted" in failed["message"]
 
 
-def test_sync_fails_restore_jobs_whose_worker_died_or_never_started(api):
+def test_sync_fails_operations_whose_process_died_and_jobs_never_started(api):
+    """Every journaled operation names its process: a worker, or a web worker that its timeout
+    killed in the middle of a synchronous restore."""
     long_ago = timezone.now() - timedelta(hours=2)
     no_such_process = f"{socket.gethostname()}:{2**22 + 1}"  # beyond any pid_max
-    dead = Operation.objects.create(
-        action="restore", status="running", origin="api", started_at=timezone.now(), details={"worker": no_such_process}
-    )
-    never = Operation.objects.create(action="restore", status="pending", origin="api", started_at=long_ago)
-    waiting = Operation.objects.create(action="restore", status="pending", origin="api", started_at=timezone.now())
-    inline = Operation.objects.create(action="restore", status="running", origin="api", started_at=long_ago)
+
+    def operation(status, started_at, **details):
+        return Operation.objects.create(
+            action="restore", status=status, origin="api", started_at=started_at, details=details
+        )
+
+    dead = operation("running", timezone.now(), worker=no_such_process)
+    never_started = operation("pending", long_ago)
+    waiting = operation("pending", timezone.now())
+    alive = operation("running", long_ago, worker=this_worker())
+    elsewhere = operation("running", long_ago, worker="another-host:1")
     mark_interrupted()
-    statuses = {op.pk: op.status for op in Operation.objects.all()}
-    assert statuses[dead.pk] == statuses[never.pk] == "failed"
+    statuses = dict(Operation.objects.values_list("pk", "status"))
+    assert statuses[dead.pk] == statuses[never_started.pk] == "failed"
     assert statuses[waiting.pk] == "pending"
-    assert statuses[inline.pk] == "running"  # a synchronous restore in a request: no worker to check
+    assert statuses[alive.pk] == statuses[elsewhere.pk] == "running"
+    assert Operation.objects.get(pk=dead.pk).message.startswith("Interrupted")

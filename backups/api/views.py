@@ -12,7 +12,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException
+from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
@@ -51,8 +51,12 @@ FILENAME_PARAMETER = OpenApiParameter(
 
 JOB_PARAMETER = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="A restore's id")
 PAGING_PARAMETERS = [
-    OpenApiParameter("limit", OpenApiTypes.INT, description="Page size: answer a page envelope instead of the array"),
-    OpenApiParameter("offset", OpenApiTypes.INT, description="Backups to skip, with limit"),
+    OpenApiParameter(
+        "limit",
+        {"type": "integer", "minimum": 1},
+        description="Page size: answer a page envelope instead of the array",
+    ),
+    OpenApiParameter("offset", {"type": "integer", "minimum": 0}, description="Backups to skip, with limit"),
 ]
 LOCATION_HEADER = OpenApiParameter(
     "Location", str, OpenApiParameter.HEADER, response=[202], description="Where to poll for the outcome"
@@ -72,6 +76,32 @@ def errors(*codes):
 class RequestTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = f"The request body is too large (at most {MAX_BODY_BYTES} bytes)."
+
+
+class BackupPagination(LimitOffsetPagination):
+    """DRF's limit/offset pages, asked for with ``?limit=``; a value that is not a whole number
+    in range is refused (400) rather than silently ignored, like every other bad input."""
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self.get_offset(request)  # checked even when no limit asks for a page
+        return super().paginate_queryset(queryset, request, view)
+
+    def get_limit(self, request):
+        if self.limit_query_param not in request.query_params:
+            return None  # no page: the spec's bare array
+        return self.whole_number(request, self.limit_query_param, minimum=1)
+
+    def get_offset(self, request):
+        if self.offset_query_param not in request.query_params:
+            return 0
+        return self.whole_number(request, self.offset_query_param, minimum=0)
+
+    @staticmethod
+    def whole_number(request, name, minimum):
+        values = request.query_params.getlist(name)
+        if len(values) == 1 and values[0].isascii() and values[0].isdigit() and int(values[0]) >= minimum:
+            return int(values[0])
+        raise ValidationError({name: [f"Expected one whole number of at least {minimum}."]})
 
 
 class BackupThrottle(ScopedRateThrottle):
@@ -163,7 +193,7 @@ class BackupViewSet(viewsets.ViewSet):
         database = request.query_params.get("database") or None
         backups = services.list_backups(actor=actor_for(request), database=database)
         # The spec's bare array, unless a page is asked for with ?limit=.
-        paginator = LimitOffsetPagination()
+        paginator = BackupPagination()
         page = paginator.paginate_queryset(backups, request, view=self)
         if page is None:
             return Response(serializers.BackupSerializer(backups, many=True).data)

@@ -13,8 +13,8 @@ from ..exceptions import BackupError, BackupNotFound, InvalidRequest, OperationI
 from ..models import Action, Backup, BackupStatus, Trigger
 from ..naming import candidate_names, manifest_name, validate_filename
 from ..storage import get_storage
-from .catalog import INTERRUPTED, this_worker, worker_gone
-from .journal import journal
+from .catalog import INTERRUPTED, worker_gone
+from .journal import journal, this_worker
 
 logger = logging.getLogger("backups")
 

@@ -1,7 +1,6 @@
 """Keeping the catalog (a table) true to the storage (the manifests), which is the truth."""
 
 import logging
-import os
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -120,11 +119,6 @@ def row_fields(manifest):
     }
 
 
-def this_worker(pid=None):
-    """How rows name the process working on them: host:pid (this process by default)."""
-    return f"{socket.gethostname()}:{pid or os.getpid()}"
-
-
 def worker_gone(worker):
     """True when ``worker`` (host:pid) is a process of this host that has ended. Processes of
     other hosts cannot be checked from here; their rows go stale instead."""
@@ -152,8 +146,8 @@ def mark_interrupted():
 
 
 def job_interrupted(operation, now):
-    """A job (an operation handed to a worker process) whose worker died or never started.
-    Operations without a worker run inside the request or command that journals them."""
+    """An operation whose process died (a worker, or a web worker killed by its timeout), or a
+    job that no worker ever picked up."""
     worker = operation.details.get("worker", "") if isinstance(operation.details, dict) else ""
     if worker:
         return worker_gone(worker)

@@ -25,8 +25,8 @@ from ..engines import get_engine
 from ..exceptions import BackupError, BackupNotFound, InvalidRequest, OperationInProgress, WorkerUnavailable
 from ..models import Action, Backup, BackupStatus, Operation, OperationStatus, Trigger
 from .backups import clean_description, create_backup, get_restorable_backup, mark_failed, reserve_backup
-from .catalog import fail_job, job_interrupted, this_worker
-from .journal import Actor, journal
+from .catalog import fail_job, job_interrupted
+from .journal import Actor, journal, this_worker
 from .restore import check_restore, restore_backup
 
 logger = logging.getLogger("backups")

@@ -8,6 +8,8 @@ anything else that reaches it.
 
 import getpass
 import logging
+import os
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,11 @@ PERMISSION_WORDS = {
     "restore_backup": "restore backups",
     "download_backup": "download backups",
 }
+
+
+def this_worker(pid=None):
+    """How rows name the process working on them: host:pid (this process by default)."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,8 @@ def journal(action, actor, *, permission, filename="", database="", operation=No
             origin=actor.origin,
             client_address=actor.client_address,
             started_at=timezone.now(),
+            # Should this process die midway, sync can tell the operation will never finish.
+            details={"worker": this_worker()},
         )
     else:
         operation.status = OperationStatus.RUNNING
