@@ -19,7 +19,7 @@ PARTIAL_MAX_AGE = 24 * 3600
 # job that no worker ever picked up.
 STALE_AFTER = timedelta(hours=1)
 INTERRUPTED = "Interrupted: the process writing this backup stopped before it finished."
-JOB_INTERRUPTED = "Interrupted: the worker process stopped before the operation finished."
+OPERATION_INTERRUPTED = "Interrupted: the process doing it stopped before it finished."
 
 
 @dataclass
@@ -127,7 +127,7 @@ def worker_gone(worker):
 
 
 def mark_interrupted():
-    """Backups and jobs whose process is gone: dead on this host, or silent for too long.
+    """Backups and operations whose process is gone: dead on this host, or silent for too long.
     Returns the filenames of the backups."""
     now = timezone.now()
     interrupted = []
@@ -140,12 +140,12 @@ def mark_interrupted():
             row.save(update_fields=["status", "error", "finished_at"])
             interrupted.append(row.filename)
     for operation in Operation.objects.filter(status__in=(OperationStatus.PENDING, OperationStatus.RUNNING)):
-        if job_interrupted(operation, now):
-            fail_job(operation, now)
+        if operation_interrupted(operation, now):
+            mark_operation_interrupted(operation, now)
     return interrupted
 
 
-def job_interrupted(operation, now):
+def operation_interrupted(operation, now):
     """An operation whose process died (a worker, or a web worker killed by its timeout), or a
     job that no worker ever picked up."""
     worker = operation.details.get("worker", "") if isinstance(operation.details, dict) else ""
@@ -154,9 +154,9 @@ def job_interrupted(operation, now):
     return operation.status == OperationStatus.PENDING and now - operation.started_at > STALE_AFTER
 
 
-def fail_job(operation, now):
+def mark_operation_interrupted(operation, now):
     operation.status = OperationStatus.FAILED
-    operation.message = JOB_INTERRUPTED
+    operation.message = OPERATION_INTERRUPTED
     operation.finished_at = now
     operation.save(update_fields=["status", "message", "finished_at"])
-    logger.warning("Backup %s %s by %s: %s", operation.action, operation.pk, operation.actor, JOB_INTERRUPTED)
+    logger.warning("Backup %s %s by %s: %s", operation.action, operation.pk, operation.actor, OPERATION_INTERRUPTED)

@@ -25,7 +25,7 @@ from ..engines import get_engine
 from ..exceptions import BackupError, BackupNotFound, InvalidRequest, OperationInProgress, WorkerUnavailable
 from ..models import Action, Backup, BackupStatus, Operation, OperationStatus, Trigger
 from .backups import clean_description, create_backup, get_restorable_backup, mark_failed, reserve_backup
-from .catalog import fail_job, job_interrupted
+from .catalog import mark_operation_interrupted, operation_interrupted
 from .journal import Actor, journal, this_worker
 from .restore import check_restore, restore_backup
 
@@ -64,7 +64,7 @@ def start_restore(filename, *, actor, target=None, pre_restore_backup=None):
         refuse_if_locked(engine, exclusive=True)
         if pre_restore_backup is None:
             pre_restore_backup = backup_settings.PRE_RESTORE_BACKUP
-        operation.details = {"take_pre_restore_backup": pre_restore_backup}
+        operation.details = {**operation.details, "take_pre_restore_backup": pre_restore_backup}
         hand_over(operation)
     return operation
 
@@ -162,8 +162,8 @@ def get_restore(job_id, *, actor):
         raise BackupNotFound(f"No restore with the id {job_id}.")
     if operation.status in (OperationStatus.PENDING, OperationStatus.RUNNING):
         now = timezone.now()
-        if job_interrupted(operation, now):
-            fail_job(operation, now)
+        if operation_interrupted(operation, now):
+            mark_operation_interrupted(operation, now)
     return operation
 
 
