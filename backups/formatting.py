@@ -42,15 +42,13 @@ class TerminalProgress:
 
     def show(self, done, elapsed, total=None, detail=""):
         parts = [self.label]
+        amount = human_size(done)
         if total:
             fraction = min(done / total, 1.0)
             filled = int(fraction * self.BAR_WIDTH)
             parts.append(f"[{'#' * filled}{'-' * (self.BAR_WIDTH - filled)}] {fraction:4.0%}")
-            parts.append(f"{human_size(done)} of {human_size(total)}")
-        else:
-            parts.append(human_size(done))
-        if detail:
-            parts.append(detail)
+            amount += f" of {human_size(total)}"
+        parts.append(f"{amount} {detail}" if detail else amount)
         rate = done / elapsed if elapsed > 0 else 0
         parts.append(f"{human_size(rate)}/s")
         parts.append(human_duration(elapsed))
