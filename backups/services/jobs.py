@@ -46,8 +46,9 @@ def start_backup(*, actor, description="", database="default"):
         operation.filename = backup.filename
         try:
             worker = hand_over(operation)
-        except BackupError as exc:
-            mark_failed(backup, exc.message)
+        except BaseException as exc:
+            reason = exc.message if isinstance(exc, BackupError) else "Unexpected error; see the server log."
+            mark_failed(backup, reason)
             raise
     Backup.objects.filter(pk=backup.pk, status=BackupStatus.PENDING).update(worker=worker)
     return backup
