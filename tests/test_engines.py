@@ -232,7 +232,8 @@ def test_postgresql_restore_removes_schemas_types_and_views_created_since():
 
 
 # A process that feeds a restore from its own stdin, unbuffered, so that psql gets whatever the
-# test writes at once, and waits for more until it is killed.
+# test writes at once, and waits for more until it is killed. It runs with the environment the
+# conftest gives child processes: the site's settings on this test's database.
 FEEDER = """
 import sys, django
 django.setup()
