@@ -76,6 +76,14 @@ def process_state(pid):
     return next((line for line in status.splitlines() if line.startswith("State:")), "")
 
 
+def wait_for_partial_file(backup_dir, timeout=60):
+    """Until a backup file is being written (under its temporary name)."""
+    deadline = time.monotonic() + timeout
+    while not list(backup_dir.glob(".*.partial")):
+        assert time.monotonic() < deadline, "no backup file was started"
+        time.sleep(0.05)
+
+
 def worker_pid(worker):
     return int(worker.rpartition(":")[2])
 
@@ -126,7 +134,7 @@ def test_the_progress_of_a_running_backup_is_in_the_catalog(api, backup_dir):
     blocker = TableBlocker()
     try:
         location = start_backup(api)["Location"]
-        wait_for_process("pg_dump")
+        wait_for_partial_file(backup_dir)
         first = poll(api, location, lambda item: item["status"] == "running")
         second = api.get(location).json()
         assert second["status"] == "running"
@@ -272,8 +280,8 @@ def test_a_killed_backup_worker_is_failed_when_polled_and_by_sync(api, backup_di
     blocker = TableBlocker()
     try:
         location = start_backup(api)["Location"]
-        wait_for_process("pg_dump")
         running = poll(api, location, lambda item: item["status"] == "running")
+        wait_for_partial_file(backup_dir)
         pid = worker_pid(Backup.objects.get(filename=running["filename"]).worker)
         os.killpg(pid, signal.SIGKILL)  # the worker and its pg_dump
         wait_until_gone(pid)
