@@ -265,6 +265,9 @@ SETTINGS = {
     "ENCRYPTION_IDENTITY_FILE": Setting(
         None, parse_optional_path, "age identity file (private key) that decrypts backups for restores."
     ),
+    "JOB_LOG": Setting(
+        "data/logs/backup-jobs.log", parse_path, "Where the worker processes of asynchronous API requests log."
+    ),
 }
 
 

@@ -104,6 +104,13 @@ class DiskFull(StorageFailed):
     default_message = "No space left on the backup storage; free space or run cleanup, then try again."
 
 
+class WorkerUnavailable(BackupError):
+    """The process that runs an asynchronous backup or restore could not be started."""
+
+    status_code = 503
+    default_message = "The background worker could not be started; nothing was done."
+
+
 class ConfigurationError(BackupError):
     status_code = 503
     default_message = "The backup system is not configured correctly."

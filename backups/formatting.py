@@ -22,3 +22,41 @@ def human_duration(seconds):
     minutes, seconds = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class TerminalProgress:
+    """One status line on a terminal, redrawn in place: bytes so far, rate, elapsed time, and a
+    bar with the percentage when the total is known. ``stream`` is a management command's
+    ``stderr`` (an ``OutputWrapper``), written to without its error colour."""
+
+    BAR_WIDTH = 24
+
+    def __init__(self, stream, label):
+        self.stream = stream
+        self.label = label
+        self.drawn = False
+
+    def _write(self, text, ending):
+        self.stream.write(text, style_func=str, ending=ending)
+        self.stream.flush()
+
+    def show(self, done, elapsed, total=None, detail=""):
+        parts = [self.label]
+        amount = human_size(done)
+        if total:
+            fraction = min(done / total, 1.0)
+            filled = int(fraction * self.BAR_WIDTH)
+            parts.append(f"[{'#' * filled}{'-' * (self.BAR_WIDTH - filled)}] {fraction:4.0%}")
+            amount += f" of {human_size(total)}"
+        parts.append(f"{amount} {detail}" if detail else amount)
+        rate = done / elapsed if elapsed > 0 else 0
+        parts.append(f"{human_size(rate)}/s")
+        parts.append(human_duration(elapsed))
+        # Carriage return and erase-to-end-of-line: the next state overwrites this one.
+        self._write("\r" + "  ".join(parts) + "\x1b[K", ending="")
+        self.drawn = True
+
+    def close(self):
+        """Ends the line, so that what follows starts on a fresh one."""
+        if self.drawn:
+            self._write("", ending="\n")

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -103,6 +104,54 @@ def backup_dir(tmp_path, settings):
     directory = tmp_path / "backups"
     settings.BACKUP_DIR = str(directory)
     return directory
+
+
+@pytest.fixture(autouse=True)
+def job_workers(monkeypatch, settings, backup_dir, tmp_path):
+    """Worker processes that asynchronous requests start inherit this environment: the site's
+    own settings on the test databases and this test's backup directory. The test ends when
+    they have, so that none writes into the next test's database."""
+    postgres, sqlite = settings.DATABASES["default"], settings.DATABASES["sqlite"]
+    environment = {
+        "DJANGO_SETTINGS_MODULE": "hoppybrew_site.settings",
+        "DJANGO_ENV_FILE": os.devnull,
+        "DJANGO_SECRET_KEY": "test",
+        "DATABASE_URL": (
+            f"postgres://{postgres['USER']}:{postgres['PASSWORD']}@{postgres['HOST']}:{postgres['PORT']}"
+            f"/{postgres['TEST']['NAME']}"
+        ),
+        "DATABASE_URL_SQLITE": f"sqlite:///{sqlite['TEST']['NAME']}",
+        "BACKUP_DIR": str(backup_dir),
+        "BACKUP_JOB_LOG": str(tmp_path / "jobs.log"),
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings.BACKUP_JOB_LOG = environment["BACKUP_JOB_LOG"]
+    yield
+    deadline = time.monotonic() + 120
+    while workers := job_worker_pids():
+        if time.monotonic() > deadline:
+            for pid in workers:
+                os.killpg(pid, signal.SIGKILL)
+            pytest.fail(f"job workers {workers} still running at the end of the test")
+        time.sleep(0.1)
+
+
+def job_worker_pids():
+    """The ``manage.py backups job`` processes this test process started and that still run."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:"))
+        if parent == os.getpid() and b"job" in argv and b"backups" in argv:
+            found.append(int(entry.name))
+    return found
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
 """The REST API against the real PostgreSQL server: the spec's bodies, errors and access rules."""
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from backups.engines import get_engine
@@ -134,6 +135,73 @@ def test_show_one_backup_and_404_for_an_unknown_one(api):
     body = api.get(f"/backups/{name}").json()
     assert body["filename"] == name and body["description"] == "one"
     assert_error(api.get("/backups/hoppybrew_backup_19990101_000000.sql.gz"), 404, "No backup named")
+
+
+def fill_catalog(count):
+    """``count`` restorable backups, newest first by name, each with a manifest of a few KB
+    (table row counts), as a long-lived site's catalog holds."""
+    start = timezone.now()
+    manifest = {"table_rows": {f"table_{i}": i for i in range(100)}, "sha256": "0" * 64}
+    Backup.objects.bulk_create(
+        [
+            Backup(
+                filename=f"hoppybrew_backup_20240101_000000-{i + 2}.sql.gz",
+                engine="postgresql",
+                database_name="hoppybrew",
+                status=BackupStatus.SUCCEEDED,
+                created_at=start - timedelta(minutes=i),
+                finished_at=start - timedelta(minutes=i) + timedelta(seconds=3),
+                size_bytes=1000 + i,
+                bytes_written=1000 + i,
+                manifest=manifest,
+            )
+            for i in range(count)
+        ],
+        batch_size=2000,
+    )
+
+
+@pytest.mark.parametrize("size", [10, 10_000])
+def test_the_list_takes_the_same_queries_at_any_size_and_never_loads_manifests(api, django_assert_num_queries, size):
+    fill_catalog(size)
+    # The token's user, then the backups.
+    with django_assert_num_queries(2) as listing:
+        response = api.get("/backups")
+    assert len(response.json()) == size
+    # The token's user, the count, then one page.
+    with django_assert_num_queries(3) as paging:
+        response = api.get("/backups?limit=5&offset=5")
+    assert response.json()["count"] == size
+    for query in listing.captured_queries + paging.captured_queries:
+        assert "manifest" not in query["sql"]
+
+
+def test_the_list_pages_only_when_a_limit_is_given(api):
+    fill_catalog(12)
+    names = [item["filename"] for item in api.get("/backups").json()]
+    assert len(names) == 12
+    page = api.get("/backups?limit=5&offset=5").json()
+    assert list(page) == ["count", "next", "previous", "results"]
+    assert page["count"] == 12
+    assert [item["filename"] for item in page["results"]] == names[5:10]
+    assert page["next"] == "http://testserver/backups?limit=5&offset=10"
+    assert page["previous"] == "http://testserver/backups?limit=5"
+    last = api.get(page["next"]).json()
+    assert [item["filename"] for item in last["results"]] == names[10:] and last["next"] is None
+    assert api.get("/backups?offset=5").json() == api.get("/backups").json()  # no limit: the array
+    for bad in ("limit=0", "limit=ten", "limit=-1", "limit=5&offset=-5", "offset=x", "limit=1&limit=2"):
+        assert_error(api.get(f"/backups?{bad}"), 400, bad.split("=")[0] if "offset" not in bad else "offset")
+    assert api.get("/backups?limit=5&database=sqlite").json()["count"] == 0
+
+
+def test_the_representation_shows_status_and_progress_after_the_spec_fields(api):
+    name = create(api)
+    body = api.get(f"/backups/{name}").json()
+    assert list(body)[: len(LIST_KEYS)] == LIST_KEYS
+    assert body["status"] == "succeeded" and body["error"] == ""
+    assert body["bytes_written"] == body["size_bytes"] > 0
+    assert body["elapsed_seconds"] == body["duration_seconds"]
+    assert body["bytes_per_second"] == pytest.approx(body["size_bytes"] / body["duration_seconds"])
 
 
 # -- restore ------------------------------------------------------------------------------------

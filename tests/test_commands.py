@@ -3,6 +3,7 @@
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 from io import StringIO
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
+from backups.formatting import human_size
 from backups.models import Backup, BackupStatus
 
 from .conftest import execute, fetch
@@ -163,3 +165,68 @@ def test_sqlite_site_round_trip_keeps_later_backups_listed(site_env, tmp_path):
     listed = {item["filename"] for item in json.loads(manage("backups", "list", "--json", env=site_env).stdout)}
     assert {first, second} <= listed
     assert len(listed) == 3  # and the pre-restore backup
+
+
+# -- progress: a bar on a terminal, nothing in cron jobs and pipes -------------------------------
+
+
+def on_terminal(*args, env):
+    """manage.py with stderr on a pseudo-terminal and stdout in a pipe: (status, stdout, what
+    the terminal showed)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", *args],
+        cwd=PROJECT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the process has closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    stdout = process.stdout.read().decode()
+    process.stdout.close()
+    return process.wait(), stdout, shown.decode().replace("\r\n", "\n")  # the terminal's own CRs
+
+
+def last_state(shown):
+    """The progress line as it stands at the end: what follows the last carriage return."""
+    assert shown.endswith("\n")
+    return shown.rsplit("\r", 1)[-1].replace("\x1b[K", "").strip()
+
+
+def test_create_and_restore_show_a_progress_bar_on_a_terminal(site_env):
+    status, stdout, shown = on_terminal("backups", "create", env=site_env)
+    assert status == 0 and stdout.startswith("Created ")
+    line = last_state(shown)
+    assert line.startswith("Backing up") and " dumped, " in line and " written" in line
+    assert re.search(r"\d+(\.\d)? (bytes|KB|MB)/s", line)
+
+    name = stdout.split()[1]
+    status, stdout, shown = on_terminal("backups", "restore", name, "--yes", env=site_env)
+    assert status == 0 and stdout.startswith("Restored ")
+    line = last_state(shown)
+    assert line.startswith("Restoring  [########################] 100%")
+    size = human_size((Path(site_env["BACKUP_DIR"]) / name).stat().st_size)
+    assert f"{size} of {size}" in line and "/s" in line
+
+
+def test_no_progress_in_pipes_and_cron_jobs(site_env):
+    created = manage("backups", "create", env=site_env)
+    assert created.returncode == 0 and created.stderr == ""
+    name = created.stdout.split()[1]
+    restored = manage("backups", "restore", name, "--yes", env=site_env)
+    assert restored.returncode == 0
+    # Only the warning that the backup was never verified; no progress line.
+    assert restored.stderr.strip().splitlines() == [
+        f"Warning: {name} has never been verified; consider 'manage.py backups verify --level restore' first."
+    ]

@@ -8,7 +8,10 @@ import hashlib
 import json
 import sqlite3
 import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psycopg2
 import pymysql
@@ -30,6 +33,7 @@ from backups.models import Backup, BackupStatus, Operation, Trigger
 from .conftest import execute, fetch, read_manifest, rewrite_backup, table_exists
 
 ALIASES = ["default", "sqlite", "mariadb"]
+PROJECT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
 COMMAND = services.Actor.command()
 
@@ -262,6 +266,54 @@ def test_postgresql_restore_removes_schemas_types_and_views_created_since():
     assert not table_exists("default", "brew_view") and not table_exists("default", "tagged")
     assert fetch("default", "SELECT count(*) FROM archive.old") == [(0,)]
     execute("default", "DROP SCHEMA archive CASCADE")
+
+
+# A process that feeds a restore from its own stdin, unbuffered, so that psql gets whatever the
+# test writes at once, and waits for more until it is killed. It runs with the environment the
+# conftest gives child processes: the site's settings on this test's database.
+FEEDER = """
+import sys, django
+django.setup()
+from backups.engines import get_engine
+get_engine("default").restore(sys.stdin.buffer.raw, 30)
+"""
+FED_TO_THE_END = b"SELECT 'fed to the end';"
+
+
+def restore_session(alias):
+    """State and last query of the restore's psql session on this test's database, if any."""
+    found = fetch(
+        alias,
+        "SELECT state, query FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'hoppybrew-backups'",
+    )
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("alias", [on("default")])
+def test_postgresql_restore_commits_nothing_when_its_feeder_dies_midway(brew, backup_dir):
+    """psql commits at the end of its input unless the restore tells it otherwise: when the
+    process feeding it dies (killed, out of memory), what psql has read must be rolled back.
+    Here the feeder dies right after the schema, which drops and recreates every table."""
+    made = backup("default")
+    sql = gzip.decompress((backup_dir / made.filename).read_bytes())
+    schema_only = sql[: sql.index(b"\nCOPY ") + 1] + FED_TO_THE_END + b"\n"
+    feeder = subprocess.Popen([sys.executable, "-c", FEEDER], stdin=subprocess.PIPE, cwd=PROJECT)
+    try:
+        feeder.stdin.write(schema_only)
+        feeder.stdin.flush()
+        deadline = time.monotonic() + 60
+        while restore_session("default") != ("idle in transaction", FED_TO_THE_END.decode()):
+            assert time.monotonic() < deadline and feeder.poll() is None, restore_session("default")
+            time.sleep(0.05)
+    finally:
+        feeder.kill()
+        feeder.wait()
+    deadline = time.monotonic() + 60
+    while restore_session("default") is not None:  # psql reads the end of its input and quits
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert rows("default") == ORIGINAL
 
 
 @pytest.mark.parametrize("alias", [on("default")])

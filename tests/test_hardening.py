@@ -289,6 +289,11 @@ def test_pg_dump_killed_midway_leaves_no_backup_and_a_failed_record(backup_dir):
     blocker = TableBlocker()
     thread, outcome = in_thread(services.create_backup, actor=COMMAND)
     try:
+        # The file is started once `pg_dump --version` has run: the pg_dump found next is the dump.
+        deadline = time.monotonic() + 30
+        while not list(backup_dir.glob(".*.partial")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         (pid, _, _), *_ = wait_for_process("pg_dump")
         os.kill(pid, signal.SIGKILL)
         thread.join(60)

@@ -308,7 +308,8 @@ def test_an_undo_that_fails_too_says_so_and_names_the_backup_to_restore(app_user
         assert f"Restore {undo} now: 'manage.py backups restore {undo}'" in error.message
         assert "no_such_table" in error.message and "SUPER" in error.message
         journaled = Operation.objects.get(action="restore", filename=made.filename)
-        assert journaled.status == "failed" and journaled.details == {"pre_restore_backup": undo, "undone": False}
+        assert journaled.status == "failed"
+        assert journaled.details["pre_restore_backup"] == undo and journaled.details["undone"] is False
         # What the message says to do works, for a user allowed to: everything is back.
         restore(undo, target="mariadb")
         assert names() == ["changed", "changed"]

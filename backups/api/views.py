@@ -6,10 +6,17 @@ import hmac
 from django.http import FileResponse, QueryDict
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, NotAuthenticated
+from rest_framework.exceptions import APIException, NotAuthenticated, ValidationError
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -46,6 +53,26 @@ FILENAME_PARAMETER = OpenApiParameter(
 )
 
 
+JOB_PARAMETER = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="A restore's id")
+PAGING_PARAMETERS = [
+    OpenApiParameter(
+        "limit",
+        {"type": "integer", "minimum": 1},
+        description="Page size: answer a page envelope instead of the array",
+    ),
+    OpenApiParameter("offset", {"type": "integer", "minimum": 0}, description="Backups to skip, with limit"),
+]
+LOCATION_HEADER = OpenApiParameter(
+    "Location", str, OpenApiParameter.HEADER, response=[202], description="Where to poll for the outcome"
+)
+BACKUP_LIST = PolymorphicProxySerializer(
+    component_name="BackupList",
+    serializers=[serializers.BackupSerializer(many=True), serializers.PagedBackupsSerializer],
+    resource_type_field_name=None,
+    many=False,
+)
+
+
 def errors(*codes):
     return {code: ERRORS[code] for code in (400, 401, 403, 429, 500, 503) + codes}
 
@@ -53,6 +80,32 @@ def errors(*codes):
 class RequestTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = f"The request body is too large (at most {MAX_BODY_BYTES} bytes)."
+
+
+class BackupPagination(LimitOffsetPagination):
+    """DRF's limit/offset pages, asked for with ``?limit=``; a value that is not a whole number
+    in range is refused (400) rather than silently ignored, like every other bad input."""
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self.get_offset(request)  # checked even when no limit asks for a page
+        return super().paginate_queryset(queryset, request, view)
+
+    def get_limit(self, request):
+        if self.limit_query_param not in request.query_params:
+            return None  # no page: the spec's bare array
+        return self.whole_number(request, self.limit_query_param, minimum=1)
+
+    def get_offset(self, request):
+        if self.offset_query_param not in request.query_params:
+            return 0
+        return self.whole_number(request, self.offset_query_param, minimum=0)
+
+    @staticmethod
+    def whole_number(request, name, minimum):
+        values = request.query_params.getlist(name)
+        if len(values) == 1 and values[0].isascii() and values[0].isdigit() and int(values[0]) >= minimum:
+            return int(values[0])
+        raise ValidationError({name: [f"Expected one whole number of at least {minimum}."]})
 
 
 class BackupThrottle(ScopedRateThrottle):
@@ -79,9 +132,9 @@ def actor_for(request):
     return services.Actor(origin=Origin.API, user=request.user, client_address=request.META.get("REMOTE_ADDR"))
 
 
-def status_body(message, filename, timestamp=None):
+def status_body(message, filename, timestamp=None, state="success"):
     return {
-        "status": "success",
+        "status": state,
         "message": message,
         "filename": filename,
         "timestamp": (timestamp or timezone.now()).isoformat(),
@@ -90,9 +143,12 @@ def status_body(message, filename, timestamp=None):
 
 @extend_schema_view(
     list=extend_schema(
-        summary="List backups that can be restored, newest first",
-        parameters=[OpenApiParameter("database", str, description="Only backups of this database alias")],
-        responses={200: serializers.BackupSerializer(many=True), **errors()},
+        summary="List backups that can be restored, newest first (an array; a page with ?limit=)",
+        parameters=[
+            OpenApiParameter("database", str, description="Only backups of this database alias"),
+            *PAGING_PARAMETERS,
+        ],
+        responses={200: BACKUP_LIST, **errors()},
     ),
     retrieve=extend_schema(
         summary="One backup",
@@ -100,9 +156,14 @@ def status_body(message, filename, timestamp=None):
         responses={200: serializers.BackupSerializer, **errors(404)},
     ),
     create=extend_schema(
-        summary="Create a backup",
+        summary="Create a backup (with async: start it and answer at once)",
         request=serializers.CreateRequestSerializer,
-        responses={201: serializers.CreateResponseSerializer, **errors(409, 413, 507)},
+        parameters=[LOCATION_HEADER],
+        responses={
+            201: serializers.CreateResponseSerializer,
+            202: OpenApiResponse(serializers.AcceptedSerializer, description="Started; poll the Location"),
+            **errors(409, 413, 507),
+        },
     ),
     destroy=extend_schema(
         summary="Delete a backup, its file and manifest",
@@ -147,7 +208,12 @@ class BackupViewSet(viewsets.ViewSet):
     def list(self, request):
         database = request.query_params.get("database") or None
         backups = services.list_backups(actor=actor_for(request), database=database)
-        return Response(serializers.BackupSerializer(backups, many=True).data)
+        # The spec's bare array, unless a page is asked for with ?limit=.
+        paginator = BackupPagination()
+        page = paginator.paginate_queryset(backups, request, view=self)
+        if page is None:
+            return Response(serializers.BackupSerializer(backups, many=True).data)
+        return paginator.get_paginated_response(serializers.BackupSerializer(page, many=True).data)
 
     def retrieve(self, request, filename=None):
         backup = services.get_backup(filename, actor=actor_for(request))
@@ -155,12 +221,22 @@ class BackupViewSet(viewsets.ViewSet):
 
     def create(self, request):
         data = self.parse(serializers.CreateRequestSerializer, request)
+        if data["async"]:
+            backup = services.start_backup(
+                actor=actor_for(request), description=data["description"], database=data["database"]
+            )
+            body = status_body("Backup started", backup.filename, backup.created_at, state="pending")
+            return self.accepted(body, self.reverse_action("detail", kwargs={"filename": backup.filename}))
         backup = services.create_backup(
             actor=actor_for(request), description=data["description"], database=data["database"]
         )
         body = status_body("Backup created successfully", backup.filename, backup.created_at)
         body["warnings"] = [backup.offsite_error] if backup.offsite_error else []
         return Response(body, status=status.HTTP_201_CREATED)
+
+    def accepted(self, body, location):
+        body["message"] += f"; poll {location} for its progress and outcome"
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
 
     def destroy(self, request, filename=None):
         backup = services.delete_backup(filename, actor=actor_for(request))
@@ -187,11 +263,26 @@ class BackupViewSet(viewsets.ViewSet):
     @extend_schema(
         summary="Restore the database from a backup (overwrites all current data)",
         request=serializers.RestoreRequestSerializer,
-        responses={200: serializers.RestoreResponseSerializer, **errors(404, 409, 422)},
+        parameters=[LOCATION_HEADER],
+        responses={
+            200: serializers.RestoreResponseSerializer,
+            202: OpenApiResponse(serializers.RestoreAcceptedSerializer, description="Started; poll the Location"),
+            **errors(404, 409, 422),
+        },
     )
     @action(detail=False, methods=["post"])
     def restore(self, request):
         data = self.parse(serializers.RestoreRequestSerializer, request)
+        if data["async"]:
+            job = services.start_restore(
+                data["filename"],
+                actor=actor_for(request),
+                target=data["target_database"],
+                pre_restore_backup=data["pre_restore_backup"],
+            )
+            body = status_body("Restore started", job.filename, job.started_at, state="pending")
+            body["job_id"] = str(job.pk)
+            return self.accepted(body, self.reverse_action("restore-job", kwargs={"job_id": job.pk}))
         result = services.restore_backup(
             data["filename"],
             actor=actor_for(request),
@@ -202,6 +293,16 @@ class BackupViewSet(viewsets.ViewSet):
         body["pre_restore_backup"] = result.pre_restore_backup.filename if result.pre_restore_backup else None
         body["warnings"] = result.warnings
         return Response(body)
+
+    @extend_schema(
+        summary="A restore: its status, timing and outcome (where an asynchronous restore is polled)",
+        parameters=[JOB_PARAMETER],
+        responses={200: serializers.RestoreJobSerializer, **errors(404)},
+    )
+    @action(detail=False, methods=["get"], url_path=r"restores/(?P<job_id>[^/]+)", url_name="restore-job")
+    def restore_job(self, request, job_id=None):
+        operation = services.get_restore(job_id, actor=actor_for(request))
+        return Response(serializers.RestoreJobSerializer(operation).data)
 
     @extend_schema(
         summary="Delete backups older than the retention period",

@@ -223,11 +223,12 @@ class DumpStream:
         return dict(self.counter.counts) if self.counter is not None else None
 
 
-def feed_process(process, prelude, stream):
-    """Write ``prelude`` then all of ``stream`` to the process's stdin.
+def feed_process(process, prelude, stream, epilogue=b""):
+    """Write ``prelude``, all of ``stream``, then ``epilogue`` to the process's stdin.
 
     If reading the stream fails (a damaged file, a checksum that does not match), the process
-    is killed before its stdin is closed: psql commits at end of input, so it must never see one.
+    is killed before its stdin is closed, so that it never takes the failure for the end of its
+    input. Only the ``epilogue`` may finish the work (psql's COMMIT).
     """
     try:
         process.stdin.write(prelude)
@@ -236,6 +237,7 @@ def feed_process(process, prelude, stream):
             if not chunk:
                 break
             process.stdin.write(chunk)
+        process.stdin.write(epilogue)
     except BrokenPipeError:
         pass  # psql stopped reading: it failed, and its exit status and stderr say why
     except BaseException:

@@ -29,7 +29,13 @@ DUMP_OPTIONS = [
     "--no-password",
 ]
 
-# Runs first inside psql's single transaction. Taking every table's lock up front, with a
+# The transaction is opened here and committed only after the last byte of the dump: psql's
+# --single-transaction would commit at end of input, so a feeder that dies midway (killed, out of
+# memory) would leave half a dump committed. Without a COMMIT the server rolls everything back.
+RESTORE_BEGIN = "BEGIN;\n"
+RESTORE_COMMIT = b"\nCOMMIT;\n"
+
+# Runs first inside the restore's transaction. Taking every table's lock up front, with a
 # timeout, makes a busy database fail fast instead of waiting behind other sessions. Then
 # everything the dump could not know about (tables, types, schemas created since the backup)
 # is dropped, so that the result equals the backup exactly. Extension members are left to the
@@ -160,9 +166,7 @@ class PostgreSQLEngine(DatabaseEngine):
             yield DumpStream(stdout, counter)
 
     def restore(self, stream, lock_timeout):
-        args, env = self.command(
-            "psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "--no-password", "-f", "-"]
-        )
+        args, env = self.command("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-f", "-"])
         with tempfile.TemporaryFile() as stderr:
             try:
                 process = subprocess.Popen(
@@ -170,7 +174,8 @@ class PostgreSQLEngine(DatabaseEngine):
                 )
             except FileNotFoundError:
                 raise ToolMissing("psql not found on PATH; install the PostgreSQL client tools.") from None
-            feed_process(process, RESTORE_PRELUDE.format(lock_timeout=int(lock_timeout)).encode(), stream)
+            prelude = RESTORE_BEGIN + RESTORE_PRELUDE.format(lock_timeout=int(lock_timeout))
+            feed_process(process, prelude.encode(), stream, epilogue=RESTORE_COMMIT)
             returncode = process.wait()
             if returncode != 0:
                 message = read_tail(stderr)

@@ -12,6 +12,7 @@ from .backups import (
 )
 from .catalog import sync_catalog
 from .health import check_health
+from .jobs import get_restore, run_job, start_backup, start_restore
 from .journal import Actor
 from .restore import restore_backup, verification_warning
 from .retention import cleanup_backups
@@ -26,10 +27,14 @@ __all__ = [
     "delete_backup",
     "describe_database",
     "get_backup",
+    "get_restore",
     "list_backups",
     "open_backup",
     "restore_backup",
+    "run_job",
     "schedule_status",
+    "start_backup",
+    "start_restore",
     "sync_catalog",
     "update_description",
     "verification_warning",

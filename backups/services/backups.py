@@ -1,8 +1,6 @@
 """Making, finding, describing and deleting backups."""
 
 import logging
-import os
-import socket
 import time
 
 from django.db import IntegrityError, router, transaction
@@ -16,7 +14,8 @@ from ..exceptions import BackupError, BackupNotFound, InvalidRequest, OperationI
 from ..models import Action, Backup, BackupStatus, Trigger
 from ..naming import candidate_names, manifest_name, validate_filename
 from ..storage import PRIMARY, backup_storages, get_storage
-from .journal import journal
+from .catalog import INTERRUPTED, worker_gone
+from .journal import journal, this_worker
 from .offsite import copy_offsite, open_stored, write_manifest
 
 logger = logging.getLogger("backups")
@@ -40,25 +39,32 @@ def clean_description(description):
     return "".join(ch for ch in description if ch in "\t\n" or ch.isprintable()).strip()
 
 
-def create_backup(*, actor, description="", database="default", trigger=Trigger.MANUAL, progress=None, backup=None):
+def create_backup(
+    *, actor, description="", database="default", trigger=Trigger.MANUAL, progress=None, backup=None, operation=None
+):
     """Dump ``database`` into a new compressed backup; returns its catalog row.
 
     Backups of one database may run side by side; none runs while that database is restored.
     Every attempt that starts leaves a row: succeeded, or failed with the reason (a missing tool,
     an unreachable database, a dump that died). A refusal before the start (no permission, bad
-    input, a restore in progress) leaves none. ``backup`` continues a row reserved earlier.
+    input, a restore in progress) leaves none. ``backup`` and ``operation`` continue rows
+    reserved earlier (an asynchronous backup, whose row someone is already polling).
     """
-    with journal(Action.CREATE, actor, database=database, permission="add_backup") as operation:
+    with journal(Action.CREATE, actor, database=database, permission="add_backup", operation=operation) as record:
         description = clean_description(description)
         engine = get_engine(database)
-        if backup is None:
+        reserved_here = backup is None
+        if reserved_here:
             backup = reserve_backup(engine, actor=actor, description=description, trigger=trigger)
-        operation.filename = backup.filename
+        record.filename = backup.filename
         try:
             with engine.lock(exclusive=False):
                 write_backup(engine, backup, progress=progress)
-        except OperationInProgress:
-            backup.delete()  # it never started
+        except OperationInProgress as exc:
+            if reserved_here:
+                backup.delete()  # it never started
+            else:
+                mark_failed(backup, exc.message)
             raise
         except BackupError as exc:
             if backup.status != BackupStatus.FAILED:  # the lock itself failed: no database
@@ -73,7 +79,7 @@ def write_backup(engine, backup, progress=None):
     A failure leaves no file behind and marks the catalog row failed with the reason.
     """
     backup.status = BackupStatus.RUNNING
-    backup.worker = f"{socket.gethostname()}:{os.getpid()}"
+    backup.worker = this_worker()
     backup.save(update_fields=["status", "worker"])
     started = time.monotonic()
     try:
@@ -248,14 +254,17 @@ def mark_failed(backup, reason):
 
 
 def get_backup(filename, *, actor=None):
-    """The catalog row of a backup, whatever its status."""
+    """The catalog row of a backup, whatever its status; one whose writer died is failed."""
     if actor is not None:
         actor.require("view_backup")
     validate_filename(filename)
     try:
-        return Backup.objects.get(filename=filename)
+        backup = Backup.objects.get(filename=filename)
     except Backup.DoesNotExist:
         raise BackupNotFound(f"No backup named {filename}.") from None
+    if backup.status in (BackupStatus.PENDING, BackupStatus.RUNNING) and worker_gone(backup.worker):
+        mark_failed(backup, INTERRUPTED)
+    return backup
 
 
 def get_restorable_backup(filename):

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from ..models import Action, Backup, BackupStatus
+from ..models import Action, Backup, BackupStatus, Operation, OperationStatus
 from ..naming import MANIFEST_SUFFIX, is_backup_filename, manifest_name
 from ..storage import backup_storages, process_alive
 from .journal import journal
@@ -16,8 +16,11 @@ from .offsite import copy_missing
 logger = logging.getLogger("backups")
 
 PARTIAL_MAX_AGE = 24 * 3600
-# A running backup that has not reported progress for this long has lost its process.
+# A running backup that has not reported progress for this long has lost its process; so has a
+# job that no worker ever picked up.
 STALE_AFTER = timedelta(hours=1)
+INTERRUPTED = "Interrupted: the process writing this backup stopped before it finished."
+OPERATION_INTERRUPTED = "Interrupted: the process doing it stopped before it finished."
 
 
 @dataclass
@@ -142,19 +145,44 @@ def row_fields(manifest):
     }
 
 
+def worker_gone(worker):
+    """True when ``worker`` (host:pid) is a process of this host that has ended. Processes of
+    other hosts cannot be checked from here; their rows go stale instead."""
+    host, _, pid = worker.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
+
+
 def mark_interrupted():
-    """Running rows whose process is gone: dead on this host, or silent for too long."""
-    host = socket.gethostname()
+    """Backups and operations whose process is gone: dead on this host, or silent for too long.
+    Returns the filenames of the backups."""
     now = timezone.now()
     interrupted = []
     for row in Backup.objects.filter(status__in=(BackupStatus.PENDING, BackupStatus.RUNNING)):
-        worker_host, _, pid = row.worker.rpartition(":")
-        dead_here = worker_host == host and pid.isdigit() and not process_alive(int(pid))
         last_sign = row.progress_at or row.created_at
-        if dead_here or now - last_sign > STALE_AFTER:
+        if worker_gone(row.worker) or now - last_sign > STALE_AFTER:
             row.status = BackupStatus.FAILED
-            row.error = "Interrupted: the process writing this backup stopped before it finished."
+            row.error = INTERRUPTED
             row.finished_at = now
             row.save(update_fields=["status", "error", "finished_at"])
             interrupted.append(row.filename)
+    for operation in Operation.objects.filter(status__in=(OperationStatus.PENDING, OperationStatus.RUNNING)):
+        if operation_interrupted(operation, now):
+            mark_operation_interrupted(operation, now)
     return interrupted
+
+
+def operation_interrupted(operation, now):
+    """An operation whose process died (a worker, or a web worker killed by its timeout), or a
+    job that no worker ever picked up."""
+    worker = operation.details.get("worker", "") if isinstance(operation.details, dict) else ""
+    if worker:
+        return worker_gone(worker)
+    return operation.status == OperationStatus.PENDING and now - operation.started_at > STALE_AFTER
+
+
+def mark_operation_interrupted(operation, now):
+    operation.status = OperationStatus.FAILED
+    operation.message = OPERATION_INTERRUPTED
+    operation.finished_at = now
+    operation.save(update_fields=["status", "message", "finished_at"])
+    logger.warning("Backup %s %s by %s: %s", operation.action, operation.pk, operation.actor, OPERATION_INTERRUPTED)

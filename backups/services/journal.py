@@ -8,6 +8,8 @@ anything else that reaches it.
 
 import getpass
 import logging
+import os
+import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +33,23 @@ PERMISSION_WORDS = {
 }
 
 
+def this_worker(pid=None):
+    """How rows name the process working on them: host:pid (this process by default)."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
 @dataclass(frozen=True)
 class Actor:
-    """The caller: a Django user from the API or admin, or the system (command line, cron)."""
+    """The caller: a Django user from the API or admin, or the system (command line, cron).
+
+    ``username`` names the person a worker process acts for: their permission was checked
+    when they asked, and the journal records them rather than the worker.
+    """
 
     origin: str
     user: Any = None
     client_address: str | None = None
+    username: str | None = None
 
     @classmethod
     def command(cls):
@@ -49,6 +61,8 @@ class Actor:
 
     @property
     def name(self):
+        if self.username:
+            return self.username
         if self.user is not None:
             return self.user.get_username()
         if self.origin == Origin.CRON:
@@ -60,9 +74,11 @@ class Actor:
 
     def allowed(self, permission):
         """Whether the actor holds ``backups.<permission>``. Shell and cron callers have already
-        proven who they are by running on the server; web users must be active staff."""
+        proven who they are by running on the server, and a worker acting for ``username`` was
+        started by the server after that person's permission was checked; web users must be
+        active staff with the permission."""
         if self.user is None:
-            return self.origin in (Origin.COMMAND, Origin.CRON)
+            return self.origin in (Origin.COMMAND, Origin.CRON) or self.username is not None
         return bool(self.user.is_active and self.user.is_staff and self.user.has_perm(f"backups.{permission}"))
 
     def require(self, permission):
@@ -78,8 +94,9 @@ def journal(action, actor, *, permission, filename="", database="", operation=No
     or failed with the reason. Refused attempts are recorded too: an audit trail shows who
     tried.
 
-    The caller may set ``filename``, ``message``, ``details`` or ``status`` (skipped) on the
-    yielded row. ``operation`` continues a row created earlier (an asynchronous job).
+    The caller may set ``filename``, ``message``, ``details`` or ``status`` on the yielded row:
+    skipped, or pending when it has handed the row to a worker process (``jobs.hand_over``),
+    which then owns it. ``operation`` continues a row created earlier (that worker's job).
     """
     if operation is None:
         operation = Operation.objects.create(
@@ -90,6 +107,8 @@ def journal(action, actor, *, permission, filename="", database="", operation=No
             origin=actor.origin,
             client_address=actor.client_address,
             started_at=timezone.now(),
+            # Should this process die midway, sync can tell the operation will never finish.
+            details={"worker": this_worker()},
         )
     else:
         operation.status = OperationStatus.RUNNING
@@ -109,6 +128,9 @@ def journal(action, actor, *, permission, filename="", database="", operation=No
         _finish(operation, OperationStatus.FAILED, "Unexpected error; see the server log.")
         logger.exception("Backup %s failed unexpectedly (%s via %s)", action, actor.name, actor.origin)
         raise
+    if operation.status == OperationStatus.PENDING:
+        logger.info("Backup %s queued (%s via %s): %s", action, actor.name, actor.origin, operation.filename or "-")
+        return
     # A caller may mark an operation that ran to its end as skipped, or as failed (a backup
     # found wanting by verification); otherwise it succeeded.
     kept = (OperationStatus.SKIPPED, OperationStatus.FAILED)

@@ -1,8 +1,10 @@
 """Restoring a database from a backup: checked, locked, undoable, all or nothing."""
 
 import logging
+import os
 import shutil
 import tempfile
+import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -25,7 +27,7 @@ from ..exceptions import (
 )
 from ..models import Action, Backup, HealthState, Operation, Trigger
 from ..storage import get_offsite_storage, get_storage
-from .backups import get_restorable_backup, reserve_backup, write_backup
+from .backups import PROGRESS_INTERVAL, get_restorable_backup, reserve_backup, write_backup
 from .catalog import sync_catalog
 from .journal import journal
 from .notify import notify
@@ -49,17 +51,18 @@ class RestoreResult:
     operation: Operation | None = None
 
 
-def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, operation=None):
+def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, operation=None, progress=None):
     """Replace the content of the backup's database (or ``target``) with the backup.
 
     Before anything changes: the file's sha256 must match its manifest, and (unless turned off)
     a pre-restore backup of the current state is taken, so a wrong restore can be undone.
     Where the database cannot roll back a failed restore, that backup is mandatory, and put back
     automatically when the restore fails. A restore is a major event: people are told how it went
-    (BACKUP_NOTIFY_ON_RESTORE).
+    (BACKUP_NOTIFY_ON_RESTORE). ``progress(read=, total=, elapsed=, final=)`` hears how much of
+    the stored file has been replayed, about once a second.
     """
     try:
-        result = _restore(filename, actor, target, pre_restore_backup, operation)
+        result = _restore(filename, actor, target, pre_restore_backup, operation, progress)
     except (RestoreFailed, DatabaseBusy) as exc:  # it was attempted; refusals are not announced
         announce_restore(f"Restore of {filename} failed", actor, target, f"failed: {exc.message}")
         raise
@@ -75,7 +78,7 @@ def announce_restore(subject, actor, database, outcome):
         notify(subject, f"{actor.name} (via {actor.origin}) restored database {database or 'default'}: {outcome}")
 
 
-def _restore(filename, actor, target, pre_restore_backup, operation):
+def _restore(filename, actor, target, pre_restore_backup, operation, progress):
     refuse_inside_transaction()
     with journal(
         Action.RESTORE,
@@ -87,19 +90,9 @@ def _restore(filename, actor, target, pre_restore_backup, operation):
     ) as record:
         backup = get_restorable_backup(filename)
         alias = record.database = target or backup.database
-        engine = get_engine(alias)
-        if engine.vendor != backup.engine:
-            raise InvalidRequest(
-                f"{filename} is a {backup.engine} backup and cannot be restored into the {engine.vendor} "
-                f"database {alias!r}. Nothing was changed."
-            )
+        engine, manifest = check_restore(backup, alias)
         pre_restore_backup = wants_pre_restore_backup(engine, pre_restore_backup)
         warning = verification_warning(backup)
-        engine.check_tools()
-        manifest = find_manifest(filename)
-        if manifest is None:
-            raise BackupNotFound(f"The manifest of {filename} is missing; run 'manage.py backups sync'.")
-        check_decryptable(filename, manifest)
         result = RestoreResult(backup=backup, database=alias, finished_at=None, operation=record)
         if warning:
             result.warnings.append(warning)
@@ -111,11 +104,31 @@ def _restore(filename, actor, target, pre_restore_backup, operation):
                     )
                     result.pre_restore_backup = write_backup(engine, undo)
                     record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
-                result.warnings.extend(replace_database(engine, source, filename, undo=result.pre_restore_backup))
+                result.warnings.extend(
+                    replace_database(engine, source, filename, undo=result.pre_restore_backup, progress=progress)
+                )
         result.finished_at = timezone.now()
         record.message = f"Restored {engine.describe()} from {filename}"
         record.details = {**record.details, "warnings": result.warnings}
     return result
+
+
+def check_restore(backup, alias):
+    """What can be checked before a restore of ``backup`` into ``alias`` starts: the engines
+    match, the tools are there, the manifest exists, the key to decrypt it is at hand.
+    Returns (engine, manifest)."""
+    engine = get_engine(alias)
+    if engine.vendor != backup.engine:
+        raise InvalidRequest(
+            f"{backup.filename} is a {backup.engine} backup and cannot be restored into the {engine.vendor} "
+            f"database {alias!r}. Nothing was changed."
+        )
+    engine.check_tools()
+    manifest = find_manifest(backup.filename)
+    if manifest is None:
+        raise BackupNotFound(f"The manifest of {backup.filename} is missing; run 'manage.py backups sync'.")
+    check_decryptable(backup.filename, manifest)
+    return engine, manifest
 
 
 def verification_warning(backup):
@@ -220,7 +233,7 @@ def check_digest(reader, filename, manifest, already_read=False):
         )
 
 
-def replace_database(engine, source, filename, undo=None):
+def replace_database(engine, source, filename, undo=None, progress=None):
     """Feed the decompressed dump to the engine, carrying the catalog tables across.
     Returns warnings about the catalog; the restore itself either happened or raised.
 
@@ -229,6 +242,8 @@ def replace_database(engine, source, filename, undo=None):
     """
     carried = snapshot_carried_rows(engine.alias)
     connections.close_all()
+    if progress is not None:
+        source = ReadProgress(source, progress)
     try:
         load_dump(engine, source, filename)
     except RestoreIncomplete as incomplete:
@@ -237,6 +252,8 @@ def replace_database(engine, source, filename, undo=None):
         failure = undo_incomplete_restore(engine, filename, incomplete, undo)
         carry_back(carried)
         raise failure from incomplete
+    if progress is not None:
+        source.finish()
     return carry_back(carried)
 
 
@@ -334,3 +351,46 @@ def sync_after_restore():
         logger.exception("The catalog could not be synchronised after the restore")
         return [CATALOG_WARNING]
     return []
+
+
+class ReadProgress:
+    """Counts the bytes of the stored file consumed so far and reports them about once a second
+    (and once at the end) to ``callback(read=, total=, elapsed=, final=)``.
+
+    Only to the callback, never to the catalog: the catalog may live in the database being
+    restored, whose tables psql keeps locked until it commits, so a write there would wait for
+    the very restore it describes.
+    """
+
+    def __init__(self, raw, callback):
+        self.raw = raw
+        self.callback = callback
+        self.total = raw.seek(0, os.SEEK_END)
+        raw.seek(0)
+        self.consumed = 0
+        self.started = self.last = time.monotonic()
+
+    def read(self, size=-1):
+        data = self.raw.read(size)
+        self.consumed += len(data)
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_INTERVAL:
+            self.last = now
+            self.callback(read=self.consumed, total=self.total, elapsed=now - self.started, final=False)
+        return data
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self):
+        return True
+
+    @property
+    def closed(self):
+        return False
+
+    def finish(self):
+        elapsed = time.monotonic() - self.started
+        self.callback(read=self.consumed, total=self.total, elapsed=elapsed, final=True)

@@ -3,6 +3,7 @@
 import json
 import logging
 import sys
+import uuid
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -13,7 +14,7 @@ from django.utils import timezone
 from ... import services
 from ...api.serializers import BackupSerializer
 from ...exceptions import BackupError
-from ...formatting import human_duration, human_size
+from ...formatting import TerminalProgress, human_duration, human_size
 
 
 def verified_label(backup):
@@ -103,6 +104,9 @@ class Command(BaseCommand):
 
         commands.add_parser("health", help="Check that backups are recent and verified; exit 1 if not.")
 
+        job = commands.add_parser("job", help="Run a backup or restore queued by an asynchronous API request.")
+        job.add_argument("job_id", type=uuid.UUID, help="The queued operation's id (the API starts this itself).")
+
     def handle(self, *args, subcommand, **options):
         self.actor = services.Actor.command()
         try:
@@ -116,7 +120,16 @@ class Command(BaseCommand):
     # -- subcommands -----------------------------------------------------------------------
 
     def handle_create(self, description, database, **options):
-        backup = services.create_backup(actor=self.actor, description=description, database=database)
+        with self.progress_bar("Backing up") as bar:
+            report = None
+            if bar is not None:
+
+                def report(uncompressed, written, elapsed, final):
+                    bar.show(uncompressed, elapsed, detail=f"dumped, {human_size(written)} written")
+
+            backup = services.create_backup(
+                actor=self.actor, description=description, database=database, progress=report
+            )
         self.stdout.write(
             f"Created {backup.filename} ({human_size(backup.size_bytes)} in {human_duration(backup.duration_seconds)})"
         )
@@ -167,9 +180,16 @@ class Command(BaseCommand):
             f"This replaces ALL data in database '{where}' with the backup {filename} "
             f"taken {timezone.localtime(backup.created_at):%Y-%m-%d %H:%M:%S}.",
         )
-        result = services.restore_backup(
-            filename, actor=self.actor, target=target, pre_restore_backup=pre_restore_backup
-        )
+        with self.progress_bar("Restoring") as bar:
+            report = None
+            if bar is not None:
+
+                def report(read, total, elapsed, final):
+                    bar.show(read, elapsed, total=total)
+
+            result = services.restore_backup(
+                filename, actor=self.actor, target=target, pre_restore_backup=pre_restore_backup, progress=report
+            )
         self.stdout.write(f"Restored database '{result.database}' from {filename}.")
         if result.pre_restore_backup:
             self.stdout.write(f"To undo, restore {result.pre_restore_backup.filename} (taken just before).")
@@ -264,7 +284,24 @@ class Command(BaseCommand):
         if not report.healthy:
             raise CommandError(" ".join(report.problems))
 
+    def handle_job(self, job_id, **options):
+        services.run_job(job_id)
+        self.stdout.write(f"Job {job_id} succeeded.")
+
     # -- helpers ---------------------------------------------------------------------------
+
+    @contextmanager
+    def progress_bar(self, label):
+        """A progress line on stderr when it is a terminal; None in cron jobs and pipes, which
+        get only the outcome."""
+        if not self.stderr.isatty():
+            yield None
+            return
+        bar = TerminalProgress(self.stderr, label)
+        try:
+            yield bar
+        finally:
+            bar.close()
 
     def confirm(self, yes, warning):
         """Ask before destroying anything; the default answer is No."""

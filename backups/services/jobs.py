@@ -1,0 +1,188 @@
+"""Long operations in a process of their own, so that no web request waits for them.
+
+An asynchronous request does at once everything that can be checked at once (permission, input,
+tools, a backup or restore already holding the database) and leaves pending rows: the journal's
+``Operation`` and, for a backup, its catalog row. A detached ``manage.py backups job ID`` process
+(no message broker) then claims the operation and runs the very service functions a synchronous
+call runs, continuing those rows, which are what a client polls. A worker that dies is found out
+by its pid: ``catalog.mark_interrupted`` (and every read of a backup) marks its rows failed.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+from django.conf import settings
+from django.db import router
+from django.utils import timezone
+
+from ..conf import backup_settings
+from ..engines import get_engine
+from ..exceptions import BackupError, BackupNotFound, InvalidRequest, OperationInProgress, WorkerUnavailable
+from ..models import Action, Backup, BackupStatus, Operation, OperationStatus, Trigger
+from .backups import clean_description, create_backup, get_restorable_backup, mark_failed, reserve_backup
+from .catalog import mark_operation_interrupted, operation_interrupted
+from .journal import Actor, journal, this_worker
+from .restore import check_restore, restore_backup, wants_pre_restore_backup
+
+logger = logging.getLogger("backups")
+
+# Seconds a poll waits for a restore of the journal's database to put the journal back.
+JOURNAL_RESTORE_WAIT = 10
+
+
+def start_backup(*, actor, description="", database="default"):
+    """Reserve a backup and start a worker that writes it; returns the pending catalog row."""
+    with journal(Action.CREATE, actor, database=database, permission="add_backup") as operation:
+        description = clean_description(description)
+        engine = get_engine(database)
+        engine.check_tools()
+        refuse_if_locked(engine, exclusive=False)
+        backup = reserve_backup(engine, actor=actor, description=description, trigger=Trigger.MANUAL)
+        operation.filename = backup.filename
+        try:
+            worker = hand_over(operation)
+        except BaseException as exc:
+            reason = exc.message if isinstance(exc, BackupError) else "Unexpected error; see the server log."
+            mark_failed(backup, reason)
+            raise
+    Backup.objects.filter(pk=backup.pk, status=BackupStatus.PENDING).update(worker=worker)
+    return backup
+
+
+def start_restore(filename, *, actor, target=None, pre_restore_backup=None):
+    """Check a restore and start a worker that carries it out; returns its pending operation."""
+    with journal(
+        Action.RESTORE, actor, filename=filename, database=target or "", permission="restore_backup"
+    ) as operation:
+        backup = get_restorable_backup(filename)
+        alias = operation.database = target or backup.database
+        engine, _ = check_restore(backup, alias)
+        pre_restore_backup = wants_pre_restore_backup(engine, pre_restore_backup)
+        refuse_if_locked(engine, exclusive=True)
+        operation.details = {**operation.details, "take_pre_restore_backup": pre_restore_backup}
+        hand_over(operation)
+    return operation
+
+
+def refuse_if_locked(engine, exclusive):
+    """Answer 409 now rather than from the worker: the lock is taken and released at once."""
+    with engine.lock(exclusive=exclusive):
+        pass
+
+
+def hand_over(operation):
+    """Save ``operation`` as pending and start its worker, which owns the row from then on.
+    Returns the worker's host:pid; raises ``WorkerUnavailable`` when it cannot be started."""
+    operation.status = OperationStatus.PENDING
+    operation.save()
+    try:
+        process = spawn_worker(operation.pk)
+    except OSError as exc:
+        logger.exception("Could not start the worker of job %s", operation.pk)
+        raise WorkerUnavailable(
+            f"The background worker could not be started ({exc.strerror or exc}); nothing was done."
+        ) from None
+    worker = this_worker(process.pid)
+    operation.details = {**operation.details, "worker": worker}
+    # Unless the worker has already claimed the row (and recorded itself, the same host:pid).
+    Operation.objects.filter(pk=operation.pk, status=OperationStatus.PENDING).update(details=operation.details)
+    return worker
+
+
+def spawn_worker(job_id):
+    """``manage.py backups job ID`` in a session of its own, detached from the request: it
+    outlives it, and a signal meant for the server (Ctrl+C, a worker timeout) does not reach it.
+    Its output goes to BACKUP_JOB_LOG."""
+    log_path = backup_settings.JOB_LOG
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    environment = dict(os.environ)
+    environment.setdefault("DJANGO_SETTINGS_MODULE", settings.SETTINGS_MODULE)
+    # The worker imports the same code as this process, wherever it was started from.
+    environment["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "django", "backups", "--verbosity", "2", "job", str(job_id)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            start_new_session=True,
+        )
+    # Reaps the worker when it ends, so that its pid does not linger as a zombie that looks alive.
+    threading.Thread(target=process.wait, name=f"backup-job-{job_id}", daemon=True).start()
+    return process
+
+
+def run_job(job_id):
+    """The worker's side: claim the pending operation ``job_id`` and run it here, as the person
+    who asked for it (whose permission was checked then). Returns the service's result."""
+    claimed = Operation.objects.filter(pk=job_id, status=OperationStatus.PENDING).update(status=OperationStatus.RUNNING)
+    if not claimed:
+        raise InvalidRequest(f"There is no pending job {job_id}.")
+    operation = Operation.objects.get(pk=job_id)
+    operation.details = {**operation.details, "worker": this_worker()}
+    operation.save(update_fields=["details"])
+    actor = Actor(origin=operation.origin, client_address=operation.client_address, username=operation.actor)
+    if operation.action == Action.CREATE:
+        backup = Backup.objects.get(filename=operation.filename)
+        return create_backup(
+            actor=actor,
+            description=backup.description,
+            database=backup.database,
+            trigger=backup.trigger,
+            backup=backup,
+            operation=operation,
+        )
+    return restore_backup(
+        operation.filename,
+        actor=actor,
+        target=operation.database,
+        pre_restore_backup=operation.details["take_pre_restore_backup"],
+        operation=operation,
+    )
+
+
+def get_restore(job_id, *, actor):
+    """A restore's journal row, which is how an asynchronous restore is polled; one whose
+    worker died is failed."""
+    actor.require("view_backup")
+    try:
+        pk = uuid.UUID(str(job_id))
+    except ValueError:
+        raise BackupNotFound(f"No restore with the id {job_id}.") from None
+    operation = Operation.objects.filter(pk=pk, action=Action.RESTORE).first()
+    if operation is None and wait_for_journal_restore():
+        operation = Operation.objects.filter(pk=pk, action=Action.RESTORE).first()
+    if operation is None:
+        raise BackupNotFound(f"No restore with the id {job_id}.")
+    if operation.status in (OperationStatus.PENDING, OperationStatus.RUNNING):
+        now = timezone.now()
+        if operation_interrupted(operation, now):
+            mark_operation_interrupted(operation, now)
+    return operation
+
+
+def wait_for_journal_restore():
+    """When the journal's own database is being restored, its rows are the dump's from psql's
+    commit until the restore puts the carried rows back, which it does before releasing its
+    lock: wait for that lock (briefly), so that a poll in between does not get a false 404.
+    Returns True when there was a restore to wait for."""
+    try:
+        engine = get_engine(router.db_for_read(Operation))
+    except BackupError:
+        return False  # a database the backups app cannot restore either
+    deadline = time.monotonic() + JOURNAL_RESTORE_WAIT
+    waited = False
+    while time.monotonic() < deadline:
+        try:
+            with engine.lock(exclusive=False):
+                return waited
+        except OperationInProgress:
+            waited = True
+            time.sleep(0.1)
+    return waited
