@@ -1,7 +1,8 @@
 """System checks: bad configuration fails loudly at start-up, naming the variable.
 
 They run with ``manage.py check``, ``runserver``, ``migrate`` and ``crontab add``; the
-container runs ``manage.py check`` before it starts serving.
+container runs ``manage.py check`` before it starts serving. ``manage.py backups`` runs only
+these (tag ``backups``), not the whole site's.
 """
 
 import os
@@ -16,8 +17,10 @@ from .conf import backup_settings
 from .engines import ENGINES, get_engine
 from .storage import get_storage
 
+TAG = "backups"
 
-@register()
+
+@register(TAG)
 def check_settings(app_configs, **kwargs):
     """E001: a BACKUP_* value that cannot be parsed."""
     return [
@@ -26,7 +29,7 @@ def check_settings(app_configs, **kwargs):
     ]
 
 
-@register()
+@register(TAG)
 def check_databases(app_configs, **kwargs):
     """E002: BACKUP_DATABASES names an alias that does not exist or an unsupported engine."""
     try:
@@ -54,7 +57,7 @@ def check_databases(app_configs, **kwargs):
     return problems
 
 
-@register()
+@register(TAG)
 def check_storage(app_configs, **kwargs):
     """E003: the backup directory cannot be created or written. W002: others can read it."""
     try:
@@ -89,7 +92,7 @@ def check_storage(app_configs, **kwargs):
     return []
 
 
-@register()
+@register(TAG)
 def check_tools(app_configs, **kwargs):
     """W001: a dump or restore tool the configured databases need is not on PATH."""
     try:
