@@ -115,8 +115,12 @@ STYLES = [
 ]
 
 PEOPLE = "Ada Brigid Carlos Dana Emil Freya Gus Hana Ivo Jun Kofi Lena Mads Nia Otto Pia Quinn Rosa Sven Tove".split()
-YEASTS = "US-05 S-04 W-34/70 WLP001 WLP002 WLP300 WLP500 WLP565 WY1056 WY1318 WY3711 Verdant Kveik-Voss Nottingham".split()
-HOPS = "Cascade Centennial Citra Mosaic Simcoe Amarillo Saaz Hallertau Tettnang Fuggles Galaxy Nelson Sabro Magnum".split()
+YEASTS = (
+    "US-05 S-04 W-34/70 WLP001 WLP002 WLP300 WLP500 WLP565 WY1056 WY1318 WY3711 Verdant Kveik-Voss Nottingham".split()
+)
+HOPS = (
+    "Cascade Centennial Citra Mosaic Simcoe Amarillo Saaz Hallertau Tettnang Fuggles Galaxy Nelson Sabro Magnum".split()
+)
 CATEGORIES = ["malt", "hops", "yeast", "adjunct", "chemical", "packaging", "cleaning"]
 UNITS = {"malt": "kg", "hops": "g", "yeast": "pack", "adjunct": "kg", "chemical": "g", "packaging": "unit"}
 STATUSES = ["planned", "brewing", "fermenting", "conditioning", "packaged", "dumped"]
@@ -251,8 +255,8 @@ FROM (
            1 + (i * 7919) % {len(STYLES)} AS style,
            round((1.035 + random() * 0.07)::numeric, 3) AS og,
            round((1.006 + random() * 0.012)::numeric, 3) AS fg,
-           timestamptz '2018-01-01 00:00+00' + (i::float / {rows['recipes']} * 2000) * interval '1 day' AS created
-    FROM generate_series(1, {rows['recipes']}) i
+           timestamptz '2018-01-01 00:00+00' + (i::float / {rows["recipes"]} * 2000) * interval '1 day' AS created
+    FROM generate_series(1, {rows["recipes"]}) i
 ) r JOIN brewery_style s ON s.id = r.style;
 """,
         ),
@@ -264,7 +268,7 @@ SELECT i,
        recipe,
        'B' || to_char(brewed, 'YYYYMMDD') || '-' || lpad(i::text, 7, '0'),
        {person},
-       CASE WHEN i > {rows['batches']} - 40 THEN {sql_array(STATUSES)}[1 + (i % 4)]
+       CASE WHEN i > {rows["batches"]} - 40 THEN {sql_array(STATUSES)}[1 + (i % 4)]
             WHEN random() < 0.02 THEN 'dumped' ELSE 'packaged' END,
        brewed,
        round((18 + random() * 2000)::numeric, 2),
@@ -296,11 +300,11 @@ SELECT i,
            'brew_day_notes', pg_temp.words(6 + i % 12))
 FROM (
     SELECT i,
-           1 + floor(random() * {rows['recipes']})::int AS recipe,
+           1 + floor(random() * {rows["recipes"]})::int AS recipe,
            round((1.035 + random() * 0.07)::numeric, 4) AS og,
-           timestamptz '2019-01-01 06:00+00' + (i::float / {rows['batches']} * 2000) * interval '1 day'
+           timestamptz '2019-01-01 06:00+00' + (i::float / {rows["batches"]} * 2000) * interval '1 day'
                + floor(random() * 600) * interval '1 minute' AS brewed
-    FROM generate_series(1, {rows['batches']}) i
+    FROM generate_series(1, {rows["batches"]}) i
 ) b;
 """,
         ),
@@ -330,7 +334,7 @@ SELECT i,
        {pick % (sql_array(COUNTRIES), len(COUNTRIES))},
        'orders' || i || '@supplier' || i || '.example.com',
        '+' || (10 + floor(random() * 89)::int) || ' ' || lpad(floor(random() * 1e9)::bigint::text, 9, '0')
-FROM generate_series(1, {rows['suppliers']}) i;
+FROM generate_series(1, {rows["suppliers"]}) i;
 """,
         ),
         (
@@ -342,17 +346,18 @@ SELECT i,
        initcap(pg_temp.words(3)),
        category,
        coalesce({units_json()}->>category, 'unit'),
-       1 + floor(random() * {rows['suppliers']})::int,
+       1 + floor(random() * {rows["suppliers"]})::int,
        round((random() * 5000)::numeric, 3),
        round((50 + random() * 500)::numeric, 3),
        round((0.05 + random() * 300)::numeric, 2),
        'L' || to_char(timestamptz '2023-01-01' + random() * interval '900 days', 'YYMMDD') || '-' || (i % 97),
-       CASE WHEN category IN ('malt', 'hops', 'yeast', 'adjunct') THEN date '2025-01-01' + floor(random() * 700)::int END,
+       CASE WHEN category IN ('malt', 'hops', 'yeast', 'adjunct')
+            THEN date '2025-01-01' + floor(random() * 700)::int END,
        'Aisle ' || (1 + i % 24) || ', rack ' || (1 + i % 9),
        timestamptz '2024-06-01 00:00+00' + random() * interval '500 days'
 FROM (
     SELECT i, {sql_array(CATEGORIES)}[1 + floor(random() * {len(CATEGORIES)})::int] AS category
-    FROM generate_series(1, {rows['items']}) i
+    FROM generate_series(1, {rows["items"]}) i
 ) t;
 """,
         ),
@@ -360,16 +365,17 @@ FROM (
             f"{rows['movements']:,} inventory movements",
             f"""
 INSERT INTO brewery_inventory_movement (item_id, batch_id, moved_at, quantity, reason, note)
-SELECT 1 + floor(random() * {rows['items']})::int,
-       CASE WHEN reason = 'brew' THEN least({rows['batches']}, 1 + floor(i::float / {rows['movements']} * {rows['batches']})::int) END,
-       timestamptz '2019-01-01 00:00+00' + (i::float / {rows['movements']} * 2000) * interval '1 day'
+SELECT 1 + floor(random() * {rows["items"]})::int,
+       CASE WHEN reason = 'brew'
+            THEN least({rows["batches"]}, 1 + floor(i::float / {rows["movements"]} * {rows["batches"]})::int) END,
+       timestamptz '2019-01-01 00:00+00' + (i::float / {rows["movements"]} * 2000) * interval '1 day'
            + floor(random() * 3600) * interval '1 second',
        CASE WHEN reason IN ('received', 'return') THEN 1 ELSE -1 END * round((0.1 + random() * 250)::numeric, 3),
        reason,
        CASE WHEN random() < 0.15 THEN pg_temp.words(4 + i % 9) END
 FROM (
     SELECT i, {sql_array(REASONS)}[1 + floor(random() * {len(REASONS)})::int] AS reason
-    FROM generate_series(1, {rows['movements']}) i
+    FROM generate_series(1, {rows["movements"]}) i
 ) m;
 """,
         ),
@@ -411,9 +417,7 @@ def expected_comment(scale):
 
 def current_comment(admin, database):
     with admin.cursor() as cursor:
-        cursor.execute(
-            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (database,)
-        )
+        cursor.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (database,))
         row = cursor.fetchone()
     if row is None:
         return None
@@ -442,9 +446,7 @@ def prepare_database(admin, database, scale):
 def migrate(url):
     """The site's own tables (the backup catalog among them), as on a real deployment."""
     env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "hoppybrew_site.settings"}
-    subprocess.run(
-        [sys.executable, str(PROJECT / "manage.py"), "migrate", "--noinput", "-v", "0"], check=True, env=env
-    )
+    subprocess.run([sys.executable, str(PROJECT / "manage.py"), "migrate", "--noinput", "-v", "0"], check=True, env=env)
 
 
 def fill(url, scale):

@@ -233,7 +233,9 @@ def describe_machine(server_version):
         "pg_dump": tool_version(["pg_dump", "--version"]),
         "gzip": tool_version(["gzip", "--version"]),
         "Python": platform.python_version(),
-        "isal / zstandard / django-dbbackup": f"{version('isal')} / {version('zstandard')} / {version('django-dbbackup')}",
+        "isal / zstandard / django-dbbackup": " / ".join(
+            version(package) for package in ("isal", "zstandard", "django-dbbackup")
+        ),
     }
 
 
@@ -271,7 +273,14 @@ class Bench:
 
     def ensure_database(self, scale):
         subprocess.run(
-            [sys.executable, str(BENCH / "generate.py"), "--scale", f"{scale:g}", "--database", self.database_name(scale)],
+            [
+                sys.executable,
+                str(BENCH / "generate.py"),
+                "--scale",
+                f"{scale:g}",
+                "--database",
+                self.database_name(scale),
+            ],
             check=True,
             env={**os.environ, "BENCH_PG_URL": self.server},
         )
@@ -431,8 +440,7 @@ def write_report(path, context):
         f"| Load from others | {c['busy_before']:.0%} of all cores busy in the 5 s before the start; "
         f"load average {c['load_mean']:.1f} on average, {c['load_max']:.1f} at most during the runs |",
         "",
-        "The machine is shared: compare the ratios within this run rather than the absolute times "
-        "with another run.",
+        "The machine is shared: compare the ratios within this run rather than the absolute times with another run.",
         "",
         "## Database",
         "",
