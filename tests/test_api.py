@@ -99,7 +99,7 @@ def test_create_without_pg_dump_is_503_naming_the_tool(api, monkeypatch, tmp_pat
 # -- list and show ------------------------------------------------------------------------------
 
 
-def test_list_is_newest_first_with_the_spec_fields(api):
+def test_list_is_newest_first_with_the_spec_fields(api, settings):
     older = create(api, description="older")
     newer = create(api, description="newer")
     Backup.objects.filter(filename=older).update(
@@ -111,7 +111,7 @@ def test_list_is_newest_first_with_the_spec_fields(api):
     assert [item["filename"] for item in items] == [newer, older]
     assert list(items[0])[: len(LIST_KEYS)] == LIST_KEYS
     assert re.fullmatch(r"\d{8}_\d{6}", items[0]["timestamp"])
-    assert items[0]["database_name"] == "test_hoppybrew"
+    assert items[0]["database_name"] == f"test_hoppybrew{settings.SUFFIX}"
     assert items[0]["database_host"] == "127.0.0.1"
     assert items[0]["size_bytes"] > 0
 
