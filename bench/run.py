@@ -311,7 +311,7 @@ class Bench:
         env = self.site_env(scale, backup_dir)
         for directory in (backup_dir, DATA / "peers", DATA / "dbbackup"):
             shutil.rmtree(directory, ignore_errors=True)
-            directory.mkdir(parents=True)
+            directory.mkdir(mode=0o700, parents=True)
         run_quietly(self.manage("backups", "sync"), env)  # forget backups of earlier benchmark runs
         run_quietly(f"{self.pg_dump(scale)} > /dev/null", env)  # warm the caches
         kept = None

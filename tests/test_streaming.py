@@ -111,12 +111,13 @@ def decompressed_size(command, path):
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(("compression", "reader"), [("gzip", ["gunzip", "-c"]), ("zstd", ["zstd", "-dc"])])
 def test_compressed_files_hold_the_whole_dump_for_the_standard_tools(
-    big_brew, backup_dir, settings, compression, reader
+    big_brew, backup_dir, settings, compression, reader, threads
 ):
     settings.BACKUP_COMPRESSION = compression
-    settings.BACKUP_COMPRESSION_THREADS = 2
+    settings.BACKUP_COMPRESSION_THREADS = threads
     made = services.create_backup(actor=COMMAND)
     manifest = read_manifest(backup_dir, made.filename)
     assert manifest["uncompressed_bytes"] > 8 * CHUNK_SIZE
