@@ -284,6 +284,8 @@ class Bench:
             check=True,
             env={**os.environ, "BENCH_PG_URL": self.server},
         )
+        # A database generated before the site's latest migrations gets them now.
+        run_quietly(self.manage("migrate", "--noinput"), self.site_env(scale, DATA / "backups"))
 
     def query(self, scale, sql):
         return run_quietly(shlex.join(["psql", "-X", "-A", "-t", "-c", sql, self.database_url(scale)]), os.environ)
@@ -560,6 +562,23 @@ def write_report(path, context):
         "| target | measured | |",
         "|---|---|---|",
         *[f"| {cell(name)} | {value} | {verdict(ok)} |" for name, value, ok in targets],
+        "",
+        "## Notes",
+        "",
+        "- Wall times include starting Python and Django (about 0.3 s) for `manage.py` commands: "
+        "the ratios against bare `pg_dump` are largest on small databases.",
+        "- The backup's stream: pg_dump writes into a 1 MiB pipe, read in chunks of up to 256 KiB; "
+        "the COPY rows are counted, the chunk is compressed (ISA-L gzip level 3 or zstd level 1, "
+        "in the backup's own thread on two cores) and written with its sha256 to a temporary file "
+        "in `BACKUP_DIR`, which becomes the backup. `pg_dump` and the database server set the "
+        "pace; the compressor only has to keep up with them.",
+        "- django-dbbackup ran with its defaults: for PostgreSQL `pg_dump --format=custom` "
+        "(compressed by pg_dump), gzipped again by `-z`, through temporary files.",
+        "- On a busy machine every process competes for the cores, and the backup's extra CPU "
+        "(compression, counting, checksum) costs wall time that it does not cost on a quiet one.",
+        "- Profile a backup with `bench/.venv/bin/py-spy record --threads -o profile.svg -- "
+        "bench/.venv/bin/python manage.py backups create` (or `perf record`), with the environment "
+        "above.",
         "",
         "## Reproduce",
         "",
