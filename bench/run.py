@@ -439,8 +439,9 @@ def write_report(path, context):
         "| | |",
         "|---|---|",
         *[f"| {name} | {value} |" for name, value in c["machine"].items()],
-        f"| Load from others | {c['busy_before']:.0%} of all cores busy in the 5 s before the start; "
-        f"load average {c['load_mean']:.1f} on average, {c['load_max']:.1f} at most during the runs |",
+        f"| Load | {c['busy_before']:.0%} of all cores busy with other work in the 5 s before the start; "
+        f"load average during the runs {c['load_mean']:.1f} on average, {c['load_max']:.1f} at most "
+        "(the benchmark's own processes and database server count for 1 to 2 of it) |",
         "",
         "The machine is shared: compare the ratios within this run rather than the absolute times with another run.",
         "",
