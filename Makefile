@@ -40,7 +40,8 @@ $(BENCH_VENV)/.installed: requirements.txt bench/requirements.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet -r requirements.txt -r bench/requirements.txt
 	touch $@
 
-# BENCH_SCALE, BENCH_RUNS, BENCH_LARGE_SCALE and BENCH_PG_URL are read from the environment.
+# BENCH_SCALE, BENCH_RUNS, BENCH_LARGE_SCALE, BENCH_PG_URL and BENCH_RESULTS come from the
+# environment (see bench/run.py).
 bench: $(BENCH_VENV)/.installed
 	scripts/system-packages /usr/bin/time=time zstd=zstd pg_dump=postgresql-client
 	$(BENCH_VENV)/bin/python bench/run.py
@@ -53,4 +54,4 @@ check: $(VENV)/.installed
 	$(PY) manage.py check
 
 clean:
-	rm -rf $(VENV) data/static
+	rm -rf $(VENV) data/static $(BENCH_VENV) bench/data
