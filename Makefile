@@ -1,8 +1,10 @@
 # `make run`: set up and serve on the embedded SQLite database.
 # `make test`: set up and run every test (needs the PostgreSQL and MariaDB servers; see README).
+# `make bench`: compare backups and restores with their peers; writes bench/RESULTS.md (see there).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
+BENCH_VENV := bench/.venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -31,6 +33,19 @@ test: $(VENV)/.installed-dev
 	scripts/system-packages
 	$(PY) -m pytest
 
+# The benchmark's own venv: the site's requirements plus the peers it is measured against.
+$(BENCH_VENV)/.installed: requirements.txt bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r requirements.txt -r bench/requirements.txt
+	touch $@
+
+# BENCH_SCALE, BENCH_RUNS, BENCH_LARGE_SCALE, BENCH_PG_URL and BENCH_RESULTS come from the
+# environment (see bench/run.py).
+bench: $(BENCH_VENV)/.installed
+	scripts/system-packages /usr/bin/time=time zstd=zstd pg_dump=postgresql-client
+	$(BENCH_VENV)/bin/python bench/run.py
+
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -39,4 +54,4 @@ check: $(VENV)/.installed
 	$(PY) manage.py check
 
 clean:
-	rm -rf $(VENV) data/static
+	rm -rf $(VENV) data/static $(BENCH_VENV) bench/data

@@ -1,7 +1,8 @@
 """System checks: bad configuration fails loudly at start-up, naming the variable.
 
 They run with ``manage.py check``, ``runserver``, ``migrate`` and ``crontab add``; the
-container runs ``manage.py check`` before it starts serving.
+container runs ``manage.py check`` before it starts serving. ``manage.py backups`` runs only
+these (tag ``backups``), not the whole site's.
 """
 
 import os
@@ -18,8 +19,10 @@ from .engines import ENGINES, get_engine
 from .exceptions import EncryptionKeyError
 from .storage import get_storage
 
+TAG = "backups"
 
-@register()
+
+@register(TAG)
 def check_settings(app_configs, **kwargs):
     """E001: a BACKUP_* value that cannot be parsed."""
     return [
@@ -28,7 +31,7 @@ def check_settings(app_configs, **kwargs):
     ]
 
 
-@register()
+@register(TAG)
 def check_databases(app_configs, **kwargs):
     """E002: BACKUP_DATABASES names an alias that does not exist or an unsupported engine."""
     try:
@@ -56,7 +59,7 @@ def check_databases(app_configs, **kwargs):
     return problems
 
 
-@register()
+@register(TAG)
 def check_storage(app_configs, **kwargs):
     """E003: the backup directory cannot be created or written. W002: others can read it."""
     try:
@@ -82,7 +85,7 @@ def check_storage(app_configs, **kwargs):
     return readable_by_others(directory, "BACKUP_DIR", "backups hold the whole database", "700", "backups.W002")
 
 
-@register()
+@register(TAG)
 def check_tools(app_configs, **kwargs):
     """W001: a dump or restore tool the configured databases need is not on PATH."""
     try:

@@ -236,7 +236,11 @@ SETTINGS = {
     "PRE_RESTORE_BACKUP": Setting(True, parse_bool, "Take a backup of the live database before each restore."),
     "DATABASES": Setting(["default"], parse_list, "Database aliases the scheduled jobs cover."),
     "COMPRESSION": Setting("gzip", choice_parser("gzip", "zstd"), "gzip (.sql.gz) or zstd (.sql.zst)."),
-    "COMPRESSION_THREADS": Setting(0, int_parser(0), "Compression threads; 0 means one per CPU core."),
+    "COMPRESSION_THREADS": Setting(
+        0,
+        int_parser(0),
+        "Compression threads; 0 means half the CPU cores, at most 2; 1 compresses in the backup's own thread.",
+    ),
     "THROTTLE_CREATE": Setting("30/hour", parse_rate, "API rate limit for creating backups per user, or off."),
     "THROTTLE_RESTORE": Setting("10/hour", parse_rate, "API rate limit for restores per user, or off."),
     "VERIFY_SCHEDULE": Setting(

@@ -80,7 +80,9 @@ def test_missing_tools_are_a_warning(monkeypatch, tmp_path):
     assert warnings and warnings[0].id == "backups.W001" and "pg_dump" in warnings[0].msg
 
 
-def test_manage_py_check_fails_naming_the_variable(tmp_path):
+# manage.py backups runs only the backups app's checks (not the site's), and still these.
+@pytest.mark.parametrize("command", [["check"], ["backups", "list"]])
+def test_manage_py_check_fails_naming_the_variable(tmp_path, command):
     env = {
         "PATH": os.environ["PATH"],
         "DJANGO_SECRET_KEY": "test",
@@ -89,7 +91,7 @@ def test_manage_py_check_fails_naming_the_variable(tmp_path):
         "BACKUP_SCHEDULE": "0 2 * *",
     }
     result = subprocess.run(
-        [sys.executable, "manage.py", "check"], cwd=PROJECT, env=env, capture_output=True, text=True
+        [sys.executable, "manage.py", *command], cwd=PROJECT, env=env, capture_output=True, text=True
     )
     assert result.returncode != 0
     assert "BACKUP_SCHEDULE" in result.stderr and "five fields" in result.stderr

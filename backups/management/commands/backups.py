@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from ... import services
 from ...api.serializers import BackupSerializer
+from ...checks import TAG
 from ...exceptions import BackupError
 from ...formatting import TerminalProgress, human_duration, human_size
 
@@ -53,6 +54,9 @@ def quiet_console_logging(verbosity):
 
 class Command(BaseCommand):
     help = "Create, list, restore, delete and clean up database backups."
+    # The backups app's own checks only: the site's would import its URLs, the admin and the API
+    # schema, which a backup from cron never uses (0.1 to 0.3 s and 6 MB per run).
+    requires_system_checks = [TAG]
 
     def add_arguments(self, parser):
         commands = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")

@@ -1,0 +1,154 @@
+"""The backup stream: chunks of any size, exact row counts, and files the standard tools read.
+
+The stream reads whatever the dump tool's pipe holds, so chunk boundaries fall anywhere; the
+compressors cut their own blocks. None of that may change a byte or a count.
+"""
+
+import random
+import subprocess
+import sys
+
+import pytest
+
+from backups import services
+from backups.engines.base import CHUNK_SIZE, DumpStream
+from backups.engines.postgresql import CopyRowCounter
+from backups.models import Backup
+
+from .conftest import execute, fetch, read_manifest
+
+COMMAND = services.Actor.command()
+
+# A plain dump in miniature, with what could fool a counter: a row that starts with "COPY ",
+# rows holding an escaped backslash before a dot (the data "\." is written "\\."), an empty
+# table right after another block, a table name with a space.
+DUMP = rb"""--
+-- PostgreSQL database dump
+--
+SET statement_timeout = 0;
+COPY public.brew (id, name) FROM stdin;
+1	Pale Ale
+2	COPY public.fake (id) FROM stdin;
+3	ends with \\.
+\.
+COPY public.empty (id) FROM stdin;
+\.
+COPY public.marks (mark) FROM stdin;
+\\.
+.
+\.
+CREATE TABLE public.later (id integer);
+COPY public."odd name" (id, notes) FROM stdin;
+1	first\nline
+2	\N
+\.
+SELECT pg_catalog.setval('public.brew_id_seq', 3, true);
+"""
+COUNTS = {"public.brew": 3, "public.empty": 0, "public.marks": 2, 'public."odd name"': 2}
+
+
+def count_rows(chunks):
+    counter = CopyRowCounter()
+    for chunk in chunks:
+        counter.feed(chunk)
+    return counter.counts
+
+
+def test_row_counts_do_not_depend_on_where_the_stream_is_split():
+    assert count_rows([DUMP]) == COUNTS
+    for split in range(1, len(DUMP)):
+        assert count_rows([DUMP[:split], DUMP[split:]]) == COUNTS, f"split at byte {split}"
+    generator = random.Random(9)
+    for _ in range(200):
+        chunks, position = [], 0
+        while position < len(DUMP):
+            size = generator.randint(1, 40)
+            chunks.append(DUMP[position : position + size])
+            position += size
+        assert count_rows(chunks) == COUNTS
+
+
+WRITER = """
+import sys, time
+dump = sys.stdin.buffer.read()
+out = sys.stdout.buffer
+for start in range(0, len(dump), 7):  # dribbles, as pg_dump does when the server is slow
+    out.write(dump[start:start + 7]); out.flush()
+    if start % 700 == 0:
+        time.sleep(0.001)
+out.write(dump * 400)  # then a burst larger than the pipe
+out.flush()
+"""
+
+
+def test_the_dump_stream_delivers_a_pipe_unchanged_whatever_the_writer_does():
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    process.stdin.write(DUMP)
+    process.stdin.close()
+    stream = DumpStream(process.stdout, CopyRowCounter())
+    chunks = list(stream)
+    assert process.wait() == 0
+    assert b"".join(chunks) == DUMP * 401
+    assert max(len(chunk) for chunk in chunks) <= CHUNK_SIZE
+    assert stream.row_counts == {table: count * 401 for table, count in COUNTS.items()}
+
+
+@pytest.fixture
+def big_brew(db):
+    """Enough rows for many compression blocks, spread over several threads."""
+    execute(
+        "default",
+        "CREATE TABLE brew (id integer PRIMARY KEY, notes text)",
+        "INSERT INTO brew SELECT i, md5(i::text) || repeat(' hoppy', i % 40) FROM generate_series(1, 60000) i",
+    )
+
+
+def decompressed_size(command, path):
+    result = subprocess.run([*command, str(path)], check=True, capture_output=True)
+    return len(result.stdout)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("compression", "reader"), [("gzip", ["gunzip", "-c"]), ("zstd", ["zstd", "-dc"])])
+def test_compressed_files_hold_the_whole_dump_for_the_standard_tools(
+    big_brew, backup_dir, settings, compression, reader, threads
+):
+    settings.BACKUP_COMPRESSION = compression
+    settings.BACKUP_COMPRESSION_THREADS = threads
+    made = services.create_backup(actor=COMMAND)
+    manifest = read_manifest(backup_dir, made.filename)
+    assert manifest["uncompressed_bytes"] > 8 * CHUNK_SIZE
+    assert decompressed_size(reader, backup_dir / made.filename) == manifest["uncompressed_bytes"]
+    assert manifest["table_rows"]["public.brew"] == 60000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_zstd_backup_restores_by_hand_and_through_the_app(backup_dir, settings):
+    settings.BACKUP_COMPRESSION = "zstd"
+    execute("default", "CREATE TABLE brew (id integer PRIMARY KEY, name text)", "INSERT INTO brew VALUES (1, 'Gose')")
+    made = services.create_backup(actor=COMMAND)
+    assert made.filename.endswith(".sql.zst")
+    scratch = f"hoppybrew_zstd_by_hand{settings.SUFFIX}"
+    server = ["-h", "127.0.0.1", "-U", "postgres"]
+    subprocess.run(["dropdb", *server, "--if-exists", scratch], check=True)
+    subprocess.run(["createdb", *server, scratch], check=True)
+    try:
+        psql = f"psql -X -q -v ON_ERROR_STOP=1 --single-transaction -h 127.0.0.1 -U postgres {scratch}"
+        pipeline = f"zstd -dc {backup_dir / made.filename} | {psql}"
+        subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], check=True, capture_output=True)
+        names = subprocess.run(
+            ["psql", "-X", "-At", *server, scratch, "-c", "SELECT name FROM brew"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        assert names == ["Gose"]
+    finally:
+        subprocess.run(["dropdb", *server, "--if-exists", scratch], check=True)
+    execute("default", "UPDATE brew SET name = 'Kriek'")
+    services.restore_backup(made.filename, actor=COMMAND, pre_restore_backup=False)
+    assert fetch("default", "SELECT name FROM brew") == [("Gose",)]
+    assert Backup.objects.filter(filename=made.filename).exists()
