@@ -346,6 +346,20 @@ def test_postgresql_backup_restores_by_hand_with_gunzip_and_psql(brew, backup_di
         assert out == ["Pale", "Ale", "Stout", "Saison"]
         # and once more over the now populated database, as the README says it can
         subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], check=True, capture_output=True)
+        # README's safer form commits only when gunzip read the whole file: a truncated copy
+        # is rolled back, where the plain pipe would commit what psql had read.
+        truncated = backup_dir / "truncated.sql.gz"
+        truncated.write_bytes((backup_dir / made.filename).read_bytes()[:-40])
+        execute_psql = f"psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres {scratch}"
+        subprocess.run(["psql", "-X", "-q", "-h", "127.0.0.1", "-U", "postgres", scratch, "-c", "DELETE FROM brew"])
+        safe = f"{{ echo 'BEGIN;'; gunzip -c {truncated} && echo 'COMMIT;'; }} | {execute_psql}"
+        subprocess.run(["bash", "-c", safe], capture_output=True)
+        count = subprocess.run(
+            ["psql", "-X", "-At", "-h", "127.0.0.1", "-U", "postgres", scratch, "-c", "SELECT count(*) FROM brew"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        assert count == "0"  # still the emptied table: nothing of the truncated restore stayed
     finally:
         subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", scratch], check=True)
 
