@@ -51,6 +51,31 @@ MAX_ZSTD_OVER_PG_DUMP = 1.15
 MAX_RSS_KB = 64 * 1024
 MAX_RSS_GROWTH = 0.10
 MAX_RESTORE_OVER_PEER = 1.1
+MAX_LIST_SECONDS = 0.2
+CATALOG_ROWS = 10_000
+LIST_REQUESTS = 25
+
+# Fills the catalog of the API database with CATALOG_ROWS backups, through the site's own model.
+FILL_CATALOG = f"""
+from datetime import timedelta
+from django.utils import timezone
+from backups.models import Backup
+Backup.objects.all().delete()
+now = timezone.now()
+Backup.objects.bulk_create(
+    [
+        Backup(
+            filename=f"hoppybrew_backup_{{(now - timedelta(minutes=i)):%Y%m%d_%H%M%S}}.sql.gz",
+            engine="postgresql", database_name="hoppybrew", database_host="db", description=f"backup {{i}}",
+            status="succeeded", created_at=now - timedelta(minutes=i), finished_at=now - timedelta(minutes=i),
+            size_bytes=1048576 + i, uncompressed_bytes=5242880, sha256="0" * 64, bytes_written=1048576 + i,
+            locations=["primary"], manifest={{"table_rows": {{f"public.t{{n}}": n for n in range(40)}}}},
+        )
+        for i in range({CATALOG_ROWS})
+    ],
+    batch_size=1000,
+)
+"""
 
 
 # -- measuring one command ---------------------------------------------------------------------
@@ -401,6 +426,65 @@ class Bench:
         self.run_backups(scale, series, DATA / "backups-large")
         return series
 
+    # -- the API's list of backups --------------------------------------------------------------
+
+    def run_api_list(self):
+        """GET /backups on the development server, with CATALOG_ROWS backups in the catalog of a
+        database of its own: LIST_REQUESTS requests after two to warm up."""
+        import socket
+        import urllib.request
+
+        name = "hoppybrew_bench_api"
+        admin = generate.connect(generate.server_url(self.server, "postgres"))
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+            if cursor.fetchone() is None:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+        admin.close()
+        env = {
+            **os.environ,
+            "DATABASE_URL": generate.server_url(self.server, name),
+            "BACKUP_DIR": str(DATA / "backups-api"),
+            "DJANGO_LOG_LEVEL": "WARNING",
+            "DJANGO_ADMIN_PASSWORD": "bench",
+        }
+        run_quietly(self.manage("migrate", "--noinput"), env)
+        run_quietly(shlex.join([self.python, "manage.py", "shell", "-c", FILL_CATALOG]), env)
+        token = run_quietly(self.manage("ensure_admin"), env).split()[-1]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen(
+            [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+            cwd=PROJECT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/backups", headers={"Authorization": f"Token {token}"}
+        )
+        try:
+            for _ in range(100):  # until the server answers
+                try:
+                    urllib.request.urlopen(request, timeout=30).read()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            urllib.request.urlopen(request, timeout=30).read()
+            times, size = [], 0
+            for _ in range(LIST_REQUESTS):
+                started = time.perf_counter()
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    body = answer.read()
+                times.append(time.perf_counter() - started)
+                size = len(body)
+            assert len(json.loads(body)) == CATALOG_ROWS
+        finally:
+            server.terminate()
+            server.wait()
+        return {"times": times, "bytes": size}
+
 
 # -- the report --------------------------------------------------------------------------------
 
@@ -556,7 +640,23 @@ def write_report(path, context):
             our_restore.median("wall") <= MAX_RESTORE_OVER_PEER * peer_restore.median("wall"),
         )
     )
+    list_median = statistics.median(c["api"]["times"])
+    targets.append(
+        (
+            f"GET /backups with {CATALOG_ROWS:,} backups < 200 ms (dev server)",
+            f"{list_median * 1000:.0f} ms",
+            list_median < MAX_LIST_SECONDS,
+        )
+    )
     lines += [
+        "",
+        "## The API's list",
+        "",
+        f"`GET /backups` with {CATALOG_ROWS:,} backups in the catalog, on `manage.py runserver`, "
+        f"{LIST_REQUESTS} requests after two to warm up: median "
+        f"{statistics.median(c['api']['times']) * 1000:.0f} ms, slowest {max(c['api']['times']) * 1000:.0f} ms, "
+        f"{size(c['api']['bytes'])} of JSON. The number of queries does not grow with the catalog "
+        "(`tests/test_api.py` counts them at 10 and 10,000 rows).",
         "",
         "## Targets (issue 9)",
         "",
@@ -644,6 +744,8 @@ def main():
     if large_scale:
         print(f"Memory at scale {large_scale:g}", flush=True)
         large = bench.run_large()
+    print(f"GET /backups with {CATALOG_ROWS:,} backups", flush=True)
+    api = bench.run_api_list()
     monitor.done.set()
     samples = monitor.samples or [os.getloadavg()[0]]
     manifest = json.loads((backup_dir / f"{kept}.json").read_text())
@@ -664,6 +766,7 @@ def main():
         "backups": backups,
         "restores": restores,
         "large": large,
+        "api": api,
     }
     write_report(results, context)
     print(f"Wrote {os.path.relpath(results)}", flush=True)

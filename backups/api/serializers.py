@@ -1,6 +1,8 @@
 """Request and response shapes of the REST API (the spec's contract, then extra fields)."""
 
 from datetime import UTC, timedelta
+from functools import partial
+from operator import attrgetter
 
 from django.core.validators import RegexValidator
 from django.db import connections
@@ -178,26 +180,25 @@ class BackupSerializer(serializers.Serializer):
         list_serializer_class = BackupListSerializer
 
     def to_representation(self, backup):
-        """Each declared field read straight off ``backup`` (a model or a ``BackupRow``). DRF's
-        field-by-field path costs about 40 µs a row, and a catalog of 10,000 backups must list in
-        well under 200 ms; the declared fields remain the contract and the API description."""
-        return {name: convert(getattr(backup, name)) for name, convert in self.converters}
+        """Each declared field read straight off ``backup`` (a model or a ``BackupRow``), all in
+        one ``attrgetter`` call. DRF's field-by-field path costs about 40 µs a row, and a catalog
+        of 10,000 backups must list in well under 200 ms; the declared fields remain the contract
+        and the API description."""
+        names, read, datetimes, as_datetime = self.reader
+        values = read(backup)
+        if datetimes:
+            values = list(values)
+            for position in datetimes:
+                values[position] = as_datetime(values[position])
+        return dict(zip(names, values, strict=True))
 
     @cached_property
-    def converters(self):
+    def reader(self):
         zone = timezone.get_current_timezone()
         zone = UTC if getattr(zone, "key", None) == "UTC" else zone
-
-        def as_datetime(value):
-            return iso_datetime(value, zone)
-
-        def as_is(value):
-            return value
-
-        return [
-            (name, as_datetime if isinstance(field, serializers.DateTimeField) else as_is)
-            for name, field in self.fields.items()
-        ]
+        names = tuple(self.fields)
+        datetimes = [i for i, field in enumerate(self.fields.values()) if isinstance(field, serializers.DateTimeField)]
+        return names, attrgetter(*names), datetimes, partial(iso_datetime, zone=zone)
 
     filename = serializers.CharField()
     timestamp = serializers.CharField(help_text="Creation time in UTC, YYYYMMDD_HHMMSS")
@@ -233,13 +234,25 @@ class BackupSerializer(serializers.Serializer):
     error = serializers.CharField(help_text="Why it failed, when it did")
 
 
+class BackupSummarySerializer(BackupSerializer):
+    """A backup in the list, which holds only backups that can be restored: without the fields
+    that describe a backup still being written (``GET /backups/{filename}`` has them). Fewer
+    fields keep a catalog of 10,000 backups quick to list."""
+
+    bytes_written = None
+    progress_at = None
+    elapsed_seconds = None
+    bytes_per_second = None
+    error = None
+
+
 class PagedBackupsSerializer(serializers.Serializer):
     """The list with ``?limit=`` (DRF's limit/offset pagination)."""
 
     count = serializers.IntegerField()
     next = serializers.URLField(allow_null=True)
     previous = serializers.URLField(allow_null=True)
-    results = BackupSerializer(many=True)
+    results = BackupSummarySerializer(many=True)
 
 
 class StatusSerializer(serializers.Serializer):

@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from ... import services
-from ...api.serializers import BackupSerializer
+from ...api.serializers import BackupSerializer, BackupSummarySerializer
 from ...checks import TAG
 from ...exceptions import BackupError
 from ...formatting import TerminalProgress, human_duration, human_size
@@ -143,7 +143,7 @@ class Command(BaseCommand):
     def handle_list(self, as_json, database, **options):
         backups = services.list_backups(actor=self.actor, database=database)
         if as_json:
-            self.write_json(BackupSerializer(backups, many=True).data)
+            self.write_json(BackupSummarySerializer(backups, many=True).data)
             return
         rows = [
             (
