@@ -17,6 +17,7 @@ from .conf import StorageLocation, backup_settings
 from .encryption import IDENTITY_SETTING, load_identities
 from .engines import ENGINES, get_engine
 from .exceptions import EncryptionKeyError
+from .naming import ALIAS_PATTERN
 from .storage import get_storage
 
 TAG = "backups"
@@ -53,6 +54,14 @@ def check_databases(app_configs, **kwargs):
                 Error(
                     f"BACKUP_DATABASES: {alias!r} uses {connections[alias].vendor}, which cannot be backed up.",
                     hint=f"Supported: {', '.join(sorted(ENGINES))}.",
+                    id="backups.E002",
+                )
+            )
+        elif not ALIAS_PATTERN.fullmatch(alias):
+            problems.append(
+                Error(
+                    f"BACKUP_DATABASES: the alias {alias!r} cannot be part of a backup's filename.",
+                    hint="Name the database with letters, digits, '_' and '-' only.",
                     id="backups.E002",
                 )
             )

@@ -13,6 +13,8 @@ from .exceptions import InvalidRequest
 FILENAME_REGEX = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,150}_[0-9]{8}_[0-9]{6}(?:-[0-9]{1,4})?\.sql\.(?:gz|zst)(?:\.age)?$"
 FILENAME_PATTERN = re.compile(FILENAME_REGEX)
 NOT_A_FILENAME = "not a backup filename; expected a name like 'hoppybrew_backup_20241108_120000.sql.gz'."
+# Database aliases appear in filenames, so they are held to the same characters.
+ALIAS_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 MANIFEST_SUFFIX = ".json"
 MAX_LENGTH = 200
 

@@ -121,3 +121,10 @@ def test_cronjobs_exist_only_when_enabled():
     assert (
         cronjobs({"BACKUP_ENABLED": "true", "BACKUP_VERIFY_SCHEDULE": "off"})[-1][1] == "backups.cron.scheduled_cleanup"
     )
+
+
+def test_an_alias_that_cannot_be_in_a_filename_is_an_error(settings, extra_alias):
+    settings.BACKUP_DATABASES = extra_alias("reports.2024")
+    errors = checks.check_databases(None)
+    assert [error.id for error in errors] == ["backups.E002"]
+    assert "cannot be part of a backup's filename" in errors[0].msg

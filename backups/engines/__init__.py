@@ -4,6 +4,7 @@ from django.db import connections
 from django.utils.module_loading import import_string
 
 from ..exceptions import ConfigurationError, InvalidRequest
+from ..naming import ALIAS_PATTERN
 
 ENGINES = {
     "mysql": "backups.engines.mysql.MySQLEngine",
@@ -17,6 +18,11 @@ def get_engine(alias="default"):
     if alias not in connections.settings:
         known = ", ".join(sorted(connections.settings))
         raise InvalidRequest(f"Unknown database {alias!r}; configured databases: {known}.")
+    if not ALIAS_PATTERN.fullmatch(alias):
+        raise ConfigurationError(
+            f"The database alias {alias!r} cannot be part of a backup's filename; "
+            "name it with letters, digits, '_' and '-' only."
+        )
     vendor = connections[alias].vendor
     try:
         engine_class = import_string(ENGINES[vendor])
