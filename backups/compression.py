@@ -12,6 +12,7 @@ import os
 from .conf import backup_settings
 from .encryption import SUFFIX as ENCRYPTED_SUFFIX
 from .encryption import Sealed
+from .streams import Reader
 
 CHUNK_SIZE = 1024 * 1024
 # The compressor threads' unit of work. A few blocks are in flight per thread, so this bounds the
@@ -113,7 +114,7 @@ class CountingWriter:
         return self._sha256.hexdigest()
 
 
-class CountingReader:
+class CountingReader(Reader):
     """Reads from ``raw`` while counting the bytes and computing their sha256."""
 
     def __init__(self, raw):
@@ -126,18 +127,6 @@ class CountingReader:
         self._sha256.update(data)
         self.size += len(data)
         return data
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self):
-        return True
-
-    @property
-    def closed(self):
-        return False
 
     @property
     def sha256(self):

@@ -4,6 +4,23 @@ the raw streams that ``io.BufferedReader`` and ``io.TextIOWrapper`` want."""
 import io
 
 
+class Reader:
+    """Base of the wrappers that watch a stream go by: they define ``read()``, and get what
+    ``io.BufferedReader``, ``shutil.copyfileobj`` and the decompressors expect besides."""
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self):
+        return True
+
+    @property
+    def closed(self):
+        return False
+
+
 class ReadableStream(io.RawIOBase):
     """Any object with ``read()``, as a raw stream (for line-by-line reading)."""
 

@@ -27,6 +27,7 @@ from ..exceptions import (
 )
 from ..models import Action, Backup, HealthState, Operation, Trigger
 from ..storage import get_offsite_storage, get_storage
+from ..streams import Reader
 from .backups import PROGRESS_INTERVAL, get_restorable_backup, reserve_backup, write_backup
 from .catalog import sync_catalog
 from .journal import journal
@@ -353,7 +354,7 @@ def sync_after_restore():
     return []
 
 
-class ReadProgress:
+class ReadProgress(Reader):
     """Counts the bytes of the stored file consumed so far and reports them about once a second
     (and once at the end) to ``callback(read=, total=, elapsed=, final=)``.
 
@@ -378,18 +379,6 @@ class ReadProgress:
             self.last = now
             self.callback(read=self.consumed, total=self.total, elapsed=now - self.started, final=False)
         return data
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self):
-        return True
-
-    @property
-    def closed(self):
-        return False
 
     def finish(self):
         elapsed = time.monotonic() - self.started
