@@ -20,6 +20,7 @@ import threading
 
 from .conf import backup_settings
 from .exceptions import BackupDamaged, ConfigurationError, EncryptionKeyError
+from .streams import RawReader
 
 SUFFIX = ".age"
 FORMAT = "age-encryption.org/v1"
@@ -84,23 +85,15 @@ class SealedWriter:
             self.encryptor.close()
 
 
-class SealedReader(io.RawIOBase):
+class SealedReader(RawReader):
     """Decompressor over decryptor; closing stops both."""
 
     def __init__(self, decompressor, decryptor):
         self.decompressor = decompressor
         self.decryptor = decryptor
 
-    def readable(self):
-        return True
-
     def read(self, size=-1):
         return self.decompressor.read(size)
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
     def close(self):
         if not self.closed:

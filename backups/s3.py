@@ -4,12 +4,12 @@ Imported only when a storage URL or STORAGES names S3: boto3 takes a third of a 
 """
 
 import datetime
-import io
 
 from botocore.exceptions import ClientError
 from storages.backends.s3 import S3Storage
 
 from .naming import MANIFEST_SUFFIX, is_backup_filename
+from .streams import RawReader
 
 
 class BackupS3Storage(S3Storage):
@@ -25,7 +25,7 @@ class BackupS3Storage(S3Storage):
         return params
 
 
-class ObjectStream(io.RawIOBase):
+class ObjectStream(RawReader):
     """An object's body, read as it arrives over HTTP.
 
     Reading through S3File would first download the whole object into a SpooledTemporaryFile
@@ -37,16 +37,8 @@ class ObjectStream(io.RawIOBase):
         self._body = body
         self.size = size
 
-    def readable(self):
-        return True
-
     def read(self, size=-1):
         return self._body.read(None if size is None or size < 0 else size)
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
     def close(self):
         if not self.closed:

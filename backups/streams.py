@@ -21,19 +21,26 @@ class Reader:
         return False
 
 
-class ReadableStream(io.RawIOBase):
-    """Any object with ``read()``, as a raw stream (for line-by-line reading)."""
-
-    def __init__(self, stream):
-        self.stream = stream
+class RawReader(io.RawIOBase):
+    """Base of the raw streams here that define ``read()``: ``readinto`` in its terms."""
 
     def readable(self):
         return True
 
     def readinto(self, buffer):
-        data = self.stream.read(len(buffer))
+        data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+
+class ReadableStream(RawReader):
+    """Any object with ``read()``, as a raw stream (for line-by-line reading)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def read(self, size=-1):
+        return self.stream.read(size)
 
 
 class ChunkStream(io.RawIOBase):

@@ -131,13 +131,30 @@ class DatabaseEngine:
 
 
 class RowCounter:
-    """Counts rows per table while a dump streams past; engines subclass ``feed``."""
+    """Counts rows per table while a dump streams past.
+
+    A dump alternates between statements and a table's rows. Subclasses say how to find where a
+    table's rows start (``find_rows``, which sets ``table``) and how to count them up to their
+    end (``count_rows``, which clears it); each returns the position in ``chunk`` to go on from.
+    """
 
     def __init__(self):
         self.counts = {}
+        self.table = None  # the table whose rows are passing, if any
 
     def feed(self, chunk):
-        raise NotImplementedError
+        position = 0
+        while position < len(chunk):
+            if self.table is None:
+                position = self.find_rows(chunk, position)
+            else:
+                position = self.count_rows(chunk, position)
+
+    def find_rows(self, chunk, position):
+        raise NotImplementedError("subclasses of RowCounter must provide a find_rows() method")
+
+    def count_rows(self, chunk, position):
+        raise NotImplementedError("subclasses of RowCounter must provide a count_rows() method")
 
 
 class ProcessDump:

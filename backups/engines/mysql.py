@@ -323,19 +323,10 @@ class InsertRowCounter(RowCounter):
         super().__init__()
         self._line = []  # the unfinished last line, in pieces
         self._in_block = False
-        self._table = None  # the table whose row lines are being counted
         self._rows = 0
         self._previous = b""  # in row lines: the last bytes seen, to find a split ROWS_END
 
-    def feed(self, chunk):
-        position = 0
-        while position < len(chunk):
-            if self._table is None:
-                position = self._find_statement(chunk, position)
-            else:
-                position = self._count_row_lines(chunk, position)
-
-    def _find_statement(self, chunk, position):
+    def find_rows(self, chunk, position):
         """Looks at complete lines only; returns where to go on in ``chunk``."""
         first_newline = chunk.find(b"\n", position)
         if first_newline < 0:
@@ -372,9 +363,9 @@ class InsertRowCounter(RowCounter):
             elif data.endswith(b");", match.end(), line_end):
                 self._add(table, count_row_separators(data[match.end() : line_end]) + 1)
             else:
-                self._table, self._rows, self._previous = table, 0, b""
+                self.table, self._rows, self._previous = table, 0, b""
 
-    def _count_row_lines(self, chunk, position):
+    def count_rows(self, chunk, position):
         boundary = self._previous + chunk[position : position + len(self.ROWS_END) - 1]
         found = boundary.find(self.ROWS_END)
         if 0 <= found < len(self._previous):  # split between the last chunk and this one
@@ -387,8 +378,8 @@ class InsertRowCounter(RowCounter):
                 self._previous = (self._previous + chunk[max(position, len(chunk) - keep) :])[-keep:]
                 return len(chunk)
             end = found + len(self.ROWS_END)
-        self._add(self._table, self._rows + chunk.count(b"\n", position, end))
-        self._table = None
+        self._add(self.table, self._rows + chunk.count(b"\n", position, end))
+        self.table = None
         return end
 
     def _add(self, table, rows):

@@ -263,20 +263,11 @@ class CopyRowCounter(RowCounter):
 
     def __init__(self):
         super().__init__()
-        self._table = None
         self._rows = 0
         self._tail = b""  # outside a block: the unfinished last line
         self._previous = b""  # inside a block: the last bytes seen, to find a split terminator
 
-    def feed(self, chunk):
-        position = 0
-        while position < len(chunk):
-            if self._table is None:
-                position = self._find_header(chunk, position)
-            else:
-                position = self._find_terminator(chunk, position)
-
-    def _find_header(self, chunk, position):
+    def find_rows(self, chunk, position):
         data = self._tail + chunk[position:] if self._tail else chunk
         start = 0 if self._tail else position
         self._tail = b""
@@ -298,13 +289,13 @@ class CopyRowCounter(RowCounter):
             if match is None:
                 start = line_end + 1
                 continue
-            self._table = match["table"].decode("utf-8", "replace")
+            self.table = match["table"].decode("utf-8", "replace")
             self._rows = 0
             self._previous = b"\n"
             # Continue in block mode from the byte after the header, in the caller's chunk.
             return len(chunk) - (len(data) - (line_end + 1))
 
-    def _find_terminator(self, chunk, position):
+    def count_rows(self, chunk, position):
         boundary = self._previous + chunk[position : position + 3]
         found = boundary.find(self.TERMINATOR)
         if found >= 0:
@@ -329,7 +320,7 @@ class CopyRowCounter(RowCounter):
         return self._finish_block(found + 4)
 
     def _finish_block(self, end):
-        self.counts[self._table] = self.counts.get(self._table, 0) + self._rows
-        self._table = None
+        self.counts[self.table] = self.counts.get(self.table, 0) + self._rows
+        self.table = None
         self._previous = b""
         return end
