@@ -204,16 +204,33 @@ def read_manifest(directory, filename):
     return json.loads((directory / f"{filename}.json").read_text())
 
 
-def rewrite_backup(directory, filename, transform):
-    """Replace a backup's SQL with ``transform(sql)`` and re-sign its manifest, as if the
-    backup had been made that way: for tests of what a restore does with bad SQL."""
-    path = directory / filename
-    sql = gzip.decompress(path.read_bytes()).decode()
-    data = gzip.compress(transform(sql).encode())
-    path.write_bytes(data)
+def flip_byte(path, position=None):
+    """Damage a stored file the way a bad disk does: one bit of one byte (the middle one)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 if position is None else position] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def resign(directory, filename, data):
+    """Store ``data`` as the backup and make its manifest's sha256 and size match, as if the
+    backup had been written that way: damage that the checksum cannot see."""
+    (directory / filename).write_bytes(data)
     manifest = read_manifest(directory, filename)
     manifest.update(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
     (directory / f"{filename}.json").write_text(json.dumps(manifest))
+
+
+def truncate_and_resign(directory, filename, cut=40):
+    """The backup without its last ``cut`` bytes (into the last compressed block and the
+    trailer), with a manifest that matches."""
+    resign(directory, filename, (directory / filename).read_bytes()[:-cut])
+
+
+def rewrite_backup(directory, filename, transform):
+    """Replace a backup's SQL with ``transform(sql)`` and re-sign its manifest, as if the
+    backup had been made that way: for tests of what a restore does with bad SQL."""
+    sql = gzip.decompress((directory / filename).read_bytes()).decode()
+    resign(directory, filename, gzip.compress(transform(sql).encode()))
 
 
 @pytest.fixture(autouse=True)

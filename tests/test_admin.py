@@ -483,16 +483,16 @@ def test_restore_history_shows_who_what_when_and_the_undo_backup(admin, brew):
     assert response.status_code == 200
     [record] = response.context["cl"].result_list
     page = response.content.decode()
-    for fact in (
-        "root",
-        brew.filename,
-        "admin",
-        "127.0.0.1",
-        "succeeded",
-        f"Restored {database_name()}",
-        undo.filename,
+    for column, fact in (
+        ("actor", "root"),
+        ("filename", brew.filename),
+        ("origin", "admin"),
+        ("client_address", "127.0.0.1"),
+        ("status", "succeeded"),
+        ("pre_restore_backup", undo.filename),
     ):
-        assert fact in page, fact
+        assert f'class="field-{column}">{fact}</td>' in page, column
+    assert f"Restored {database_name()}" in page
     assert record.action == "restore"  # creates and deletes are in the audit log only
 
 
@@ -521,11 +521,9 @@ def test_the_history_is_for_those_who_see_backups(brew):
 # -- escaping -----------------------------------------------------------------------------------
 
 
-def test_descriptions_never_inject_markup(admin, brew):
+def test_descriptions_never_inject_markup(admin):
     backup = create(admin, MARKUP)
-    restore(admin, brew)  # a restore record for the history page
-    for page_url in (CHANGELIST, url("change", backup), url("restore", backup), HISTORY):
+    for page_url in (CHANGELIST, url("change", backup), url("restore", backup)):  # where descriptions show
         page = admin.get(page_url).content.decode()
         assert MARKUP not in page and "<b>bold</b>" not in page and '<script>alert("owned")' not in page
-        if page_url != HISTORY:
-            assert "&lt;script&gt;alert(&quot;owned&quot;)&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt;" in page
+        assert "&lt;script&gt;alert(&quot;owned&quot;)&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt;" in page

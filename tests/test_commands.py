@@ -4,8 +4,10 @@ import json
 import os
 import pty
 import re
+import select
 import subprocess
 import sys
+import time
 from io import StringIO
 from pathlib import Path
 
@@ -36,9 +38,9 @@ def test_create_list_show(backup_dir):
     assert (backup_dir / name).exists()
     listing = run("list")
     assert name in listing and "nightly" in listing
-    assert " KB" in listing or " bytes" in listing  # human-readable sizes
     data = json.loads(run("list", "--json"))
     assert data[0]["filename"] == name and data[0]["size_bytes"] > 0
+    assert human_size(data[0]["size_bytes"]) in listing  # human-readable sizes, not bytes
     shown = json.loads(run("show", name))
     assert shown["description"] == "nightly" and shown["status"] == "succeeded"
 
@@ -93,6 +95,7 @@ def test_unknown_backup_is_a_command_error():
 
 def manage(*args, env=None, **kwargs):
     """manage.py with the site's own settings on a scratch SQLite database."""
+    kwargs.setdefault("timeout", 300)  # a command that hangs fails the test instead
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=PROJECT, env=env, capture_output=True, text=True, **kwargs
     )
@@ -132,16 +135,10 @@ def test_the_confirmation_defaults_to_no(site_env):
         stderr=terminal,
     )
     os.close(terminal)
-    transcript = b""
-    while b"[y/N]" not in transcript:
-        transcript += os.read(controller, 1024)
+    transcript = read_terminal(controller, until=b"[y/N]")
     os.write(controller, b"\n")  # just Enter
     assert process.wait(timeout=30) != 0
-    try:
-        while chunk := os.read(controller, 1024):
-            transcript += chunk
-    except OSError:
-        pass
+    transcript += read_terminal(controller)
     os.close(controller)
     assert b"Cancelled" in transcript
     assert (Path(site_env["BACKUP_DIR"]) / name).exists()
@@ -170,6 +167,26 @@ def test_sqlite_site_round_trip_keeps_later_backups_listed(site_env, tmp_path):
 # -- progress: a bar on a terminal, nothing in cron jobs and pipes -------------------------------
 
 
+def read_terminal(controller, until=None, timeout=120):
+    """What a pseudo-terminal shows, until ``until`` appears or the process closes it; a
+    process that neither does within ``timeout`` seconds fails the test instead of hanging it."""
+    shown = b""
+    deadline = time.monotonic() + timeout
+    while until is None or until not in shown:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"the terminal showed only {shown!r}"
+        if not select.select([controller], [], [], remaining)[0]:
+            continue
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the process has closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    return shown
+
+
 def on_terminal(*args, env):
     """manage.py with stderr on a pseudo-terminal and stdout in a pipe: (status, stdout, what
     the terminal showed)."""
@@ -183,19 +200,11 @@ def on_terminal(*args, env):
         stderr=terminal,
     )
     os.close(terminal)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:  # EIO: the process has closed the terminal
-            break
-        if not chunk:
-            break
-        shown += chunk
+    shown = read_terminal(controller)
     os.close(controller)
     stdout = process.stdout.read().decode()
     process.stdout.close()
-    return process.wait(), stdout, shown.decode().replace("\r\n", "\n")  # the terminal's own CRs
+    return process.wait(timeout=60), stdout, shown.decode().replace("\r\n", "\n")  # the terminal's own CRs
 
 
 def last_state(shown):

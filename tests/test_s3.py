@@ -21,7 +21,7 @@ from backups.exceptions import BackupDamaged, DumpFailed
 from backups.models import Backup, BackupStatus
 from backups.storage import get_storage
 
-from .conftest import execute, fetch
+from .conftest import execute, fetch, flip_byte
 
 pytestmark = pytest.mark.django_db(transaction=True)
 VERIFY_ADVICE = "consider 'manage.py backups verify --level restore' first."
@@ -261,9 +261,7 @@ def test_a_restore_uses_the_off_site_copy_when_the_local_one_is_unusable(api, of
     if damage == "deleted":
         (backup_dir / filename).unlink()
     else:
-        data = bytearray((backup_dir / filename).read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        (backup_dir / filename).write_bytes(bytes(data))
+        flip_byte(backup_dir / filename)
     execute("default", "UPDATE brew SET name = 'Porter' WHERE id = 1")
     response = api.post("/backups/restore", {"filename": filename, "pre_restore_backup": False}, format="json")
     assert response.status_code == 200, response.content

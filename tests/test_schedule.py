@@ -17,6 +17,7 @@ from django.db import connections
 from django_crontab.crontab import Crontab
 
 from backups.conf import cronjobs
+from backups.engines.postgresql import LOCK_APPLICATION, LOCK_PURPOSES
 from backups.models import Backup, BackupStatus
 from backups.services.schedule import run_scheduled_backups, run_scheduled_cleanup
 
@@ -24,6 +25,7 @@ from .conftest import execute, fetch
 
 pytestmark = pytest.mark.django_db(transaction=True)
 PROJECT = Path(__file__).resolve().parent.parent
+SCHEDULE = "0 0 1 1 *"
 CRON_ENV = {"SHELL": "/bin/sh", "LOGNAME": "root", "PATH": "/usr/bin:/bin"}  # all cron gives a job
 
 
@@ -86,12 +88,14 @@ def cron_job(tmp_path, settings, backup_dir):
                 f"DATABASE_URL=postgres://{database['USER']}:{database['PASSWORD']}@127.0.0.1:5432/{database['NAME']}",
                 f"BACKUP_DIR={backup_dir}",
                 "BACKUP_ENABLED=true",
-                "BACKUP_SCHEDULE=* * * * *",
+                # A run that began long ago: replicas started on either side of a minute's
+                # turn still belong to the same run.
+                f"BACKUP_SCHEDULE={SCHEDULE}",
                 "DJANGO_SECRET_KEY=cron-test",
             ]
         )
     )
-    settings.CRONJOBS = enabled_jobs(BACKUP_SCHEDULE="* * * * *")
+    settings.CRONJOBS = enabled_jobs(BACKUP_SCHEDULE=SCHEDULE)
     settings.CRONTAB_COMMAND_PREFIX = f"DJANGO_ENV_FILE={env_file}"
     crontab = Crontab(readonly=True, verbosity=0)
     crontab.add_jobs()
@@ -149,7 +153,12 @@ def test_a_killed_lock_holder_does_not_block_the_next_run(cron_job):
     first = cron_job()
     try:
         deadline = time.monotonic() + 60
-        while fetch("default", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 2") != [(1,)]:
+        held = (
+            f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = {LOCK_APPLICATION} "
+            f"AND objid = {LOCK_PURPOSES['schedule']} "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        while fetch("default", held) != [(1,)]:
             assert time.monotonic() < deadline, "the first job never took the schedule lock"
             time.sleep(0.2)
         os.killpg(first.pid, signal.SIGKILL)  # the job and its pg_dump die without cleaning up

@@ -4,16 +4,19 @@ never touched; the outcome is recorded, shown and warned about."""
 
 import gzip
 import re
+import tempfile
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connections
 
 from backups import services
 from backups.models import Backup, Operation
 from backups.services.verification import run_scheduled_verification
 
-from .conftest import execute, fetch, read_manifest, rewrite_backup
+from .conftest import execute, fetch, flip_byte, read_manifest, rewrite_backup, truncate_and_resign
 from .test_engines import ALIASES, ORIGINAL, rows
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=ALIASES)
@@ -42,16 +45,19 @@ def verify(backup, level):
 
 
 def scratch_databases(alias):
+    """This test database's drill scratch databases (other suites may be drilling alongside)."""
+    if alias == "sqlite":
+        return sorted(path.name for path in Path(tempfile.gettempdir()).glob("hoppybrew-drill-*"))
+    pattern = connections[alias].settings_dict["NAME"].replace("_", "\\_") + "\\_drill\\_%"
     if alias == "default":
-        return fetch("default", "SELECT datname FROM pg_database WHERE datname LIKE '%\\_drill\\_%'")
-    if alias == "mariadb":
-        return fetch("mariadb", "SHOW DATABASES LIKE '%\\_drill\\_%'")
-    return []
+        return fetch("default", f"SELECT datname FROM pg_database WHERE datname LIKE '{pattern}'")
+    return fetch("mariadb", f"SHOW DATABASES LIKE '{pattern}'")
 
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_a_good_backup_passes_and_the_outcome_is_recorded(brewed, alias, level, backup_dir):
     execute(alias, "UPDATE brew SET name = 'changed since'")
+    scratch_before = scratch_databases(alias)
     result = verify(brewed, level)
     assert result.passed, result.message
     assert rows(alias) == [
@@ -65,15 +71,12 @@ def test_a_good_backup_passes_and_the_outcome_is_recorded(brewed, alias, level, 
     assert read_manifest(backup_dir, brewed.filename)["verification"]["passed"] is True
     if level == "restore":
         assert result.details["tables_checked"] >= 1 and result.details["lines_compared"] > 10
-        assert scratch_databases(alias) == []
+        assert scratch_databases(alias) == scratch_before
 
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_one_flipped_byte_is_caught(brewed, backup_dir, level):
-    path = backup_dir / brewed.filename
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
+    flip_byte(backup_dir / brewed.filename)
     result = verify(brewed, level)
     assert not result.passed
     assert "does not match its manifest" in result.message
@@ -83,19 +86,10 @@ def test_one_flipped_byte_is_caught(brewed, backup_dir, level):
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_a_truncated_file_is_caught_even_when_its_manifest_was_rewritten_to_match(brewed, backup_dir, level):
-    path = backup_dir / brewed.filename
-    data = path.read_bytes()[:-40]
-    path.write_bytes(data)
-    import hashlib
-    import json
-
-    manifest_path = backup_dir / f"{brewed.filename}.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest.update(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
-    manifest_path.write_text(json.dumps(manifest))
+    truncate_and_resign(backup_dir, brewed.filename)
     result = verify(brewed, level)
     assert not result.passed
-    assert "cannot be decompressed" in result.message or "not changed" in result.message or "stopped" in result.message
+    assert f"{brewed.filename} cannot be decompressed" in result.message
 
 
 def without_brew_rows(sql):
