@@ -6,7 +6,6 @@ these (tag ``backups``), not the whole site's.
 """
 
 import os
-import shutil
 import stat
 
 from django.core.checks import Error, Warning, register
@@ -16,7 +15,7 @@ from django.db import connections
 from .conf import StorageLocation, backup_settings
 from .encryption import IDENTITY_SETTING, load_identities
 from .engines import ENGINES, get_engine
-from .exceptions import EncryptionKeyError
+from .exceptions import BackupError, EncryptionKeyError, ToolMissing
 from .naming import ALIAS_PATTERN
 from .storage import get_storage
 
@@ -103,22 +102,16 @@ def check_tools(app_configs, **kwargs):
         return []
     problems = []
     for alias in dict.fromkeys(["default", *aliases]):
-        if connections[alias].vendor not in ENGINES:
-            continue
-        engine = get_engine(alias)
-        missing = [tool for tool in engine.required_tools if shutil.which(tool) is None]
-        if missing:
-            problems.append(
-                Warning(
-                    f"{', '.join(missing)} not found on PATH: backups of database {alias!r} will fail.",
-                    hint=f"Install the {engine.vendor} client tools on this machine.",
-                    id="backups.W001",
-                )
-            )
+        try:
+            get_engine(alias).check_tools()
+        except ToolMissing as exc:
+            problems.append(Warning(f"Backups of database {alias!r} will fail: {exc.message}", id="backups.W001"))
+        except BackupError:
+            continue  # an alias or engine that cannot be backed up: check_databases says so
     return problems
 
 
-@register()
+@register(TAG)
 def check_offsite_storage(app_configs, **kwargs):
     """E004: the off-site storage is the primary storage itself, which would copy every backup
     onto itself and leave no second copy anywhere."""
@@ -138,7 +131,7 @@ def check_offsite_storage(app_configs, **kwargs):
     ]
 
 
-@register()
+@register(TAG)
 def check_identity_file(app_configs, **kwargs):
     """W003: the identity file that decrypts backups cannot be used. W004: others can read it."""
     try:

@@ -12,7 +12,7 @@ import os
 from .conf import backup_settings
 from .encryption import SUFFIX as ENCRYPTED_SUFFIX
 from .encryption import Sealed
-from .streams import Reader
+from .streams import RawReader
 
 CHUNK_SIZE = 1024 * 1024
 # The compressor threads' unit of work. A few blocks are in flight per thread, so this bounds the
@@ -114,7 +114,7 @@ class CountingWriter:
         return self._sha256.hexdigest()
 
 
-class CountingReader(Reader):
+class CountingReader(RawReader):
     """Reads from ``raw`` while counting the bytes and computing their sha256."""
 
     def __init__(self, raw):

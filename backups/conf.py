@@ -224,7 +224,7 @@ SETTINGS = {
     "CLEANUP_SCHEDULE": Setting("30 3 * * *", parse_cron, "Cron expression of the scheduled cleanup."),
     "RETENTION_DAYS": Setting(30, int_parser(0), "Cleanup deletes backups older than this many days."),
     "RETENTION_MIN_COUNT": Setting(
-        3, int_parser(0), "The newest N successful backups of each database are always kept."
+        3, int_parser(1), "The newest N successful backups of each database are always kept (at least 1)."
     ),
     "KEEP_DAILY": Setting(None, int_parser(0, optional=True), "Keep the newest backup of each of the last N days."),
     "KEEP_WEEKLY": Setting(None, int_parser(0, optional=True), "Keep the newest backup of each of the last N weeks."),

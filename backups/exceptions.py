@@ -1,6 +1,20 @@
 """The errors the service raises. Entry points map ``status_code`` to HTTP and ``message`` to
 what a person reads; messages never contain secrets or tracebacks."""
 
+UNEXPECTED = "Unexpected error; see the server log."
+
+
+def reason_of(exc):
+    """What a person is told about ``exc``: the service's own message, the setting that is
+    wrong, or where to look for the rest."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    if isinstance(exc, BackupError):
+        return exc.message
+    if isinstance(exc, ImproperlyConfigured):
+        return f"Configuration error: {exc}"
+    return UNEXPECTED
+
 
 class BackupError(Exception):
     """Base of every error the backup service reports to a caller."""

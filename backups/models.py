@@ -120,6 +120,13 @@ class Backup(BackupFigures, models.Model):
     def __str__(self):
         return self.filename
 
+    def mark_failed(self, reason):
+        """Record that this attempt failed, and why."""
+        self.status = BackupStatus.FAILED
+        self.error = reason
+        self.finished_at = timezone.now()
+        self.save()
+
 
 class BackupRow(BackupFigures):
     """A catalog row as ``values()`` reads it, with its columns and figures as attributes:

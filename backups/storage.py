@@ -18,7 +18,7 @@ import re
 import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from django.conf import settings
@@ -154,9 +154,11 @@ class BackupStorage:
         except BaseException as exc:
             abort = getattr(getattr(stream, "_multipart", None), "abort", None)
             if abort is not None:
-                _quietly(abort)
+                with suppress(Exception):
+                    abort()
             if not overwrite:
-                _quietly(self.storage.delete, name)
+                with suppress(Exception):
+                    self.storage.delete(name)
             if is_storage_failure(exc):
                 raise storage_error(exc, f"uploading {name}") from None
             raise
@@ -281,13 +283,6 @@ def _unlink_quietly(path):
     try:
         os.unlink(path)
     except FileNotFoundError:
-        pass
-
-
-def _quietly(function, *args):
-    try:
-        function(*args)
-    except Exception:
         pass
 
 

@@ -4,25 +4,10 @@ the raw streams that ``io.BufferedReader`` and ``io.TextIOWrapper`` want."""
 import io
 
 
-class Reader:
-    """Base of the wrappers that watch a stream go by: they define ``read()``, and get what
-    ``io.BufferedReader``, ``shutil.copyfileobj`` and the decompressors expect besides."""
-
-    def readinto(self, buffer):
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self):
-        return True
-
-    @property
-    def closed(self):
-        return False
-
-
 class RawReader(io.RawIOBase):
-    """Base of the raw streams here that define ``read()``: ``readinto`` in its terms."""
+    """Base of the streams here that define ``read()`` (wrappers that watch a stream go by, or
+    adapt one): ``readinto`` in its terms, for ``io.BufferedReader``, ``shutil.copyfileobj``
+    and the decompressors."""
 
     def readable(self):
         return True

@@ -211,12 +211,12 @@ def flip_byte(path, position=None):
     path.write_bytes(bytes(data))
 
 
-def resign(directory, filename, data):
+def resign(directory, filename, data, **manifest_changes):
     """Store ``data`` as the backup and make its manifest's sha256 and size match, as if the
     backup had been written that way: damage that the checksum cannot see."""
     (directory / filename).write_bytes(data)
     manifest = read_manifest(directory, filename)
-    manifest.update(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+    manifest.update(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), **manifest_changes)
     (directory / f"{filename}.json").write_text(json.dumps(manifest))
 
 
@@ -229,8 +229,8 @@ def truncate_and_resign(directory, filename, cut=40):
 def rewrite_backup(directory, filename, transform):
     """Replace a backup's SQL with ``transform(sql)`` and re-sign its manifest, as if the
     backup had been made that way: for tests of what a restore does with bad SQL."""
-    sql = gzip.decompress((directory / filename).read_bytes()).decode()
-    resign(directory, filename, gzip.compress(transform(sql).encode()))
+    sql = transform(gzip.decompress((directory / filename).read_bytes()).decode()).encode()
+    resign(directory, filename, gzip.compress(sql), uncompressed_bytes=len(sql))
 
 
 @pytest.fixture(autouse=True)

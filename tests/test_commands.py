@@ -62,9 +62,10 @@ def test_restore_and_delete_refuse_without_yes_when_nobody_can_answer(backup_dir
 
 
 def test_cleanup_dry_run_deletes_nothing(backup_dir, settings):
-    settings.BACKUP_RETENTION_MIN_COUNT = 0
+    settings.BACKUP_RETENTION_MIN_COUNT = 1
     name = created_name(run("create"))
     Backup.objects.filter(filename=name).update(created_at="2020-01-01T00:00:00Z")
+    run("create")  # the newest, which is always kept
     output = run("cleanup", "--dry-run")
     assert f"Would delete {name}" in output
     assert (backup_dir / name).exists()

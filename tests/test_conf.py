@@ -34,6 +34,7 @@ def test_values_are_read_when_used(settings):
     [
         ("BACKUP_RETENTION_DAYS", "thirty", "whole number"),
         ("BACKUP_RETENTION_DAYS", "-1", "at least 0"),
+        ("BACKUP_RETENTION_MIN_COUNT", "0", "at least 1"),  # cleanup could delete the last backup
         ("BACKUP_RETENTION_DAYS", "2.5", "whole number"),
         ("BACKUP_SCHEDULE", "0 2 * *", "five fields"),
         ("BACKUP_SCHEDULE", "61 2 * * *", "five fields"),
@@ -128,3 +129,4 @@ def test_an_alias_that_cannot_be_in_a_filename_is_an_error(settings, extra_alias
     errors = checks.check_databases(None)
     assert [error.id for error in errors] == ["backups.E002"]
     assert "cannot be part of a backup's filename" in errors[0].msg
+    assert checks.check_tools(None) == []  # the other checks carry on past it

@@ -28,7 +28,16 @@ from backups.exceptions import (
 )
 from backups.models import Backup, BackupStatus, Operation, Trigger
 
-from .conftest import execute, fetch, flip_byte, read_manifest, rewrite_backup, table_exists, truncate_and_resign
+from .conftest import (
+    execute,
+    fetch,
+    flip_byte,
+    read_manifest,
+    resign,
+    rewrite_backup,
+    table_exists,
+    truncate_and_resign,
+)
 
 ALIASES = ["default", "sqlite", "mariadb"]
 PROJECT = Path(__file__).resolve().parent.parent
@@ -143,6 +152,24 @@ def test_a_truncated_file_is_stopped_or_undone_even_with_a_matching_manifest(bre
         with pytest.raises(BackupDamaged, match="cannot be decompressed"):
             restore(made.filename)
     else:  # MySQL replayed part of it: the pre-restore backup is put back
+        with pytest.raises(RestoreIncomplete, match="restored automatically") as failure:
+            restore(made.filename)
+        assert failure.value.undone is True
+    assert {name for _, name, _ in rows(alias)} == {"changed"}
+
+
+def test_a_dump_that_ends_before_the_size_its_manifest_recorded_is_not_kept(brew, backup_dir):
+    """A sound gzip stream (its sha256 matches) that is shorter than the dump that was written:
+    what a decompressor stopping early would hand over."""
+    alias = brew
+    made = backup(alias)
+    sql = gzip.decompress((backup_dir / made.filename).read_bytes())
+    resign(backup_dir, made.filename, gzip.compress(sql[: sql.rindex(b"\n", 0, len(sql) // 2) + 1]))
+    execute(alias, "UPDATE brew SET name = 'changed'")
+    if get_engine(alias).restore_is_transactional:
+        with pytest.raises(BackupDamaged, match="not the .* its manifest recorded"):
+            restore(made.filename)
+    else:
         with pytest.raises(RestoreIncomplete, match="restored automatically") as failure:
             restore(made.filename)
         assert failure.value.undone is True

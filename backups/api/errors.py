@@ -9,7 +9,7 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
 
-from ..exceptions import BackupError
+from ..exceptions import UNEXPECTED, BackupError
 
 logger = logging.getLogger("backups")
 
@@ -51,7 +51,7 @@ def exception_handler(exc, context):
         code, message = status.HTTP_503_SERVICE_UNAVAILABLE, f"The backup system is misconfigured: {exc}"
     else:
         logger.exception("Unexpected error in the backup API")
-        code, message = status.HTTP_500_INTERNAL_SERVER_ERROR, "Unexpected error; see the server log."
+        code, message = status.HTTP_500_INTERNAL_SERVER_ERROR, UNEXPECTED
     return Response({**error_body(message), **details}, status=code, headers=headers)
 
 

@@ -9,12 +9,13 @@ per-database lock that keeps a restore and a backup of the same database apart. 
 import fcntl
 import shutil
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 
 from django.db import connections
 
-from ..exceptions import DumpFailed, ToolMissing
+from ..exceptions import DumpFailed, OperationInProgress, ToolMissing
 
 STDERR_LIMIT = 64 * 1024
 # Large enough that per-chunk work is noise, small enough that the few chunks in flight between
@@ -114,6 +115,18 @@ class DatabaseEngine:
         raise NotImplementedError("subclasses of DatabaseEngine must provide a lock() method")
         yield
 
+    def lock_taken(self, purpose):
+        """The error for a lock that someone else holds, saying what they are doing."""
+        doing = {
+            "operations": "Another backup or restore",
+            "schedule": "The scheduled backup",
+            "cleanup": "A cleanup",
+            "verify": "A verification",
+        }[purpose]
+        return OperationInProgress(
+            f"{doing} of the database {self.database_name} is running; try again when it has finished."
+        )
+
     def size_bytes(self):
         """The database's current size on disk, for confirmation pages."""
         raise NotImplementedError("subclasses of DatabaseEngine must provide a size_bytes() method")
@@ -178,8 +191,8 @@ class ProcessDump:
                 process = subprocess.Popen(
                     self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, env=self.env
                 )
-            except FileNotFoundError:
-                raise ToolMissing(f"{self.tool} not found on PATH; install the database client tools.") from None
+            except OSError as exc:
+                raise tool_missing(self.tool, exc) from None
             try:
                 yield process.stdout
             except BaseException:
@@ -215,12 +228,31 @@ def describe_exit(returncode, stderr):
     return f"{stderr} ({reason})" if stderr else reason
 
 
+def tool_missing(tool, exc):
+    """The error for a client tool that cannot be started (not installed, not executable)."""
+    if isinstance(exc, FileNotFoundError):
+        return ToolMissing(f"{tool} not found on PATH; install the database client tools where backups run.")
+    return ToolMissing(f"{tool} cannot be started ({exc.strerror or exc}); check its installation.")
+
+
+def run_fed(args, env, tool, prelude, stream, epilogue=b""):
+    """Run a restore tool fed ``prelude``, ``stream`` and ``epilogue`` on its stdin (see
+    ``feed_process``); returns its exit status and the tail of what it wrote on stderr."""
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        except OSError as exc:
+            raise tool_missing(tool, exc) from None
+        feed_process(process, prelude, stream, epilogue)
+        return process.wait(), read_tail(stderr)
+
+
 def run_tool(args, env, tool, input_bytes=None, timeout=60):
     """Run a short command and return its stdout; raise ``ToolMissing`` or ``DumpFailed``."""
     try:
         result = subprocess.run(args, input=input_bytes, capture_output=True, env=env, timeout=timeout)
-    except FileNotFoundError:
-        raise ToolMissing(f"{tool} not found on PATH; install the database client tools.") from None
+    except OSError as exc:
+        raise tool_missing(tool, exc) from None
     if result.returncode != 0:
         stderr = result.stderr.decode("utf-8", "replace").strip()[-STDERR_LIMIT:]
         raise DumpFailed(f"{tool} failed: {describe_exit(result.returncode, stderr)}")

@@ -17,8 +17,6 @@ import logging
 import os
 import re
 import secrets
-import subprocess
-import tempfile
 from contextlib import contextmanager
 from functools import cached_property
 
@@ -30,12 +28,10 @@ from ..exceptions import (
     BackupError,
     DatabaseBusy,
     DatabaseUnavailable,
-    OperationInProgress,
     RestoreFailed,
     RestoreIncomplete,
-    ToolMissing,
 )
-from .base import DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, feed_process, read_tail, run_tool
+from .base import DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, run_fed, run_tool
 
 DUMP_OPTIONS = [
     # One consistent snapshot of InnoDB tables, without locking them. mysqldump's defaults
@@ -152,18 +148,10 @@ class MySQLEngine(DatabaseEngine):
     def replay(self, stream, lock_timeout):
         """Run the dump through the ``mysql`` client, which stops at the first error."""
         args, env = self.command("mysql", RESTORE_OPTIONS)
-        with tempfile.TemporaryFile() as stderr:
-            try:
-                process = subprocess.Popen(
-                    args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr, env=env
-                )
-            except FileNotFoundError:
-                raise ToolMissing("mysql not found on PATH; install the MySQL or MariaDB client tools.") from None
-            feed_process(process, f"SET SESSION lock_wait_timeout = {int(lock_timeout)};\n".encode(), stream)
-            returncode = process.wait()
-            if returncode != 0:
-                message = client_error(read_tail(stderr))
-                raise RestoreIncomplete(f"mysql stopped at an error: {describe_exit(returncode, message)}")
+        prelude = f"SET SESSION lock_wait_timeout = {int(lock_timeout)};\n".encode()
+        returncode, message = run_fed(args, env, "mysql", prelude, stream)
+        if returncode != 0:
+            raise RestoreIncomplete(f"mysql stopped at an error: {describe_exit(returncode, client_error(message))}")
 
     @contextmanager
     def lock(self, exclusive, purpose="operations"):
@@ -177,10 +165,7 @@ class MySQLEngine(DatabaseEngine):
                 else:
                     acquired = any(take_lock(cursor, name) for name in names)
             if not acquired:
-                raise OperationInProgress(
-                    f"Another backup or restore of the database {self.database_name} is running; "
-                    "try again when it has finished."
-                )
+                raise self.lock_taken(purpose)
             yield
         finally:
             # Closing the session releases its locks; so does the death of this process.

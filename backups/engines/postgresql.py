@@ -3,15 +3,13 @@
 import os
 import re
 import secrets
-import subprocess
-import tempfile
 from contextlib import contextmanager
 
 from django.db import connections
 from django.db.backends.postgresql.client import DatabaseClient
 
-from ..exceptions import DatabaseBusy, DatabaseUnavailable, OperationInProgress, RestoreFailed, ToolMissing
-from .base import DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, feed_process, read_tail, run_tool
+from ..exceptions import DatabaseBusy, DatabaseUnavailable, RestoreFailed, ToolMissing
+from .base import DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, run_fed, run_tool
 
 # Advisory lock keys: (application, purpose). Advisory locks live inside one database, so the
 # database being backed up is part of the key by construction.
@@ -167,27 +165,18 @@ class PostgreSQLEngine(DatabaseEngine):
 
     def restore(self, stream, lock_timeout):
         args, env = self.command("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-f", "-"])
-        with tempfile.TemporaryFile() as stderr:
-            try:
-                process = subprocess.Popen(
-                    args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr, env=env
-                )
-            except FileNotFoundError:
-                raise ToolMissing("psql not found on PATH; install the PostgreSQL client tools.") from None
-            prelude = RESTORE_BEGIN + RESTORE_PRELUDE.format(lock_timeout=int(lock_timeout))
-            feed_process(process, prelude.encode(), stream, epilogue=RESTORE_COMMIT)
-            returncode = process.wait()
-            if returncode != 0:
-                message = read_tail(stderr)
-                if "lock timeout" in message:
-                    raise DatabaseBusy(
-                        f"The database {self.database_name} is busy: other sessions kept their locks for "
-                        f"more than {lock_timeout} s. Nothing was changed; stop the application or try again."
-                    )
-                raise RestoreFailed(
-                    "Database restore failed; the database was not changed. "
-                    f"psql said: {describe_exit(returncode, message)}"
-                )
+        prelude = RESTORE_BEGIN + RESTORE_PRELUDE.format(lock_timeout=int(lock_timeout))
+        returncode, message = run_fed(args, env, "psql", prelude.encode(), stream, epilogue=RESTORE_COMMIT)
+        if returncode == 0:
+            return
+        if "lock timeout" in message:
+            raise DatabaseBusy(
+                f"The database {self.database_name} is busy: other sessions kept their locks for "
+                f"more than {lock_timeout} s. Nothing was changed; stop the application or try again."
+            )
+        raise RestoreFailed(
+            f"Database restore failed; the database was not changed. psql said: {describe_exit(returncode, message)}"
+        )
 
     @contextmanager
     def lock(self, exclusive, purpose="operations"):
@@ -198,10 +187,7 @@ class PostgreSQLEngine(DatabaseEngine):
                 cursor.execute(f"SELECT {function}(%s, %s)", (LOCK_APPLICATION, LOCK_PURPOSES[purpose]))
                 acquired = cursor.fetchone()[0]
             if not acquired:
-                raise OperationInProgress(
-                    f"Another backup or restore of the database {self.database_name} is running; "
-                    "try again when it has finished."
-                )
+                raise self.lock_taken(purpose)
             yield
         finally:
             # Closing the session releases the lock; so does the death of this process.

@@ -14,7 +14,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, OperationInProgress, RestoreFailed
+from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, RestoreFailed
 from ..streams import ReadableStream
 from .base import CHUNK_SIZE, DatabaseEngine
 
@@ -96,10 +96,7 @@ class SQLiteEngine(DatabaseEngine):
             try:
                 fcntl.flock(descriptor, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise OperationInProgress(
-                    f"Another backup or restore of the database {self.path.name} is running; "
-                    "try again when it has finished."
-                ) from None
+                raise self.lock_taken(purpose) from None
             yield
         finally:
             os.close(descriptor)

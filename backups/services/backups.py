@@ -2,6 +2,7 @@
 
 import logging
 import time
+from contextlib import suppress
 
 from django.db import IntegrityError, router, transaction
 from django.utils import timezone
@@ -10,7 +11,7 @@ from ..compression import CountingWriter, codec_for, configured_codec
 from ..conf import backup_settings
 from ..encryption import manifest_entry
 from ..engines import get_engine
-from ..exceptions import BackupError, BackupNotFound, InvalidRequest, OperationInProgress
+from ..exceptions import BackupError, BackupNotFound, InvalidRequest, OperationInProgress, reason_of
 from ..models import Action, Backup, BackupStatus, Trigger
 from ..naming import candidate_names, manifest_name, validate_filename
 from ..storage import PRIMARY, backup_storages, get_storage
@@ -78,6 +79,7 @@ def write_backup(engine, backup, progress=None):
 
     A failure leaves no file behind and marks the catalog row failed with the reason.
     """
+    written = None
     backup.status = BackupStatus.RUNNING
     backup.worker = this_worker()
     backup.save(update_fields=["status", "worker"])
@@ -101,8 +103,10 @@ def write_backup(engine, backup, progress=None):
         )
         get_storage().write_json(manifest_name(backup.filename), backup.manifest, overwrite=False)
     except BaseException as exc:
-        reason = exc.message if isinstance(exc, BackupError) else "Unexpected error; see the server log."
-        mark_failed(backup, reason)
+        if written is not None:  # the file was stored, its manifest was not: nobody would list it
+            with suppress(Exception):
+                get_storage().delete(backup.filename)
+        mark_failed(backup, reason_of(exc))
         raise
     backup.save()
     logger.info(
@@ -169,7 +173,8 @@ def stream_dump(engine, backup, progress=None):
                 table_rows = dump.row_counts
             compressor.close()
         except BaseException:
-            _close_quietly(compressor)
+            with suppress(Exception):  # the error that got us here is the one to report
+                compressor.close()
             raise
     reporter.tick(uncompressed, counted.size, final=True)
     return {
@@ -178,13 +183,6 @@ def stream_dump(engine, backup, progress=None):
         "uncompressed_bytes": uncompressed,
         "table_rows": table_rows,
     }
-
-
-def _close_quietly(stream):
-    try:
-        stream.close()
-    except Exception:
-        pass
 
 
 class ProgressReporter:
@@ -244,11 +242,9 @@ def _json_value(value):
 
 
 def mark_failed(backup, reason):
-    backup.status = BackupStatus.FAILED
-    backup.error = reason
-    backup.finished_at = timezone.now()
+    """Record the failure without letting a second error (the catalog out of reach) hide the first."""
     try:
-        backup.save()
+        backup.mark_failed(reason)
     except Exception:
         logger.exception("Could not record the failure of %s", backup.filename)
 

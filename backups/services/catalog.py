@@ -142,7 +142,15 @@ def row_fields(manifest):
         "sha256": manifest.get("sha256", ""),
         "bytes_written": manifest.get("size_bytes") or 0,
         "manifest": manifest,
+        **verification_fields(manifest.get("verification")),
     }
+
+
+def verification_fields(verification):
+    """The catalog's record of the last verification, from the one a manifest keeps."""
+    if not isinstance(verification, dict) or "checked_at" not in verification:
+        return {"verification": None, "verified_at": None}
+    return {"verification": verification, "verified_at": datetime.fromisoformat(verification["checked_at"])}
 
 
 def worker_gone(worker):
@@ -160,10 +168,7 @@ def mark_interrupted():
     for row in Backup.objects.filter(status__in=(BackupStatus.PENDING, BackupStatus.RUNNING)):
         last_sign = row.progress_at or row.created_at
         if worker_gone(row.worker) or now - last_sign > STALE_AFTER:
-            row.status = BackupStatus.FAILED
-            row.error = INTERRUPTED
-            row.finished_at = now
-            row.save(update_fields=["status", "error", "finished_at"])
+            row.mark_failed(INTERRUPTED)
             interrupted.append(row.filename)
     for operation in Operation.objects.filter(status__in=(OperationStatus.PENDING, OperationStatus.RUNNING)):
         if operation_interrupted(operation, now):
@@ -174,10 +179,10 @@ def mark_interrupted():
 def operation_interrupted(operation, now):
     """An operation whose process died (a worker, or a web worker killed by its timeout), or a
     job that no worker ever picked up."""
+    if operation.status == OperationStatus.PENDING and now - operation.started_at > STALE_AFTER:
+        return True  # whatever host was to run it
     worker = operation.details.get("worker", "") if isinstance(operation.details, dict) else ""
-    if worker:
-        return worker_gone(worker)
-    return operation.status == OperationStatus.PENDING and now - operation.started_at > STALE_AFTER
+    return bool(worker) and worker_gone(worker)
 
 
 def mark_operation_interrupted(operation, now):

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from ..conf import backup_settings
 from ..engines import get_engine
-from ..exceptions import BackupError, BackupNotFound, InvalidRequest, OperationInProgress, WorkerUnavailable
+from ..exceptions import BackupError, BackupNotFound, InvalidRequest, OperationInProgress, WorkerUnavailable, reason_of
 from ..models import Action, Backup, BackupStatus, Operation, OperationStatus, Trigger
 from .backups import clean_description, create_backup, get_restorable_backup, mark_failed, reserve_backup
 from .catalog import mark_operation_interrupted, operation_interrupted
@@ -47,7 +47,7 @@ def start_backup(*, actor, description="", database="default"):
         try:
             worker = hand_over(operation)
         except BaseException as exc:
-            reason = exc.message if isinstance(exc, BackupError) else "Unexpected error; see the server log."
+            reason = reason_of(exc)
             mark_failed(backup, reason)
             raise
     Backup.objects.filter(pk=backup.pk, status=BackupStatus.PENDING).update(worker=worker)

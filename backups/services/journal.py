@@ -17,7 +17,7 @@ from typing import Any
 from django.db import DatabaseError
 from django.utils import timezone
 
-from ..exceptions import BackupError, PermissionDenied
+from ..exceptions import UNEXPECTED, BackupError, PermissionDenied
 from ..models import Operation, OperationStatus, Origin
 
 logger = logging.getLogger("backups")
@@ -125,7 +125,7 @@ def journal(action, actor, *, permission, filename="", database="", operation=No
         logger.error("Backup %s failed (%s via %s): %s", action, actor.name, actor.origin, exc.message)
         raise
     except BaseException:
-        _finish(operation, OperationStatus.FAILED, "Unexpected error; see the server log.")
+        _finish(operation, OperationStatus.FAILED, UNEXPECTED)
         logger.exception("Backup %s failed unexpectedly (%s via %s)", action, actor.name, actor.origin)
         raise
     if operation.status == OperationStatus.PENDING:

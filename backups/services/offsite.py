@@ -11,9 +11,10 @@ and ``backups sync`` tries the copy again.
 
 import logging
 import shutil
+from contextlib import suppress
 
 from ..compression import CHUNK_SIZE, CountingWriter, file_sha256
-from ..exceptions import BackupDamaged, BackupError, BackupNotFound, StorageFailed
+from ..exceptions import UNEXPECTED, BackupDamaged, BackupError, BackupNotFound, StorageFailed
 from ..models import Backup
 from ..naming import manifest_name
 from ..storage import OFFSITE, PRIMARY, backup_storages, get_offsite_storage, get_storage
@@ -33,7 +34,7 @@ def copy_offsite(backup):
         record_failure(backup, exc.message)
     except Exception:
         logger.exception("Unexpected error while copying %s off-site", backup.filename)
-        record_failure(backup, "Unexpected error; see the server log.")
+        record_failure(backup, UNEXPECTED)
     else:
         backup.offsite_error = ""
         logger.info("Backup %s copied off-site to %s", backup.filename, offsite.where)
@@ -64,9 +65,15 @@ def copy_file(backup, primary, offsite):
         raise BackupDamaged(
             f"The off-site copy of {filename} did not match its checksum when read back; it was deleted."
         )
-    backup.locations = [PRIMARY, OFFSITE]
-    backup.manifest = {**backup.manifest, "locations": backup.locations}
-    offsite.write_json(manifest_name(filename), backup.manifest)
+    manifest = {**backup.manifest, "locations": [PRIMARY, OFFSITE]}
+    try:
+        offsite.write_json(manifest_name(filename), manifest)
+    except BaseException:
+        with suppress(Exception):
+            offsite.delete(filename)  # a copy without its manifest would be an orphan nobody lists
+        raise
+    # Only now is there an off-site copy to record; a failed write above leaves the row as it was.
+    backup.locations, backup.manifest = manifest["locations"], manifest
     try:
         primary.write_json(manifest_name(filename), backup.manifest)
     except StorageFailed as exc:

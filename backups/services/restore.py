@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from django.db import DatabaseError, connections, router, transaction
 from django.utils import timezone
 
-from ..compression import CHUNK_SIZE, CountingReader, codec_for
+from ..compression import CHUNK_SIZE, CountingReader, codec_for, file_sha256
 from ..conf import backup_settings
 from ..encryption import check_decryptable
 from ..engines import get_engine
@@ -26,8 +26,8 @@ from ..exceptions import (
     StorageFailed,
 )
 from ..models import Action, Backup, HealthState, Operation, Trigger
-from ..storage import get_offsite_storage, get_storage
-from ..streams import Reader
+from ..storage import get_offsite_storage, get_storage, is_storage_failure, storage_error
+from ..streams import RawReader
 from .backups import PROGRESS_INTERVAL, get_restorable_backup, reserve_backup, write_backup
 from .catalog import sync_catalog
 from .journal import journal
@@ -106,7 +106,14 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress):
                     result.pre_restore_backup = write_backup(engine, undo)
                     record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
                 result.warnings.extend(
-                    replace_database(engine, source, filename, undo=result.pre_restore_backup, progress=progress)
+                    replace_database(
+                        engine,
+                        source,
+                        filename,
+                        expected_size=manifest.get("uncompressed_bytes"),
+                        undo=result.pre_restore_backup,
+                        progress=progress,
+                    )
                 )
         result.finished_at = timezone.now()
         record.message = f"Restored {engine.describe()} from {filename}"
@@ -167,24 +174,33 @@ def verified_copy(storage, filename, manifest):
     """A readable copy of the stored file, checked against the manifest's sha256 and size.
 
     Local files are read twice (once to check, once to restore), which costs little next to the
-    restore itself. Remote files are downloaded once, compressed, into a temporary file.
+    restore itself. Remote files are downloaded once, compressed, into a temporary file. A read
+    that fails midway is the storage's failure, like one that fails at the start.
     """
     try:
         source = storage.open(filename)
     except FileNotFoundError:
         raise BackupNotFound(f"The file {filename} is missing from the backup storage.") from None
-    with source:
-        if storage.directory is not None:
-            check_digest(CountingReader(source), filename, manifest)
+    with source, ExitStack() as stack:
+        try:
+            if storage.directory is None:
+                copy = stack.enter_context(tempfile.TemporaryFile())
+                reader = CountingReader(source)
+                shutil.copyfileobj(reader, copy, CHUNK_SIZE)
+                digest, size, source = reader.sha256, reader.size, copy
+            else:
+                digest, size = file_sha256(source)
             source.seek(0)
-            yield source
-            return
-        with tempfile.TemporaryFile() as copy:
-            reader = CountingReader(source)
-            shutil.copyfileobj(reader, copy, CHUNK_SIZE)
-            check_digest(reader, filename, manifest, already_read=True)
-            copy.seek(0)
-            yield copy
+        except Exception as exc:
+            if is_storage_failure(exc):
+                raise storage_error(exc, f"reading {filename}") from None
+            raise
+        if size != manifest.get("size_bytes") or digest != manifest.get("sha256"):
+            raise BackupDamaged(
+                f"{filename} does not match its manifest (sha256 or size differs): the file is damaged or "
+                "was changed. It was not restored and the database was not changed."
+            )
+        yield source
 
 
 @contextmanager
@@ -223,18 +239,7 @@ def unusable(problem):
     return f"cannot be read ({problem.message})"
 
 
-def check_digest(reader, filename, manifest, already_read=False):
-    if not already_read:
-        while reader.read(CHUNK_SIZE):
-            pass
-    if reader.size != manifest.get("size_bytes") or reader.sha256 != manifest.get("sha256"):
-        raise BackupDamaged(
-            f"{filename} does not match its manifest (sha256 or size differs): the file is damaged or "
-            "was changed. It was not restored and the database was not changed."
-        )
-
-
-def replace_database(engine, source, filename, undo=None, progress=None):
+def replace_database(engine, source, filename, expected_size=None, undo=None, progress=None):
     """Feed the decompressed dump to the engine, carrying the catalog tables across.
     Returns warnings about the catalog; the restore itself either happened or raised.
 
@@ -246,7 +251,7 @@ def replace_database(engine, source, filename, undo=None, progress=None):
     if progress is not None:
         source = ReadProgress(source, progress)
     try:
-        load_dump(engine, source, filename)
+        load_dump(engine, source, filename, expected_size)
     except RestoreIncomplete as incomplete:
         if undo is None:
             raise
@@ -258,10 +263,10 @@ def replace_database(engine, source, filename, undo=None, progress=None):
     return carry_back(carried)
 
 
-def load_dump(engine, source, filename):
+def load_dump(engine, source, filename, expected_size=None):
     reader = codec_for(filename).decompressor(source)
     try:
-        engine.restore(GuardedReader(reader, filename), backup_settings.RESTORE_LOCK_TIMEOUT)
+        engine.restore(GuardedReader(reader, filename, expected_size), backup_settings.RESTORE_LOCK_TIMEOUT)
     finally:
         reader.close()
 
@@ -273,7 +278,7 @@ def undo_incomplete_restore(engine, filename, incomplete, undo):
     logger.error("Restoring %s stopped partway (%s); restoring %s to undo it", filename, failure, undo.filename)
     try:
         with verified_copy(get_storage(), undo.filename, undo.manifest) as source:
-            load_dump(engine, source, undo.filename)
+            load_dump(engine, source, undo.filename, undo.manifest.get("uncompressed_bytes"))
     except Exception as exc:
         undo_failure = exc.message.rstrip(".") if isinstance(exc, BackupError) else "unexpected error"
         message = (
@@ -300,20 +305,31 @@ def carry_back(carried):
 
 
 class GuardedReader:
-    """Turns a damaged compressed stream into ``BackupDamaged`` while the engine reads it.
+    """Turns a damaged compressed stream into ``BackupDamaged`` while the engine reads it, and
+    a stream that ends before the size its manifest recorded too: the sha256 vouches for the
+    stored bytes, not for a decompressor that stops early.
 
     The engine aborts the restore on any error raised here, before the database commits.
     """
 
-    def __init__(self, reader, filename):
+    def __init__(self, reader, filename, expected_size=None):
         self.reader = reader
         self.filename = filename
+        self.expected_size = expected_size
+        self.size = 0
 
     def read(self, size=-1):
         try:
-            return self.reader.read(size)
+            data = self.reader.read(size)
         except (OSError, EOFError, ValueError) as exc:
             raise BackupDamaged(f"{self.filename} cannot be decompressed ({exc}); the restore was stopped.") from None
+        self.size += len(data)
+        if not data and self.expected_size is not None and self.size != self.expected_size:
+            raise BackupDamaged(
+                f"{self.filename} decompressed to {self.size} bytes, not the {self.expected_size} its manifest "
+                "recorded; the restore was stopped."
+            )
+        return data
 
 
 def snapshot_carried_rows(alias):
@@ -345,16 +361,17 @@ def restore_carried_rows(carried):
 
 
 def sync_after_restore():
-    """Reconcile the carried catalog with storage (files that vanished meanwhile)."""
+    """Reconcile the carried catalog with storage (files that vanished meanwhile). The restore
+    is done by now: a storage out of reach only earns a warning, never a failed restore."""
     try:
         sync_catalog()
-    except DatabaseError:
+    except Exception:
         logger.exception("The catalog could not be synchronised after the restore")
         return [CATALOG_WARNING]
     return []
 
 
-class ReadProgress(Reader):
+class ReadProgress(RawReader):
     """Counts the bytes of the stored file consumed so far and reports them about once a second
     (and once at the end) to ``callback(read=, total=, elapsed=, final=)``.
 

@@ -14,8 +14,6 @@ from django.utils import timezone
 
 from ..conf import backup_settings
 from ..models import Action, Backup, BackupStatus
-from ..naming import manifest_name
-from ..storage import get_storage
 from .backups import remove_backup_files
 from .catalog import sync_catalog
 from .journal import journal
@@ -114,11 +112,8 @@ def cleanup_backups(*, actor, dry_run=False, now=None):
                 else:
                     result.deleted_attempts.append(backup)
         if not dry_run:
-            for backup in result.deleted:
-                remove_backup_files(backup)
-            for backup in result.deleted_attempts:
-                get_storage().delete(manifest_name(backup.filename))
-                backup.delete()
+            for backup in result.deleted + result.deleted_attempts:
+                remove_backup_files(backup)  # an attempt may have left a manifest, off-site too
         operation.message = (
             f"{'Would delete' if dry_run else 'Deleted'} {len(result.deleted)} backups "
             f"({result.total_size_freed} bytes), kept {len(result.kept)}"

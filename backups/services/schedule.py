@@ -11,12 +11,11 @@ from contextlib import ExitStack
 from datetime import datetime, timedelta
 
 from croniter import croniter
-from django.core.exceptions import ImproperlyConfigured
 from django.db import router
 
 from ..conf import backup_settings
 from ..engines import get_engine
-from ..exceptions import BackupError, OperationInProgress
+from ..exceptions import BackupError, OperationInProgress, reason_of
 from ..formatting import human_duration, human_size
 from ..models import Backup, BackupStatus, Trigger
 from .backups import create_backup, record_failed_attempt
@@ -73,7 +72,7 @@ def run_scheduled_backup(alias, now=None):
             return scheduled_failure(alias, exc.message)
         except Exception as exc:
             logger.exception("Scheduled backup of %r: unexpected error", alias)
-            return scheduled_failure(alias, describe_failure(exc))
+            return scheduled_failure(alias, reason_of(exc))
     summary = f"{backup.filename}, {human_size(backup.size_bytes)} in {human_duration(backup.duration_seconds)}"
     logger.info("Scheduled backup completed: %s", summary)
     if backup_settings.NOTIFY_ON_SUCCESS:
@@ -104,7 +103,7 @@ def run_scheduled_cleanup():
         logger.info("Scheduled backup cleanup skipped: another host or process is running it")
         return None
     except Exception as exc:
-        message = describe_failure(exc)
+        message = reason_of(exc)
         logger.error("Scheduled backup cleanup failed: %s", message, exc_info=not isinstance(exc, BackupError))
         notify("Scheduled backup cleanup failed", f"The scheduled cleanup failed:\n{message}")
         return None
@@ -117,15 +116,6 @@ def run_scheduled_cleanup():
         len(result.kept),
     )
     return result
-
-
-def describe_failure(exc):
-    """A job's failure in words: the service's message, the bad setting, or a pointer to the log."""
-    if isinstance(exc, BackupError):
-        return exc.message
-    if isinstance(exc, ImproperlyConfigured):
-        return f"configuration error: {exc}"
-    return "unexpected error; see the server log"
 
 
 def local_now(now=None):

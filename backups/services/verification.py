@@ -24,7 +24,7 @@ from ..compression import CHUNK_SIZE, codec_for
 from ..conf import backup_settings
 from ..encryption import check_decryptable
 from ..engines import get_engine
-from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest, OperationInProgress, RestoreFailed
+from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest, OperationInProgress, RestoreFailed, reason_of
 from ..models import Action, Backup, BackupStatus, OperationStatus
 from ..streams import ChunkStream, ReadableStream
 from .backups import get_restorable_backup
@@ -33,7 +33,6 @@ from .journal import Actor, journal
 from .notify import notify
 from .offsite import find_manifest, write_manifest
 from .restore import GuardedReader, verified_copy_anywhere
-from .schedule import describe_failure
 
 logger = logging.getLogger("backups")
 
@@ -111,30 +110,27 @@ def run_checks(engine, filename, manifest, level):
     The copy checked is the one a restore would use: the primary, else the off-site one."""
     codec = codec_for(filename)
     warnings = []
+
+    def sql():  # the whole stream, which must decompress to the size the manifest recorded
+        return GuardedReader(codec.decompressor(source), filename, manifest.get("uncompressed_bytes"))
+
     with verified_copy_anywhere(filename, manifest, warnings) as source:  # sha256 and size first
         if level == "checksum":
-            sql = GuardedReader(codec.decompressor(source), filename)
-            size = 0
-            while chunk := sql.read(CHUNK_SIZE):
-                size += len(chunk)
-            if manifest.get("uncompressed_bytes") is not None and size != manifest["uncompressed_bytes"]:
-                raise VerificationFailed(
-                    f"{filename} decompresses to {size} bytes, not the {manifest['uncompressed_bytes']} recorded."
-                )
-            return {"sha256": "matches", "uncompressed_bytes": size, "warnings": warnings}
+            reader = sql()
+            while reader.read(CHUNK_SIZE):
+                pass
+            return {"sha256": "matches", "uncompressed_bytes": reader.size, "warnings": warnings}
         with engine.scratch() as scratch:
-            source_position = source.tell()
-            scratch.restore(GuardedReader(codec.decompressor(source), filename), backup_settings.RESTORE_LOCK_TIMEOUT)
+            scratch.restore(sql(), backup_settings.RESTORE_LOCK_TIMEOUT)
             tables = compare_row_counts(scratch, manifest.get("table_rows"))
-            source.seek(source_position)
-            lines = compare_dumps(
-                scratch, GuardedReader(codec.decompressor(source), filename), engine.volatile_prefixes
-            )
+            source.seek(0)
+            lines = compare_dumps(scratch, sql(), engine.volatile_prefixes)
             return {
                 "sha256": "matches",
                 "tables_checked": tables,
                 "lines_compared": lines,
                 "scratch_database": "dropped",
+                "warnings": warnings,
             }
 
 
@@ -218,7 +214,7 @@ def run_scheduled_verification(now=None):
             logger.info("Scheduled backup verification of %r skipped: another drill is running", alias)
             continue
         except Exception as exc:
-            message = describe_failure(exc)
+            message = reason_of(exc)
             logger.error("Scheduled backup verification failed: %s", message, exc_info=not hasattr(exc, "message"))
             notify(
                 "Scheduled backup verification failed",
