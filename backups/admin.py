@@ -16,8 +16,7 @@ from django.utils.dateformat import format as format_date
 from django.utils.html import format_html, format_html_join
 
 from . import services
-from .conf import backup_settings
-from .exceptions import BackupError
+from .exceptions import BackupError, RestoreIncomplete
 from .formatting import human_size
 from .models import Backup, BackupStatus, Operation, Origin, RestoreHistory
 
@@ -262,20 +261,20 @@ class BackupAdmin(admin.ModelAdmin):
         backup = self.get_object(request, unquote(object_id))
         if backup is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        if backup.status != BackupStatus.SUCCEEDED:
-            self.report_failure(request, f"{backup.filename} cannot be restored: its status is {backup.status}.")
-            return self.changelist_redirect()
         try:
-            database = services.describe_database(backup.database)
+            preview = services.restore_preview(backup.filename, actor=actor_for(request))
         except BackupError as error:
-            self.report_failure(request, f"{backup.filename} cannot be restored: {error.message}")
+            reason = error.message
+            self.report_failure(
+                request, reason if backup.filename in reason else f"{backup.filename} cannot be restored: {reason}"
+            )
             return self.changelist_redirect()
-        form = RestoreConfirmationForm(request.POST or None, database_name=database["name"])
+        form = RestoreConfirmationForm(request.POST or None, database_name=preview.database["name"])
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "backup": backup,
-            "database": database,
+            "database": preview.database,
             "backup_created": local_time(backup.created_at),
             "backup_size": human_size(backup.size_bytes),
             "backup_uncompressed_size": human_size(backup.uncompressed_bytes),
@@ -285,9 +284,8 @@ class BackupAdmin(admin.ModelAdmin):
         context.update(
             title="Restore the database from a backup",
             form=form,
-            database_size=human_size(database["size_bytes"]),
-            pre_restore_backup=backup_settings.PRE_RESTORE_BACKUP,
-            verification_warning=services.verification_warning(backup),
+            database_size=human_size(preview.database["size_bytes"]),
+            preview=preview,
         )
         return TemplateResponse(request, "admin/backups/backup/restore_confirmation.html", context)
 
@@ -295,7 +293,9 @@ class BackupAdmin(admin.ModelAdmin):
         try:
             result = services.restore_backup(backup.filename, actor=actor_for(request))
         except BackupError as error:
-            context.update(title="The restore failed", error=error.message)
+            # A MySQL restore that stopped partway says itself what became of the database.
+            unchanged = not isinstance(error, RestoreIncomplete)
+            context.update(title="The restore failed", error=error.message, unchanged=unchanged)
             status = error.status_code
         else:
             context.update(

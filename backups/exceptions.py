@@ -37,6 +37,11 @@ class InvalidRequest(BackupError):
     default_message = "The request is not valid."
 
 
+class NotAuthenticated(BackupError):
+    status_code = 401
+    default_message = "Authentication credentials were not provided."
+
+
 class PermissionDenied(BackupError):
     status_code = 403
     default_message = "You do not have permission to do this."

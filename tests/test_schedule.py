@@ -133,6 +133,24 @@ def test_the_cron_command_under_env_i_makes_a_backup_and_logs_it(cron_job, backu
     assert (backup_dir / backup.filename).exists()
 
 
+def test_a_job_whose_checks_fail_still_records_and_logs_its_failure(cron_job, tmp_path):
+    """cron's `crontab run` must reach the service even with a bad setting: a system check
+    stopping it first would leave no failed row and no "Scheduled backup failed" line."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    env_file = tmp_path / "cron.env"
+    env_file.write_text(
+        "\n".join(
+            f"BACKUP_DIR={blocker / 'backups'}" if line.startswith("BACKUP_DIR=") else line
+            for line in env_file.read_text().splitlines()
+        )
+    )
+    process = cron_job()
+    output = process.communicate(timeout=120)[0]
+    assert "Scheduled backup failed: The backup storage failed" in output, output
+    assert Backup.objects.get(trigger="scheduled").status == BackupStatus.FAILED
+
+
 def test_replicas_firing_together_make_exactly_one_backup(cron_job):
     processes = [cron_job() for _ in range(4)]
     outputs = [process.communicate(timeout=180)[0] for process in processes]

@@ -43,15 +43,14 @@ def exception_handler(exc, context):
         code, message = exc.status_code, str(exc.detail)
         if isinstance(exc, drf_exceptions.Throttled) and exc.wait:
             headers["Retry-After"] = str(int(exc.wait))
-        authenticate = context.get("request") and context["view"].get_authenticate_header(context["request"])
-        if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)) and authenticate:
-            headers["WWW-Authenticate"] = authenticate
     elif isinstance(exc, ImproperlyConfigured):
         logger.error("Backup configuration error: %s", exc)
         code, message = status.HTTP_503_SERVICE_UNAVAILABLE, f"The backup system is misconfigured: {exc}"
     else:
         logger.exception("Unexpected error in the backup API")
         code, message = status.HTTP_500_INTERNAL_SERVER_ERROR, UNEXPECTED
+    if code == status.HTTP_401_UNAUTHORIZED and context.get("request") is not None:
+        headers["WWW-Authenticate"] = context["view"].get_authenticate_header(context["request"]) or "Token"
     return Response({**error_body(message), **details}, status=code, headers=headers)
 
 

@@ -11,10 +11,10 @@ from .backups import (
     update_description,
 )
 from .catalog import sync_catalog
-from .health import check_health
+from .health import check_health, health_for
 from .jobs import get_restore, run_job, start_backup, start_restore
 from .journal import Actor
-from .restore import restore_backup, verification_warning
+from .restore import restore_backup, restore_preview, verification_warning
 from .retention import cleanup_backups
 from .schedule import schedule_status
 from .verification import verify_backup
@@ -22,6 +22,7 @@ from .verification import verify_backup
 __all__ = [
     "Actor",
     "check_health",
+    "health_for",
     "cleanup_backups",
     "create_backup",
     "delete_backup",
@@ -31,6 +32,7 @@ __all__ = [
     "list_backups",
     "open_backup",
     "restore_backup",
+    "restore_preview",
     "run_job",
     "schedule_status",
     "start_backup",

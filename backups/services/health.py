@@ -1,12 +1,14 @@
 """The alarm for when backups stop: is the newest backup of every covered database young enough,
 and did the latest verification pass? A change of state is announced once, not at every check."""
 
+import hmac
 import logging
 from dataclasses import dataclass, field
 
 from django.utils import timezone
 
 from ..conf import backup_settings, max_age_hours
+from ..exceptions import NotAuthenticated
 from ..models import Backup, BackupStatus, HealthState
 from .notify import notify
 
@@ -21,16 +23,33 @@ class HealthReport:
     databases: dict = field(default_factory=dict)
 
     def as_dict(self, with_filenames):
-        databases = {}
-        for alias, facts in self.databases.items():
-            databases[alias] = {k: v for k, v in facts.items() if with_filenames or not k.endswith("filename")}
         return {
             "status": "healthy" if self.healthy else "unhealthy",
             "checked_at": self.checked_at.isoformat(),
             "max_age_hours": max_age_hours(),
             "problems": self.problems,
-            "databases": databases,
+            "databases": self.databases if with_filenames else without_filenames(self.databases),
         }
+
+
+def without_filenames(facts):
+    """``facts`` with every ``*filename`` key left out, however deep."""
+    if isinstance(facts, dict):
+        return {key: without_filenames(value) for key, value in facts.items() if not key.endswith("filename")}
+    return facts
+
+
+def health_for(*, actor, token=None):
+    """The health report as ``actor`` may see it: staff with ``backups.view_backup`` see file
+    names; an uptime monitor with BACKUP_HEALTH_TOKEN, or anyone when BACKUP_HEALTH_PUBLIC is
+    on, sees the rest. Returns (healthy, report)."""
+    with_filenames = actor.allowed("view_backup")
+    expected = backup_settings.HEALTH_TOKEN
+    token_matches = bool(expected and token) and hmac.compare_digest(token, expected)
+    if not (with_filenames or backup_settings.HEALTH_PUBLIC or token_matches):
+        raise NotAuthenticated("Give a staff user's credentials or the health token (Authorization: Bearer ...).")
+    report = check_health()
+    return report.healthy, report.as_dict(with_filenames=with_filenames)
 
 
 def check_health(now=None):

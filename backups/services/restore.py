@@ -28,7 +28,7 @@ from ..exceptions import (
 from ..models import Action, Backup, HealthState, Operation, Trigger
 from ..storage import get_offsite_storage, get_storage, is_storage_failure, storage_error
 from ..streams import RawReader
-from .backups import PROGRESS_INTERVAL, get_restorable_backup, reserve_backup, write_backup
+from .backups import PROGRESS_INTERVAL, describe_database, get_restorable_backup, reserve_backup, write_backup
 from .catalog import sync_catalog
 from .journal import journal
 from .notify import notify
@@ -119,6 +119,32 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress):
         record.message = f"Restored {engine.describe()} from {filename}"
         record.details = {**record.details, "warnings": result.warnings}
     return result
+
+
+@dataclass
+class RestorePreview:
+    """What a restore would do, for whoever asks before it starts."""
+
+    backup: Backup
+    database: dict  # describe_database() of the database it overwrites
+    pre_restore_backup: bool  # whether the current state is backed up first
+    all_or_nothing: bool  # False where a failed restore is undone by the pre-restore backup instead
+    warning: str | None  # about the backup's verification
+
+
+def restore_preview(filename, *, actor, target=None):
+    """What restoring ``filename`` (into ``target``) would overwrite and how, before it runs."""
+    actor.require("restore_backup")
+    backup = get_restorable_backup(filename)
+    alias = target or backup.database
+    engine = get_engine(alias)
+    return RestorePreview(
+        backup=backup,
+        database=describe_database(alias),
+        pre_restore_backup=wants_pre_restore_backup(engine, None),
+        all_or_nothing=engine.restore_is_transactional,
+        warning=verification_warning(backup),
+    )
 
 
 def check_restore(backup, alias):

@@ -177,12 +177,13 @@ class Command(BaseCommand):
         self.write_json(data)
 
     def handle_restore(self, filename, yes, target, pre_restore_backup, **options):
-        backup = services.get_backup(filename, actor=self.actor)
-        where = target or backup.database
+        preview = services.restore_preview(filename, actor=self.actor, target=target)
+        database = preview.database
+        warning = f" {preview.warning}" if preview.warning else ""
         self.confirm(
             yes,
-            f"This replaces ALL data in database '{where}' with the backup {filename} "
-            f"taken {timezone.localtime(backup.created_at):%Y-%m-%d %H:%M:%S}.",
+            f"This replaces ALL data in database '{database['alias']}' ({database['name']}) with the backup "
+            f"{filename} taken {timezone.localtime(preview.backup.created_at):%Y-%m-%d %H:%M:%S}.{warning}",
         )
         with self.progress_bar("Restoring") as bar:
             report = None

@@ -1,6 +1,9 @@
-"""django-crontab's ``crontab`` command, checked: ``add`` verifies that the jobs really are in the
-crontab (django-crontab itself reports success even without a crontab binary) and logs
-"Backup scheduler started"."""
+"""django-crontab's ``crontab`` command, checked: ``add`` runs the system checks (a bad schedule
+is refused by name) and verifies that the jobs really are in the crontab (django-crontab itself
+reports success even without a crontab binary), then logs "Backup scheduler started".
+
+``run``, which cron calls, runs no system checks: a failing check would end the job before the
+service could record and announce the failure, which is what a scheduled job is for."""
 
 import logging
 import subprocess
@@ -13,7 +16,11 @@ logger = logging.getLogger("backups")
 
 
 class Command(CrontabCommand):
+    requires_system_checks = []
+
     def handle(self, *args, **options):
+        if options["subcommand"] == "add":
+            self.check()
         super().handle(*args, **options)
         if options["subcommand"] != "add":
             return
