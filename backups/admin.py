@@ -8,16 +8,15 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.http import FileResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
-from django.utils.dateformat import format as format_date
 from django.utils.html import format_html, format_html_join
 
 from . import services
+from .downloads import download_response
 from .exceptions import BackupError, RestoreIncomplete
-from .formatting import human_size
+from .formatting import human_size, local_time, verification_label
 from .models import Backup, BackupStatus, Operation, Origin, RestoreHistory
 
 # Set on the request when an operation was refused or failed; see BackupAdmin.report_failure.
@@ -25,11 +24,7 @@ FAILED_ON_REQUEST = "_backups_failed"
 
 
 def actor_for(request):
-    return services.Actor(origin=Origin.ADMIN, user=request.user, client_address=request.META.get("REMOTE_ADDR"))
-
-
-def local_time(moment):
-    return format_date(timezone.localtime(moment), "Y-m-d H:i:s T") if moment else "-"
+    return services.Actor.for_request(request, Origin.ADMIN)
 
 
 class RestoreConfirmationForm(forms.Form):
@@ -125,10 +120,7 @@ class BackupAdmin(admin.ModelAdmin):
 
     @admin.display(description="verified", ordering="verified_at")
     def verified(self, backup):
-        if not backup.verification:
-            return "never"
-        outcome = "passed" if backup.verification.get("passed") else "FAILED"
-        return f"{outcome} ({backup.verification.get('level')}), {local_time(backup.verified_at)}"
+        return verification_label(backup)
 
     @admin.display(description="verification result")
     def verification_message(self, backup):
@@ -243,10 +235,7 @@ class BackupAdmin(admin.ModelAdmin):
         except BackupError as error:
             self.report_failure(request, f"{backup.filename} cannot be downloaded: {error.message}")
             return self.changelist_redirect()
-        response = FileResponse(stream, as_attachment=True, filename=backup.filename)
-        if not response.has_header("Content-Length"):  # a remote stream that cannot seek
-            response["Content-Length"] = backup.size_bytes
-        return response
+        return download_response(backup, stream)
 
     def restore_view(self, request, object_id):
         """GET: what will be overwritten and by what. POST, with the database's name typed in:

@@ -1,5 +1,7 @@
 """Small presentation helpers shared by the command line and the admin."""
 
+from django.utils import timezone
+
 UNITS = ("bytes", "KB", "MB", "GB", "TB")
 
 
@@ -12,7 +14,19 @@ def human_size(size):
         if value < 1024 or unit == UNITS[-1]:
             return f"{int(value)} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
         value /= 1024
-    return f"{size} bytes"
+
+
+def local_time(moment):
+    """A moment in the site's time zone (DJANGO_TIME_ZONE), with the zone's name."""
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z") if moment else "-"
+
+
+def verification_label(backup):
+    """How the backup's last verification went, in a few words."""
+    if not backup.verification:
+        return "never"
+    outcome = "passed" if backup.verification.get("passed") else "FAILED"
+    return f"{outcome} ({backup.verification.get('level')}), {local_time(backup.verified_at)}"
 
 
 def human_duration(seconds):

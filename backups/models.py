@@ -1,7 +1,8 @@
 """The catalog of backups and the journal of operations.
 
-Neither table has a foreign key to ``auth_user``: a restore rewrites every table, and these two
-rows must survive it (the service carries them across every restore of their own database).
+None has a foreign key to ``auth_user``: a restore rewrites every table, and these rows (the
+catalog, the journal and the health state) must survive it; the service carries them across
+every restore of their own database.
 """
 
 import uuid
@@ -37,6 +38,10 @@ class BackupQuerySet(models.QuerySet):
 
     def for_database(self, alias):
         return self.filter(database=alias)
+
+    def newest(self):
+        """The newest backup here that can be restored, or None."""
+        return self.restorable().defer("manifest").order_by("-created_at").first()
 
 
 class BackupFigures:

@@ -25,6 +25,7 @@ from django.conf import settings
 from django.core.files.storage import FileSystemStorage, storages
 from django.utils.functional import cached_property
 
+from .compression import CHUNK_SIZE
 from .conf import backup_settings
 from .exceptions import DiskFull, StorageFailed
 
@@ -121,7 +122,7 @@ class BackupStorage:
         except OSError as exc:
             raise storage_error(exc, f"creating {name}") from None
         try:
-            with os.fdopen(descriptor, "wb", buffering=CHUNK) as stream:
+            with os.fdopen(descriptor, "wb", buffering=CHUNK_SIZE) as stream:
                 yield stream
                 stream.flush()
                 os.fsync(stream.fileno())
@@ -208,14 +209,6 @@ class BackupStorage:
         except Exception as exc:
             raise storage_error(exc, f"looking for {name}") from None
 
-    def size(self, name):
-        try:
-            return self.storage.size(name)
-        except FileNotFoundError:
-            return None
-        except Exception as exc:
-            raise storage_error(exc, f"reading the size of {name}") from None
-
     def delete(self, name):
         try:
             self.storage.delete(name)
@@ -264,9 +257,6 @@ class BackupStorage:
                 _unlink_quietly(Path(entry.path))
                 removed.append(entry.name)
         return removed
-
-
-CHUNK = 1024 * 1024
 
 
 def process_alive(pid):

@@ -447,7 +447,8 @@ def test_download_streams_the_file_as_an_attachment(admin, backup_dir):
     assert content == (backup_dir / backup.filename).read_bytes()
     assert response["Content-Length"] == str(len(content))
     assert response["Content-Disposition"] == f'attachment; filename="{backup.filename}"'
-    assert response["Content-Type"] == "application/gzip"
+    assert response["Content-Type"] == "application/octet-stream"
+    assert response["X-Backup-SHA256"] == backup.sha256  # the same download as the API's
 
 
 def test_download_link_and_view_need_download_backup(admin):

@@ -333,9 +333,13 @@ def test_anonymous_callers_get_401(db):
     assert response["WWW-Authenticate"] == "Token"
 
 
-def test_users_who_are_not_staff_get_403(django_user_model):
+def test_users_who_are_not_staff_get_403_and_their_attempts_are_journaled(django_user_model):
     user = django_user_model.objects.create_user("brewer", password="pw")
-    assert_error(token_client(user).get("/backups"), 403)
+    client = token_client(user)
+    assert_error(client.get("/backups"), 403, "backups.view_backup")
+    assert_error(client.post("/backups", {}, format="json"), 403, "backups.add_backup")
+    refused = Operation.objects.get(actor="brewer")
+    assert (refused.action, refused.status, refused.origin) == ("create", "failed", "api")
 
 
 def test_staff_need_the_permission_for_each_action(db):

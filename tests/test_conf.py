@@ -1,6 +1,7 @@
 """Configuration: defaults, parsing at the moment of use, and loud failures naming the variable."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,20 @@ def test_an_alias_that_cannot_be_in_a_filename_is_an_error(settings, extra_alias
     assert [error.id for error in errors] == ["backups.E002"]
     assert "cannot be part of a backup's filename" in errors[0].msg
     assert checks.check_tools(None) == []  # the other checks carry on past it
+
+
+def test_every_line_of_env_example_uncommented_is_a_valid_configuration(tmp_path):
+    """What an operator gets by uncommenting .env.example's lines as they stand."""
+    lines = (PROJECT / ".env.example").read_text().splitlines()
+    settings_lines = [line[2:] for line in lines if re.match(r"^# [A-Z][A-Z0-9_]*=", line)]
+    assert "BACKUP_SCHEDULE=0 2 * * *" in settings_lines
+    env_file = tmp_path / ".env"
+    env_file.write_text("\n".join(settings_lines) + "\n")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "DJANGO_ENV_FILE": str(env_file),
+        "BACKUP_DIR": str(tmp_path / "backups"),  # the example's ./data/backups is the checkout's
+    }
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=PROJECT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -136,7 +136,7 @@ def test_the_command_verifies_latest_and_all_and_fails_on_a_bad_backup(brewed, b
     assert f"PASSED  {brewed.filename}" in out.getvalue()
     listing = StringIO()
     call_command("backups", "list", stdout=listing)
-    assert "ok (restore," in listing.getvalue()
+    assert "passed (restore)," in listing.getvalue()
     (backup_dir / brewed.filename).write_bytes(b"garbage")
     with pytest.raises(CommandError, match="1 of 1 backups failed verification"):
         call_command("backups", "verify", "--all", stdout=StringIO())

@@ -15,6 +15,7 @@ from rest_framework import serializers
 from ..models import Backup, BackupRow
 from ..naming import FILENAME_REGEX, MAX_LENGTH, NOT_A_FILENAME
 from ..services.backups import DESCRIPTION_MAX_LENGTH
+from ..services.verification import LEVELS
 
 ZERO = timedelta(0)
 
@@ -112,7 +113,7 @@ class CleanupRequestSerializer(RequestSerializer):
 
 
 class VerificationSerializer(serializers.Serializer):
-    level = serializers.ChoiceField(choices=["checksum", "restore"])
+    level = serializers.ChoiceField(choices=LEVELS)
     passed = serializers.BooleanField()
     checked_at = serializers.DateTimeField()
     message = serializers.CharField()
@@ -121,7 +122,7 @@ class VerificationSerializer(serializers.Serializer):
 
 class VerifyRequestSerializer(RequestSerializer):
     level = serializers.ChoiceField(
-        choices=["checksum", "restore"],
+        choices=LEVELS,
         default="checksum",
         help_text="checksum: sha256 and decompression; restore: a restore drill into a scratch database",
     )
@@ -156,6 +157,16 @@ def iso_datetime(value, zone):
         value = value.astimezone(zone)
     text = value.isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def current_zone():
+    zone = timezone.get_current_timezone()
+    return UTC if getattr(zone, "key", None) == "UTC" else zone
+
+
+def api_datetime(value):
+    """A datetime as every answer of the API writes it: DRF's way, in the current time zone."""
+    return iso_datetime(value, current_zone())
 
 
 class BackupListSerializer(serializers.ListSerializer):
@@ -194,8 +205,7 @@ class BackupSerializer(serializers.Serializer):
 
     @cached_property
     def reader(self):
-        zone = timezone.get_current_timezone()
-        zone = UTC if getattr(zone, "key", None) == "UTC" else zone
+        zone = current_zone()
         names = tuple(self.fields)
         datetimes = [i for i, field in enumerate(self.fields.values()) if isinstance(field, serializers.DateTimeField)]
         return names, attrgetter(*names), datetimes, partial(iso_datetime, zone=zone)

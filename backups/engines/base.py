@@ -1,7 +1,8 @@
 """The contract every database engine fulfils.
 
 An engine knows how to dump one database (a Django alias) as plain SQL, how to replace that
-database's whole content from such a dump in a single all-or-nothing step, and how to take the
+database's whole content from such a dump (all or nothing where the database can roll back its
+schema changes; the service undoes a failed restore elsewhere), and how to take the
 per-database lock that keeps a restore and a backup of the same database apart. Everything else
 (names, compression, storage, manifests, the catalog) is the service's business.
 """
@@ -36,7 +37,8 @@ class DatabaseEngine:
     vendor = None
     #: Command-line tools the engine runs, checked before work starts.
     required_tools = ()
-    #: True when a failed restore cannot be rolled back by the database itself.
+    #: False when the database cannot roll back a failed restore (MySQL's DDL commits at once);
+    #: the service then makes the pre-restore backup mandatory and restores it on failure.
     restore_is_transactional = True
     #: Lines that differ between two dumps of the same data (random keys, dates); a restore
     #: drill ignores them when it compares its re-dump with the backup.
@@ -74,21 +76,17 @@ class DatabaseEngine:
             )
 
     def versions(self):
-        """``{"server": ..., "dump_tool": ...}`` for the manifest; raises ``DumpFailed`` when
-        the dump tool cannot handle this server."""
+        """``{"server": ..., "dump_tool": ...}`` for the manifest; raises ``ToolMissing`` when
+        the dump tool cannot handle this server, ``DatabaseUnavailable`` when there is none."""
         raise NotImplementedError("subclasses of DatabaseEngine must provide a versions() method")
 
     @contextmanager
     def dump(self):
-        """Yield a readable binary stream of the database as plain SQL, from a consistent
-        snapshot. On leaving the block, raise ``DumpFailed`` if the dump did not complete."""
+        """Yield the database as plain SQL from one consistent snapshot: an iterable of byte
+        chunks with ``row_counts`` (rows per table, counted as they passed; may be None). On
+        leaving the block, raise ``DumpFailed`` if the dump did not complete."""
         raise NotImplementedError("subclasses of DatabaseEngine must provide a dump() method")
         yield
-
-    def row_counter(self):
-        """A ``RowCounter`` that counts the rows of each table in the dump stream as it
-        passes, or None when the dump format does not allow it cheaply."""
-        return None
 
     def restore(self, stream, lock_timeout):
         """Replace everything in the database with the plain SQL read from ``stream``.
@@ -109,7 +107,8 @@ class DatabaseEngine:
         """Hold a per-database lock and raise ``OperationInProgress`` at once when it is taken.
 
         ``operations``: shared for backups (they can run side by side), exclusive for restores.
-        ``schedule`` and ``cleanup``: one host at a time runs a scheduled job. The lock must
+        ``schedule``, ``cleanup`` and ``verify``: one host at a time runs a scheduled job or a
+        restore drill of this database. The lock must
         vanish with its holder, should the process die, and be seen by every host that uses
         the same database."""
         raise NotImplementedError("subclasses of DatabaseEngine must provide a lock() method")
@@ -148,7 +147,7 @@ class RowCounter:
 
     A dump alternates between statements and a table's rows. Subclasses say how to find where a
     table's rows start (``find_rows``, which sets ``table``) and how to count them up to their
-    end (``count_rows``, which clears it); each returns the position in ``chunk`` to go on from.
+    end (``pass_rows``, which clears it); each returns the position in ``chunk`` to go on from.
     """
 
     def __init__(self):
@@ -161,13 +160,13 @@ class RowCounter:
             if self.table is None:
                 position = self.find_rows(chunk, position)
             else:
-                position = self.count_rows(chunk, position)
+                position = self.pass_rows(chunk, position)
 
     def find_rows(self, chunk, position):
         raise NotImplementedError("subclasses of RowCounter must provide a find_rows() method")
 
-    def count_rows(self, chunk, position):
-        raise NotImplementedError("subclasses of RowCounter must provide a count_rows() method")
+    def pass_rows(self, chunk, position):
+        raise NotImplementedError("subclasses of RowCounter must provide a pass_rows() method")
 
 
 class ProcessDump:

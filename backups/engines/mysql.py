@@ -350,7 +350,7 @@ class InsertRowCounter(RowCounter):
             else:
                 self.table, self._rows, self._previous = table, 0, b""
 
-    def count_rows(self, chunk, position):
+    def pass_rows(self, chunk, position):
         boundary = self._previous + chunk[position : position + len(self.ROWS_END) - 1]
         found = boundary.find(self.ROWS_END)
         if 0 <= found < len(self._previous):  # split between the last chunk and this one

@@ -134,21 +134,20 @@ class PostgreSQLEngine(DatabaseEngine):
         connection.autocommit = True
         return connection
 
-    def query_value(self, sql, params=()):
+    def query_value(self, sql):
         connection = self.connect()
         try:
             with connection.cursor() as cursor:
-                cursor.execute(sql, params)
+                cursor.execute(sql)
                 return cursor.fetchone()[0]
         finally:
             connection.close()
 
     def versions(self):
         server = self.query_value("SHOW server_version")
-        args, env = self.command("pg_dump", ["--version"])
-        dump_tool = run_tool(args[:1] + ["--version"], env, "pg_dump").strip()
+        dump_tool = run_tool(["pg_dump", "--version"], os.environ, "pg_dump").strip()
         server_major = _major(server)
-        tool_major = _major(dump_tool.rsplit(")", 1)[-1]) if ")" in dump_tool else _major(dump_tool)
+        tool_major = _major(dump_tool.rsplit(")", 1)[-1])  # "pg_dump (PostgreSQL) 15.20 (Debian ...)"
         if tool_major is not None and server_major is not None and tool_major < server_major:
             raise ToolMissing(
                 f"pg_dump {tool_major} cannot dump a PostgreSQL {server_major} server: install the "
@@ -281,7 +280,7 @@ class CopyRowCounter(RowCounter):
             # Continue in block mode from the byte after the header, in the caller's chunk.
             return len(chunk) - (len(data) - (line_end + 1))
 
-    def count_rows(self, chunk, position):
+    def pass_rows(self, chunk, position):
         boundary = self._previous + chunk[position : position + 3]
         found = boundary.find(self.TERMINATOR)
         if found >= 0:

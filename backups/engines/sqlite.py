@@ -130,7 +130,7 @@ class SQLiteEngine(DatabaseEngine):
 
 
 class SQLiteDumpStream:
-    """The SQL of ``iterdump``, in chunks of about a megabyte, counting INSERTs per table."""
+    """The SQL of ``iterdump``, in chunks of ``CHUNK_SIZE``, counting INSERTs per table."""
 
     def __init__(self, connection):
         self.connection = connection

@@ -7,6 +7,7 @@ from .backups import (
     describe_database,
     get_backup,
     list_backups,
+    newest_backups,
     open_backup,
     update_description,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "get_backup",
     "get_restore",
     "list_backups",
+    "newest_backups",
     "open_backup",
     "restore_backup",
     "restore_preview",

@@ -24,7 +24,7 @@ logger = logging.getLogger("backups")
 MANIFEST_FORMAT = 1
 DESCRIPTION_MAX_LENGTH = 500
 PROGRESS_INTERVAL = 1.0
-# The fields of the spec's list response, in its order.
+# The spec's list fields, which every manifest holds too.
 LIST_FIELDS = ("filename", "timestamp", "created_at", "description", "size_bytes", "database_name", "database_host")
 
 
@@ -115,15 +115,15 @@ def write_backup(engine, backup, progress=None):
     return copy_offsite(backup)
 
 
-def record_failed_attempt(engine, *, actor, trigger, reason, description=""):
+def record_failed_attempt(engine, *, actor, trigger, reason):
     """A failed row for an attempt that could not even start (a scheduled run that found the
     database down or being restored), so that the catalog shows it."""
-    backup = reserve_backup(engine, actor=actor, description=description, trigger=trigger)
+    backup = reserve_backup(engine, actor=actor, description="", trigger=trigger)
     mark_failed(backup, reason)
     return backup
 
 
-def reserve_backup(engine, *, actor, description, trigger, status=BackupStatus.PENDING):
+def reserve_backup(engine, *, actor, description, trigger):
     """A catalog row with a name nobody else has: the unique filename is the reservation, so two
     backups in the same second (or on two hosts) get distinct names."""
     created_at = timezone.now()
@@ -145,7 +145,7 @@ def reserve_backup(engine, *, actor, description, trigger, status=BackupStatus.P
                     trigger=trigger,
                     origin=actor.origin,
                     created_by=actor.name,
-                    status=status,
+                    status=BackupStatus.PENDING,
                     created_at=created_at,
                 )
         except IntegrityError:
@@ -296,6 +296,13 @@ def describe_database(alias="default"):
         "host": engine.database_host,
         "size_bytes": engine.size_bytes(),
     }
+
+
+def newest_backups(*, actor):
+    """The newest restorable backup of each database that has one."""
+    actor.require("view_backup")
+    databases = Backup.objects.restorable().values_list("database", flat=True).distinct().order_by("database")
+    return [Backup.objects.for_database(alias).newest() for alias in databases]
 
 
 def update_description(filename, description, *, actor):

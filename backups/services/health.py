@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from ..conf import backup_settings, max_age_hours
 from ..exceptions import NotAuthenticated
-from ..models import Backup, BackupStatus, HealthState
+from ..models import Backup, HealthState
 from .notify import notify
 
 logger = logging.getLogger("backups")
@@ -59,7 +59,7 @@ def check_health(now=None):
     report = HealthReport(healthy=True, checked_at=now)
     for alias in backup_settings.DATABASES:
         backups = Backup.objects.filter(database=alias).defer("manifest")
-        newest = backups.filter(status=BackupStatus.SUCCEEDED).order_by("-created_at").first()
+        newest = backups.newest()
         checked = backups.filter(verified_at__isnull=False).order_by("-verified_at").first()
         facts = {"newest_backup_filename": None, "newest_backup_at": None, "age_hours": None, "verification": None}
         if newest is None:

@@ -52,6 +52,11 @@ class Actor:
     username: str | None = None
 
     @classmethod
+    def for_request(cls, request, origin):
+        """The person behind a web request (API or admin), and where it came from."""
+        return cls(origin=origin, user=request.user, client_address=request.META.get("REMOTE_ADDR"))
+
+    @classmethod
     def command(cls):
         return cls(origin=Origin.COMMAND)
 

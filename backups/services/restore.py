@@ -1,4 +1,5 @@
-"""Restoring a database from a backup: checked, locked, undoable, all or nothing."""
+"""Restoring a database from a backup: checked, locked, undoable, and all or nothing (or, where
+the database cannot roll back, undone by the pre-restore backup when it fails)."""
 
 import logging
 import os

@@ -25,7 +25,7 @@ from ..conf import backup_settings
 from ..encryption import check_decryptable
 from ..engines import get_engine
 from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest, OperationInProgress, RestoreFailed, reason_of
-from ..models import Action, Backup, BackupStatus, OperationStatus
+from ..models import Action, Backup, OperationStatus
 from ..streams import ChunkStream, ReadableStream
 from .backups import get_restorable_backup
 from .health import check_health_quietly
@@ -196,12 +196,7 @@ def run_scheduled_verification(now=None):
     logger.info("Running scheduled backup verification")
     results = []
     for alias in backup_settings.DATABASES:
-        newest = (
-            Backup.objects.filter(database=alias, status=BackupStatus.SUCCEEDED)
-            .defer("manifest")
-            .order_by("-created_at")
-            .first()
-        )
+        newest = Backup.objects.for_database(alias).newest()
         if newest is None:
             logger.info("Scheduled backup verification of %r skipped: no backup yet", alias)
             continue

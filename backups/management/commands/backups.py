@@ -9,20 +9,13 @@ from datetime import datetime
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 
 from ... import services
 from ...api.serializers import BackupSerializer, BackupSummarySerializer
 from ...checks import TAG
 from ...exceptions import BackupError
-from ...formatting import TerminalProgress, human_duration, human_size
-
-
-def verified_label(backup):
-    if not backup.verification:
-        return "-"
-    outcome = "ok" if backup.verification.get("passed") else "FAILED"
-    return f"{outcome} ({backup.verification.get('level')}, {timezone.localtime(backup.verified_at):%Y-%m-%d})"
+from ...formatting import TerminalProgress, human_duration, human_size, local_time, verification_label
+from ...services.verification import LEVELS
 
 
 def one_line(message):
@@ -101,7 +94,7 @@ class Command(BaseCommand):
         which.add_argument("--all", action="store_true", help="Every backup that can be restored.")
         verify.add_argument(
             "--level",
-            choices=["checksum", "restore"],
+            choices=LEVELS,
             default="checksum",
             help="checksum (default): sha256 and decompression; restore: a drill into a scratch database.",
         )
@@ -148,12 +141,12 @@ class Command(BaseCommand):
         rows = [
             (
                 backup.filename,
-                timezone.localtime(backup.created_at).strftime("%Y-%m-%d %H:%M:%S"),
+                local_time(backup.created_at),
                 human_size(backup.size_bytes),
                 backup.database,
                 backup.trigger,
                 "+".join(backup.locations) + (" (off-site copy failed)" if backup.offsite_error else ""),
-                verified_label(backup),
+                verification_label(backup),
                 backup.description.replace("\n", " ")[:50],
             )
             for backup in backups
@@ -172,8 +165,6 @@ class Command(BaseCommand):
         backup = services.get_backup(filename, actor=self.actor)
         data = dict(BackupSerializer(backup).data)
         data["size"] = human_size(backup.size_bytes)
-        if backup.error:
-            data["error"] = backup.error
         self.write_json(data)
 
     def handle_restore(self, filename, yes, target, pre_restore_backup, **options):
@@ -183,7 +174,7 @@ class Command(BaseCommand):
         self.confirm(
             yes,
             f"This replaces ALL data in database '{database['alias']}' ({database['name']}) with the backup "
-            f"{filename} taken {timezone.localtime(preview.backup.created_at):%Y-%m-%d %H:%M:%S}.{warning}",
+            f"{filename} taken {local_time(preview.backup.created_at)}.{warning}",
         )
         with self.progress_bar("Restoring") as bar:
             report = None
@@ -252,7 +243,7 @@ class Command(BaseCommand):
         if last is None:
             self.stdout.write("Last scheduled backup: none yet")
         else:
-            when = timezone.localtime(datetime.fromisoformat(last["created_at"])).strftime("%Y-%m-%d %H:%M:%S")
+            when = local_time(datetime.fromisoformat(last["created_at"]))
             line = f"Last scheduled backup: {last['filename']} at {when}: {last['status']}"
             self.stdout.write(line + (f" ({last['error']})" if last["error"] else ""))
 
@@ -260,12 +251,7 @@ class Command(BaseCommand):
         if filename:
             names = [filename]
         else:
-            backups = services.list_backups(actor=self.actor)
-            if latest:
-                newest = {}
-                for backup in backups:  # newest first
-                    newest.setdefault(backup.database, backup)
-                backups = newest.values()
+            backups = services.newest_backups(actor=self.actor) if latest else services.list_backups(actor=self.actor)
             names = [backup.filename for backup in backups]
         failed = 0
         for name in names:
