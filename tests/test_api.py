@@ -130,6 +130,11 @@ def test_list_leaves_out_failed_attempts(api, monkeypatch, tmp_path):
     assert [item["filename"] for item in api.get("/backups").json()] == [good]
 
 
+def test_listing_an_unknown_database_is_400(api):
+    assert_error(api.get("/backups", {"database": "nowhere"}), 400, "Unknown database 'nowhere'")
+    assert_error(api.get("/backups", {"database": "x\x00y"}), 400, "Unknown database 'xy'")
+
+
 def test_show_one_backup_and_404_for_an_unknown_one(api):
     name = create(api, description="one")
     body = api.get(f"/backups/{name}").json()

@@ -146,5 +146,7 @@ def test_every_line_of_env_example_uncommented_is_a_valid_configuration(tmp_path
         "DJANGO_ENV_FILE": str(env_file),
         "BACKUP_DIR": str(tmp_path / "backups"),  # the example's ./data/backups is the checkout's
     }
-    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=PROJECT, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=PROJECT, env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr

@@ -279,6 +279,7 @@ class CreateResponseSerializer(StatusSerializer):
 class RestoreResponseSerializer(StatusSerializer):
     pre_restore_backup = serializers.CharField(allow_null=True)
     warnings = serializers.ListField(child=serializers.CharField())
+    job_id = serializers.UUIDField(help_text="The restore's id: GET /backups/restores/{job_id} shows it")
 
 
 class AcceptedSerializer(StatusSerializer):

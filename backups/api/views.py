@@ -3,6 +3,7 @@
 import gc
 from contextlib import contextmanager
 
+from django.db import connections
 from django.http import QueryDict
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -153,7 +154,9 @@ def status_body(message, filename, timestamp=None, state="success"):
     list=extend_schema(
         summary="List backups that can be restored, newest first (an array; a page with ?limit=)",
         parameters=[
-            OpenApiParameter("database", str, description="Only backups of this database alias"),
+            OpenApiParameter(
+                "database", str, enum=list(connections), description="Only backups of this database alias"
+            ),
             *PAGING_PARAMETERS,
         ],
         responses={200: BACKUP_LIST, **errors()},
@@ -297,6 +300,7 @@ class BackupViewSet(viewsets.ViewSet):
         body = status_body("Database restored successfully", result.backup.filename, result.finished_at)
         body["pre_restore_backup"] = result.pre_restore_backup.filename if result.pre_restore_backup else None
         body["warnings"] = result.warnings
+        body["job_id"] = str(result.operation.pk)  # GET /backups/restores/{job_id} shows it again
         return Response(body)
 
     @extend_schema(

@@ -4,7 +4,7 @@ import logging
 import time
 from contextlib import suppress
 
-from django.db import IntegrityError, router, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from ..compression import CountingWriter, codec_for, configured_codec
@@ -16,7 +16,7 @@ from ..models import Action, Backup, BackupStatus, Trigger
 from ..naming import candidate_names, manifest_name, validate_filename
 from ..storage import PRIMARY, backup_storages, get_storage
 from .catalog import INTERRUPTED, worker_gone
-from .journal import journal, this_worker
+from .journal import journal, printable, this_worker
 from .offsite import copy_offsite, open_stored, write_manifest
 
 logger = logging.getLogger("backups")
@@ -275,6 +275,9 @@ def list_backups(*, actor, database=None):
     actor.require("view_backup")
     queryset = Backup.objects.restorable().defer("manifest")
     if database:
+        if database not in connections.settings:
+            known = ", ".join(sorted(connections.settings))
+            raise InvalidRequest(f"Unknown database {printable(database, 64)!r}; configured databases: {known}.")
         queryset = queryset.for_database(database)
     return queryset
 
