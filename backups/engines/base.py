@@ -8,6 +8,7 @@ per-database lock that keeps a restore and a backup of the same database apart. 
 """
 
 import fcntl
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -136,6 +137,10 @@ class DatabaseEngine:
         an engine for it and removes it on exit. Never the live database."""
         raise NotImplementedError("subclasses of DatabaseEngine must provide a scratch() method")
         yield
+
+    def scratch_name(self):
+        """A new database's name for a restore drill, recognisably this one's."""
+        return f"{self.database_name[:40]}_drill_{secrets.token_hex(4)}"
 
     def count_rows(self, table):
         """The number of rows in ``table``, named as in the dump's ``row_counts``."""

@@ -16,7 +16,6 @@ import hashlib
 import logging
 import os
 import re
-import secrets
 from contextlib import contextmanager
 from functools import cached_property
 
@@ -180,7 +179,7 @@ class MySQLEngine(DatabaseEngine):
 
     @contextmanager
     def scratch(self):
-        name = f"{self.database_name[:40]}_drill_{secrets.token_hex(4)}"
+        name = self.scratch_name()
         connection = self.connect()
         try:
             with connection.cursor() as cursor:

@@ -2,7 +2,6 @@
 
 import os
 import re
-import secrets
 from contextlib import contextmanager
 
 from django.db import connections
@@ -200,7 +199,7 @@ class PostgreSQLEngine(DatabaseEngine):
         import psycopg2
         from psycopg2 import sql
 
-        name = f"{self.database_name[:40]}_drill_{secrets.token_hex(4)}"
+        name = self.scratch_name()
         connection = self.connect()
         try:
             with connection.cursor() as cursor:

@@ -14,6 +14,7 @@ import shutil
 from contextlib import suppress
 
 from ..compression import CHUNK_SIZE, CountingWriter, file_sha256
+from ..encryption import check_decryptable
 from ..exceptions import UNEXPECTED, BackupDamaged, BackupError, BackupNotFound, StorageFailed
 from ..models import Backup
 from ..naming import manifest_name
@@ -116,6 +117,16 @@ def find_manifest(filename):
     if problem is not None:
         raise problem
     return None
+
+
+def usable_manifest(filename):
+    """The manifest of ``filename``, from whichever storage has it, with the key to read the
+    file at hand; raises ``BackupNotFound`` or the key's error otherwise."""
+    manifest = find_manifest(filename)
+    if manifest is None:
+        raise BackupNotFound(f"The manifest of {filename} is missing; run 'manage.py backups sync'.")
+    check_decryptable(filename, manifest)
+    return manifest
 
 
 def write_manifest(backup):

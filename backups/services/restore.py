@@ -14,7 +14,6 @@ from django.utils import timezone
 
 from ..compression import CHUNK_SIZE, CountingReader, codec_for, file_sha256
 from ..conf import backup_settings
-from ..encryption import check_decryptable
 from ..engines import get_engine
 from ..exceptions import (
     BackupDamaged,
@@ -33,7 +32,7 @@ from .backups import PROGRESS_INTERVAL, describe_database, get_restorable_backup
 from .catalog import sync_catalog
 from .journal import journal
 from .notify import notify
-from .offsite import find_manifest
+from .offsite import usable_manifest
 
 logger = logging.getLogger("backups")
 
@@ -159,11 +158,7 @@ def check_restore(backup, alias):
             f"database {alias!r}. Nothing was changed."
         )
     engine.check_tools()
-    manifest = find_manifest(backup.filename)
-    if manifest is None:
-        raise BackupNotFound(f"The manifest of {backup.filename} is missing; run 'manage.py backups sync'.")
-    check_decryptable(backup.filename, manifest)
-    return engine, manifest
+    return engine, usable_manifest(backup.filename)
 
 
 def verification_warning(backup):

@@ -8,6 +8,7 @@ and a check for a backup already made in this run let exactly one of them do the
 
 import logging
 from contextlib import ExitStack
+from dataclasses import asdict
 from datetime import datetime, timedelta
 
 from croniter import croniter
@@ -22,7 +23,7 @@ from .backups import create_backup, record_failed_attempt
 from .health import check_health_quietly
 from .journal import Actor
 from .notify import notify
-from .retention import cleanup_backups
+from .retention import Policy, cleanup_backups
 
 logger = logging.getLogger("backups")
 
@@ -156,19 +157,14 @@ def schedule_status(*, actor, now=None):
             "description": describe(expression),
             "next_runs": [moment.isoformat() for moment in next_runs(expression, now=now)],
         }
+    policy = Policy.from_settings()
     last = Backup.objects.filter(trigger=Trigger.SCHEDULED).defer("manifest").order_by("-created_at").first()
     return {
         "enabled": backup_settings.ENABLED,
         "timezone": local_now(now).tzname(),
         "databases": backup_settings.DATABASES,
         **jobs,
-        "retention": {
-            "days": backup_settings.RETENTION_DAYS,
-            "min_count": backup_settings.RETENTION_MIN_COUNT,
-            "keep_daily": backup_settings.KEEP_DAILY,
-            "keep_weekly": backup_settings.KEEP_WEEKLY,
-            "keep_monthly": backup_settings.KEEP_MONTHLY,
-        },
+        "retention": {("days" if name == "retention_days" else name): value for name, value in asdict(policy).items()},
         "last_scheduled_backup": None
         if last is None
         else {

@@ -22,7 +22,6 @@ from django.utils import timezone
 
 from ..compression import CHUNK_SIZE, codec_for
 from ..conf import backup_settings
-from ..encryption import check_decryptable
 from ..engines import get_engine
 from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest, OperationInProgress, RestoreFailed, reason_of
 from ..models import Action, Backup, OperationStatus
@@ -31,7 +30,7 @@ from .backups import get_restorable_backup
 from .health import check_health_quietly
 from .journal import Actor, journal
 from .notify import notify
-from .offsite import find_manifest, write_manifest
+from .offsite import usable_manifest, write_manifest
 from .restore import GuardedReader, verified_copy_anywhere
 
 logger = logging.getLogger("backups")
@@ -78,10 +77,7 @@ def verify_backup(filename, *, actor, level="checksum"):
     with journal(Action.VERIFY, actor, filename=filename, permission="verify_backup") as operation:
         backup = get_restorable_backup(filename)
         operation.database = backup.database
-        manifest = find_manifest(filename)
-        if manifest is None:
-            raise BackupNotFound(f"The manifest of {filename} is missing; run 'manage.py backups sync'.")
-        check_decryptable(filename, manifest)  # without the key the check cannot run: an error
+        manifest = usable_manifest(filename)  # without the key the check cannot run: an error
         engine = get_engine(backup.database)
         started = time.monotonic()
         try:
