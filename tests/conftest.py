@@ -91,7 +91,10 @@ def pytest_terminal_summary(terminalreporter, config):
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(request, django_db_modify_db_settings_parallel_suffix):
     """Runs before the test databases are created: the servers the tests use must be there."""
-    require_server("PostgreSQL", "127.0.0.1", 5432)
+    from django.conf import settings
+
+    postgres = settings.DATABASES["default"]
+    require_server("PostgreSQL", postgres["HOST"] or "localhost", int(postgres["PORT"] or 5432))
     used = set().union(*(databases_of(item) for item in request.session.items))
     for alias, (host, port) in mysql_servers().items():
         if alias in used:
@@ -191,6 +194,16 @@ def fetch(alias, sql):
     with connections[alias].cursor() as cursor:
         cursor.execute(sql)
         return [tuple(row) for row in cursor.fetchall()]
+
+
+def raw_postgres_connection(alias="default"):
+    """A psycopg2 session of its own on the test database, outside Django's connections."""
+    import psycopg2
+
+    params = connections[alias].get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    return psycopg2.connect(**params)
 
 
 def table_exists(alias, name):

@@ -118,7 +118,7 @@ def test_list_is_newest_first_with_the_spec_fields(api, settings):
     assert items[0]["size_bytes"] > 0
 
 
-def test_list_leaves_out_failed_attempts(api, monkeypatch, tmp_path):
+def test_list_leaves_out_failed_attempts(api):
     good = create(api)
     Backup.objects.create(
         filename="hoppybrew_backup_20200101_000000.sql.gz",
@@ -296,9 +296,12 @@ def test_cleanup_answers_the_spec_body(api, settings):
 # -- errors, methods, traversal -----------------------------------------------------------------
 
 
-def test_wrong_method_is_405_json(api):
+def test_wrong_methods_are_405_json(api):
     assert_error(api.put("/backups", {}, format="json"), 405, "PUT")
     assert_error(api.get("/backups/restore"), 405, "GET")
+    assert_error(api.patch("/backups/cleanup", {}, format="json"), 405, "PATCH")
+    assert_error(api.delete("/backups"), 405, "DELETE")
+    assert_error(api.put("/backups/hoppybrew_backup_20241108_120000.sql.gz", {}, format="json"), 405, "PUT")
 
 
 @pytest.mark.parametrize(
@@ -368,7 +371,7 @@ def test_session_writes_need_csrf(superuser):
     assert_error(client.post("/backups", {}, format="json"), 403, "CSRF")
 
 
-def test_every_operation_is_journaled_with_who_and_where(api, superuser):
+def test_an_api_create_is_journaled_with_who_and_where(api, superuser):
     name = create(api)
     operation = Operation.objects.get(action="create", filename=name)
     assert (operation.actor, operation.origin, operation.status) == ("root", "api", "succeeded")

@@ -236,7 +236,7 @@ def test_recipients_must_be_age_public_keys(settings, age_key):
     assert backup_settings.ENCRYPTION_RECIPIENTS == [public]
 
 
-def test_an_unusable_or_readable_identity_file_is_a_warning(settings, tmp_path, age_key):
+def test_an_unusable_or_world_readable_identity_file_is_a_warning(settings, tmp_path, age_key):
     identity, _public = age_key
     settings.BACKUP_ENCRYPTION_IDENTITY_FILE = str(tmp_path / "missing.txt")
     assert [warning.id for warning in checks.check_identity_file(None)] == ["backups.W003"]

@@ -11,7 +11,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psycopg2
 import pymysql
 import pytest
 from django.db import connections, transaction
@@ -32,6 +31,7 @@ from .conftest import (
     execute,
     fetch,
     flip_byte,
+    raw_postgres_connection,
     read_manifest,
     resign,
     rewrite_backup,
@@ -246,10 +246,7 @@ def open_lock_holder(alias):
     """Another session, in the middle of a transaction that has read the brew table."""
     vendor = connections[alias].vendor
     if vendor == "postgresql":
-        params = connections[alias].get_connection_params()
-        params.pop("cursor_factory", None)
-        params.pop("context", None)
-        holder = psycopg2.connect(**params)
+        holder = raw_postgres_connection(alias)
         holder.cursor().execute("SELECT * FROM brew")
         return holder
     if vendor == "mysql":
@@ -262,13 +259,14 @@ def open_lock_holder(alias):
     return holder
 
 
-def test_postgresql_restore_removes_schemas_types_and_views_created_since():
+def test_postgresql_restore_removes_schemas_types_and_views_created_since(request):
     execute(
         "default",
         "CREATE TABLE brew (id integer)",
         "CREATE SCHEMA archive",
         "CREATE TABLE archive.old (id integer)",
     )
+    request.addfinalizer(lambda: execute("default", "DROP SCHEMA IF EXISTS archive CASCADE"))
     made = backup("default")
     execute(
         "default",
@@ -286,7 +284,6 @@ def test_postgresql_restore_removes_schemas_types_and_views_created_since():
     assert fetch("default", "SELECT count(*) FROM pg_proc WHERE proname = 'brewed'") == [(0,)]
     assert not table_exists("default", "brew_view") and not table_exists("default", "tagged")
     assert fetch("default", "SELECT count(*) FROM archive.old") == [(0,)]
-    execute("default", "DROP SCHEMA archive CASCADE")
 
 
 # A process that feeds a restore from its own stdin, unbuffered, so that psql gets whatever the

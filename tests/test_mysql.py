@@ -164,7 +164,7 @@ def test_versions_name_the_server_and_the_dump_tool():
     assert "mysqldump" in versions["dump_tool"] and "MariaDB" in versions["dump_tool"]
 
 
-def test_mysqls_own_mysqldump_leaves_gtids_out_of_the_dump():
+def test_gtid_purged_off_is_added_only_for_mysqls_own_mysqldump():
     mariadb = "mysqldump  Ver 10.19 Distrib 10.11.19-MariaDB, for debian-linux-gnu (x86_64)"
     mysql = "mysqldump  Ver 8.0.36 for Linux on x86_64 (MySQL Community Server - GPL)"
     assert mysql_only_dump_options(mariadb) == []

@@ -3,7 +3,6 @@ matter; and the health alarm: fresh, stale, failed verification, one notice per 
 
 import json
 import logging
-import socket
 import threading
 from datetime import timedelta
 from email import message_from_string
@@ -21,16 +20,10 @@ from backups import services
 from backups.models import Backup
 from backups.services.schedule import run_scheduled_backups, run_scheduled_cleanup
 
-from .conftest import make_staff, token_client
+from .conftest import free_port, make_staff, token_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 COMMAND = services.Actor.command()
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Inbox:
@@ -79,6 +72,7 @@ def channels(settings):
     yield inbox, webhook
     smtp.stop()
     webhook.shutdown()
+    webhook.server_close()
 
 
 def subjects(channels):
@@ -154,6 +148,7 @@ def test_a_notification_that_cannot_be_sent_never_breaks_the_backup(settings, ca
             made = run_scheduled_backups()
     finally:
         webhook.shutdown()
+        webhook.server_close()
     assert len(made) == 1 and made[0].status == "succeeded"
     assert "Backup notification email to ops@example.com failed" in caplog.text
     assert "Backup notification webhook failed: HTTP Error 500" in caplog.text

@@ -8,9 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from io import StringIO
 from pathlib import Path
 
-import psycopg2
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connections
@@ -21,7 +21,7 @@ from backups.engines.postgresql import LOCK_APPLICATION, LOCK_PURPOSES
 from backups.models import Backup, BackupStatus
 from backups.services.schedule import run_scheduled_backups, run_scheduled_cleanup
 
-from .conftest import execute, fetch
+from .conftest import execute, fetch, raw_postgres_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 PROJECT = Path(__file__).resolve().parent.parent
@@ -163,10 +163,7 @@ def test_replicas_firing_together_make_exactly_one_backup(cron_job):
 def test_a_killed_lock_holder_does_not_block_the_next_run(cron_job):
     execute("default", "CREATE TABLE brew (id integer)")
     # Hold brew's lock so that the first job's pg_dump waits while the job holds its locks.
-    params = connections["default"].get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    blocker = psycopg2.connect(**params)
+    blocker = raw_postgres_connection()
     blocker.cursor().execute("BEGIN; LOCK TABLE brew IN ACCESS EXCLUSIVE MODE")
     first = cron_job()
     try:
@@ -228,9 +225,7 @@ def test_the_schedule_endpoint(api, settings):
     assert body["last_scheduled_backup"]["status"] == "succeeded"
 
 
-def test_the_schedule_command(capsys):
-    from io import StringIO
-
+def test_the_schedule_command():
     out = StringIO()
     call_command("backups", "schedule", stdout=out)
     text = out.getvalue()
