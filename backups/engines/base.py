@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 
 from django.db import connections
 
@@ -75,6 +75,21 @@ class DatabaseEngine:
                 f"{', '.join(missing)} not found on PATH; install the {self.vendor} client tools "
                 "on the machine that runs the backups."
             )
+
+    def connect(self):
+        """A DB-API connection of its own, outside Django's (locks and small queries must not
+        share Django's, which a restore closes); raise ``DatabaseUnavailable`` when it fails."""
+        raise NotImplementedError("subclasses of DatabaseEngine must provide a connect() method")
+
+    def query_value(self, sql):
+        """The first value ``sql`` answers, on a connection of its own."""
+        connection = self.connect()
+        try:
+            with closing(connection.cursor()) as cursor:
+                cursor.execute(sql)
+                return cursor.fetchone()[0]
+        finally:
+            connection.close()
 
     def versions(self):
         """``{"server": ..., "dump_tool": ...}`` for the manifest; raises ``ToolMissing`` when

@@ -95,15 +95,6 @@ class MySQLEngine(DatabaseEngine):
                 f"Cannot connect to the MySQL database {self.describe()}: {reason(exc)}"
             ) from None
 
-    def query_value(self, sql):
-        connection = self.connect()
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql)
-                return cursor.fetchone()[0]
-        finally:
-            connection.close()
-
     def versions(self):
         server = self.query_value("SELECT VERSION()")
         flavour = "MariaDB" if "mariadb" in server.lower() else "MySQL"

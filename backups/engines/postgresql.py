@@ -133,15 +133,6 @@ class PostgreSQLEngine(DatabaseEngine):
         connection.autocommit = True
         return connection
 
-    def query_value(self, sql):
-        connection = self.connect()
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql)
-                return cursor.fetchone()[0]
-        finally:
-            connection.close()
-
     def versions(self):
         server = self.query_value("SHOW server_version")
         dump_tool = run_tool(["pg_dump", "--version"], os.environ, "pg_dump").strip()
