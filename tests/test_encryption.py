@@ -93,7 +93,7 @@ def test_the_age_tool_alone_decrypts_a_backup_that_psql_restores(encrypted, back
     try:
         pipeline = (
             f"age -d -i {identity} {backup_dir / made.filename} | gunzip "
-            f"| psql -X -q -v ON_ERROR_STOP=1 --single-transaction -h 127.0.0.1 -U postgres {scratch}"
+            f"| psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres {scratch}"
         )
         subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], check=True, capture_output=True)
         out = subprocess.run(

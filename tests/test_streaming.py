@@ -136,7 +136,7 @@ def test_a_zstd_backup_restores_by_hand_and_through_the_app(backup_dir, settings
     subprocess.run(["dropdb", *server, "--if-exists", scratch], check=True)
     subprocess.run(["createdb", *server, scratch], check=True)
     try:
-        psql = f"psql -X -q -v ON_ERROR_STOP=1 --single-transaction -h 127.0.0.1 -U postgres {scratch}"
+        psql = f"psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres {scratch}"
         pipeline = f"zstd -dc {backup_dir / made.filename} | {psql}"
         subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], check=True, capture_output=True)
         names = subprocess.run(

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 
 from django.db import connections
 
@@ -130,6 +130,11 @@ class DatabaseEngine:
         raise NotImplementedError("subclasses of DatabaseEngine must provide a lock() method")
         yield
 
+    def check_restore_requirements(self, requirements):
+        """Raise ``InvalidRequest`` when this database lacks what a backup's
+        ``restore_requirements`` (from its manifest; None for older backups) say it needs, before
+        anything is changed. Engines whose dumps need nothing outside the database keep this."""
+
     def lock_taken(self, purpose):
         """The error for a lock that someone else holds, saying what they are doing."""
         doing = {
@@ -190,39 +195,46 @@ class RowCounter:
 
 
 class ProcessDump:
-    """A dump tool running as a child process whose stdout is the SQL stream.
+    """A dump tool running as a child process whose stdout is the SQL stream, optionally piped
+    through further tools (``filters``: ``(args, env, tool)`` each, reading the previous one's
+    output).
 
-    Arguments are a list (no shell); secrets travel in ``env``. stderr goes to a temporary
-    file so a chatty tool can never block on a full pipe, and its tail becomes the error.
+    Arguments are lists (no shell); secrets travel in ``env``. stderr goes to temporary files so
+    a chatty tool can never block on a full pipe, and the tail of the first tool that failed
+    becomes the error (a later tool's failure is usually the consequence).
     """
 
-    def __init__(self, args, env, tool):
-        self.args = args
-        self.env = env
-        self.tool = tool
+    def __init__(self, args, env, tool, filters=()):
+        self.stages = [(args, env, tool), *filters]
 
     @contextmanager
     def run(self):
-        import tempfile
-
-        with tempfile.TemporaryFile() as stderr:
+        with ExitStack() as stack:
+            processes = []
             try:
-                process = subprocess.Popen(
-                    self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, env=self.env
-                )
-            except OSError as exc:
-                raise tool_missing(self.tool, exc) from None
-            try:
-                yield process.stdout
+                for args, env, tool in self.stages:
+                    stderr = stack.enter_context(tempfile.TemporaryFile())
+                    stdin = processes[-1][0].stdout if processes else subprocess.DEVNULL
+                    try:
+                        process = subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr, env=env)
+                    except OSError as exc:
+                        raise tool_missing(tool, exc) from None
+                    if processes:
+                        processes[-1][0].stdout.close()  # the next tool holds it now
+                    processes.append((process, tool, stderr))
+                yield processes[-1][0].stdout
             except BaseException:
-                process.kill()
-                process.wait()
+                for process, _, _ in processes:
+                    process.kill()
+                    process.wait()
                 raise
             finally:
-                process.stdout.close()
-            returncode = process.wait()
-            if returncode != 0:
-                raise DumpFailed(f"{self.tool} failed: {describe_exit(returncode, read_tail(stderr))}")
+                if processes:
+                    processes[-1][0].stdout.close()
+            exits = [(tool, process.wait(), stderr) for process, tool, stderr in processes]
+            for tool, returncode, stderr in exits:
+                if returncode != 0:
+                    raise DumpFailed(f"{tool} failed: {describe_exit(returncode, read_tail(stderr))}")
 
 
 def read_tail(stream, limit=STDERR_LIMIT):
@@ -281,6 +293,10 @@ def run_tool(args, env, tool, input_bytes=None, timeout=60):
 class DumpStream:
     """What ``dump()`` yields: an iterable of SQL chunks (of any size up to ``CHUNK_SIZE``),
     and the rows counted per table."""
+
+    #: What the target of a restore must offer, recorded in the manifest and checked by
+    #: ``check_restore_requirements`` before anything is touched (PostgreSQL: the roles granted to).
+    restore_requirements = None
 
     def __init__(self, stdout, counter=None):
         self.stdout = stdout

@@ -7,93 +7,199 @@ from contextlib import contextmanager
 from django.db import connections
 from django.db.backends.postgresql.client import DatabaseClient
 
-from ..exceptions import DatabaseBusy, DatabaseUnavailable, RestoreFailed, ToolMissing
-from .base import DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, run_fed, run_tool
+from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, InvalidRequest, RestoreFailed, ToolMissing
+from .base import CHUNK_SIZE, DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, run_fed, run_tool
 
 # Advisory lock keys: (application, purpose). Advisory locks live inside one database, so the
 # database being backed up is part of the key by construction.
 LOCK_APPLICATION = 0x48425042  # "HBPB"
 LOCK_PURPOSES = {"operations": 1, "schedule": 2, "cleanup": 3, "verify": 4}
 
+# A custom-format archive, turned straight back into plain SQL by pg_restore: its
+# --single-transaction writes one BEGIN at the top and one COMMIT at the very end and nothing
+# in between (plain pg_dump wraps large objects in a BEGIN/COMMIT of their own, which would
+# commit half a restore). Such a file commits nothing unless it is whole, by hand too.
 DUMP_OPTIONS = [
-    "--format=plain",
-    # Restorable over a live database and on another server, by hand: drop what exists first,
-    # and leave owners and grants to whoever restores.
-    "--clean",
-    "--if-exists",
-    "--no-owner",
-    "--no-privileges",
+    "--format=custom",
+    "--compress=0",  # the stream is compressed once, afterwards
     "--no-password",
+    # Replication set-up, not data: restoring a subscription would connect to its publisher.
+    "--no-subscriptions",
 ]
+# No owners: restorable on another server by whoever restores. Privileges stay (GRANTs and
+# default privileges come back as they were).
+TO_SQL_OPTIONS = ["--single-transaction", "--no-owner", "--file=-"]
 
-# The transaction is opened here and committed only after the last byte of the dump: psql's
-# --single-transaction would commit at end of input, so a feeder that dies midway (killed, out of
-# memory) would leave half a dump committed. Without a COMMIT the server rolls everything back.
-RESTORE_BEGIN = "BEGIN;\n"
-RESTORE_COMMIT = b"\nCOMMIT;\n"
-
-# Runs first inside the restore's transaction. Taking every table's lock up front, with a
-# timeout, makes a busy database fail fast instead of waiting behind other sessions. Then
-# everything the dump could not know about (tables, types, schemas created since the backup)
-# is dropped, so that the result equals the backup exactly. Extension members are left to the
-# extensions, which the dump drops and recreates itself.
-RESTORE_PRELUDE = """
-SET LOCAL lock_timeout = '{lock_timeout}s';
+# Spliced in right after the file's BEGIN, so it runs in the restore's one transaction, in the
+# app and by hand alike: it refuses when a role the dump grants to is missing, locks every table
+# with a timeout (the hoppybrew.lock_timeout setting, none by hand) so that a busy database fails
+# fast, then leaves the database as initdb made it: no schema but an empty public, no large
+# object, publication, event trigger or extension. The dump, which does not drop anything
+# itself, then recreates exactly what it holds. Schemas are dropped whole; public (which pg_dump
+# does not create) is emptied through its dependants, so no list of object kinds can miss one.
+RESTORE_CLEANUP = r"""
 DO $hoppybrew$
 DECLARE
+    missing text;
+    public_oid oid;
     item record;
+    object record;
 BEGIN
+    PERFORM pg_catalog.set_config('search_path', '', true);
+    PERFORM pg_catalog.set_config('client_min_messages', 'warning', true);
+    -- Before anything changes: every role the backup grants privileges to must exist here.
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(name), ', ' ORDER BY name) INTO missing
+    FROM pg_catalog.unnest(ARRAY[/*roles*/]::text[]) AS name
+    WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = name);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'hoppybrew: the backup grants privileges to roles that do not exist on this server: %', missing
+            USING HINT = 'Create them first (CREATE ROLE name NOLOGIN;), then restore again. Nothing was changed.';
+    END IF;
+    -- A busy database fails fast, before anything is dropped.
+    PERFORM pg_catalog.set_config('lock_timeout',
+        coalesce(nullif(pg_catalog.current_setting('hoppybrew.lock_timeout', true), ''), '0'), true);
     FOR item IN
-        SELECT format('%I.%I', n.nspname, c.relname) AS name
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-          AND n.nspname NOT LIKE 'pg\\_%'
+        SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS name FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p', 'f') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
     LOOP
-        EXECUTE 'LOCK TABLE ' || item.name || ' IN ACCESS EXCLUSIVE MODE';
+        EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', item.name);
+    END LOOP;
+    -- Objects outside schemas, then every schema but public whole, with what is in them.
+    FOR item IN SELECT evtname FROM pg_catalog.pg_event_trigger LOOP
+        EXECUTE pg_catalog.format('DROP EVENT TRIGGER %I', item.evtname);
+    END LOOP;
+    FOR item IN SELECT pubname FROM pg_catalog.pg_publication LOOP
+        EXECUTE pg_catalog.format('DROP PUBLICATION %I', item.pubname);
     END LOOP;
     FOR item IN
-        SELECT e.extname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-        WHERE n.nspname <> 'pg_catalog'
+        SELECT e.extname FROM pg_catalog.pg_extension e
+        WHERE e.extnamespace <> 'pg_catalog'::pg_catalog.regnamespace
     LOOP
-        EXECUTE format('DROP EXTENSION IF EXISTS %I CASCADE', item.extname);
+        EXECUTE pg_catalog.format('DROP EXTENSION IF EXISTS %I CASCADE', item.extname);
     END LOOP;
     FOR item IN
-        SELECT n.nspname FROM pg_namespace n
-        WHERE n.nspname NOT IN ('public', 'pg_catalog', 'information_schema')
-          AND n.nspname NOT LIKE 'pg\\_%'
+        SELECT nspname FROM pg_catalog.pg_namespace
+        WHERE nspname NOT IN ('public', 'information_schema') AND nspname NOT LIKE 'pg\_%'
     LOOP
-        EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', item.nspname);
+        EXECUTE pg_catalog.format('DROP SCHEMA %I CASCADE', item.nspname);
+    END LOOP;
+    PERFORM pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata;
+    -- public stays (initdb made it; pg_dump does not create it), emptied: everything in a schema
+    -- depends on it, so its dependants are exactly what to drop. Objects that belong to another
+    -- (a range's constructors, a table's row type) go with their owner.
+    SELECT oid INTO public_oid FROM pg_catalog.pg_namespace WHERE nspname = 'public';
+    IF public_oid IS NULL THEN
+        CREATE SCHEMA public;
+        COMMENT ON SCHEMA public IS 'standard public schema';
+        GRANT USAGE ON SCHEMA public TO PUBLIC;
+    END IF;
+    FOR item IN
+        SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
+        WHERE d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.refobjid = public_oid
+          AND d.deptype = 'n'
+          AND NOT EXISTS (
+              SELECT FROM pg_catalog.pg_depend owner
+              WHERE owner.classid = d.classid AND owner.objid = d.objid AND owner.deptype IN ('i', 'e')
+                AND (owner.refclassid, owner.refobjid) <> (d.classid, d.objid))
+        ORDER BY d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass DESC, d.objid
+    LOOP
+        -- An earlier CASCADE may have taken it already.
+        CONTINUE WHEN NOT EXISTS (
+            SELECT FROM pg_catalog.pg_depend d
+            WHERE d.classid = item.classid AND d.objid = item.objid AND d.refobjid = public_oid);
+        SELECT * INTO object FROM pg_catalog.pg_identify_object(item.classid, item.objid, 0);
+        EXECUTE pg_catalog.format('DROP %s %s CASCADE',
+            CASE object.type WHEN 'composite type' THEN 'TYPE' WHEN 'statistics object' THEN 'STATISTICS'
+                             ELSE pg_catalog.upper(object.type) END,
+            object.identity);
+    END LOOP;
+    -- Default privileges back to the built-in ones: none per schema, the hard-wired ones globally.
+    FOR item IN
+        SELECT d.defaclrole::pg_catalog.regrole AS role, n.nspname, acl.grantee, kinds.keyword
+        FROM pg_catalog.pg_default_acl d
+        LEFT JOIN pg_catalog.pg_namespace n ON n.oid = d.defaclnamespace
+        JOIN (VALUES ('r', 'TABLES'), ('S', 'SEQUENCES'), ('f', 'FUNCTIONS'), ('T', 'TYPES'), ('n', 'SCHEMAS'))
+            AS kinds (objtype, keyword) ON kinds.objtype = d.defaclobjtype,
+        pg_catalog.aclexplode(d.defaclacl) acl
+    LOOP
+        EXECUTE pg_catalog.format('ALTER DEFAULT PRIVILEGES FOR ROLE %s %s REVOKE ALL ON %s FROM %s', item.role,
+            CASE WHEN item.nspname IS NULL THEN '' ELSE pg_catalog.format('IN SCHEMA %I', item.nspname) END,
+            item.keyword, CASE item.grantee WHEN 0 THEN 'PUBLIC' ELSE item.grantee::pg_catalog.regrole::text END);
     END LOOP;
     FOR item IN
-        SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
-                              WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END AS kind,
-               format('public.%I', c.relname) AS name
-        FROM pg_class c
-        WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
-          AND NOT c.relispartition
-          -- sequences of serial and identity columns go with their tables
-          AND NOT (c.relkind = 'S' AND EXISTS (
-              SELECT 1 FROM pg_depend d
-              WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i')))
+        SELECT d.defaclrole::pg_catalog.regrole AS role, kinds.keyword, acl.grantee, acl.privilege_type
+        FROM (SELECT DISTINCT defaclrole, defaclobjtype FROM pg_catalog.pg_default_acl WHERE defaclnamespace = 0) d
+        JOIN (VALUES ('r', 'r', 'TABLES'), ('S', 's', 'SEQUENCES'), ('f', 'f', 'FUNCTIONS'), ('T', 'T', 'TYPES'),
+                     ('n', 'n', 'SCHEMAS')) AS kinds (objtype, acltype, keyword) ON kinds.objtype = d.defaclobjtype,
+        pg_catalog.aclexplode(pg_catalog.acldefault(kinds.acltype::"char", d.defaclrole)) acl
     LOOP
-        EXECUTE format('DROP %s IF EXISTS %s CASCADE', item.kind, item.name);
+        EXECUTE pg_catalog.format('ALTER DEFAULT PRIVILEGES FOR ROLE %s GRANT %s ON %s TO %s', item.role,
+            item.privilege_type, item.keyword,
+            CASE item.grantee WHEN 0 THEN 'PUBLIC' ELSE item.grantee::pg_catalog.regrole::text END);
     END LOOP;
+    -- What is left outside schemas: casts between built-in types, wrappers without functions.
     FOR item IN
-        SELECT CASE p.prokind WHEN 'a' THEN 'AGGREGATE' WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END AS kind,
-               p.oid::regprocedure::text AS name
-        FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+        SELECT pg_catalog.format_type(castsource, NULL) AS source, pg_catalog.format_type(casttarget, NULL) AS target
+        FROM pg_catalog.pg_cast c WHERE c.oid >= 16384 AND NOT EXISTS (
+            SELECT FROM pg_catalog.pg_depend d
+            WHERE d.classid = 'pg_catalog.pg_cast'::pg_catalog.regclass AND d.objid = c.oid AND d.deptype IN ('i', 'e'))
     LOOP
-        EXECUTE format('DROP %s IF EXISTS %s CASCADE', item.kind, item.name);
+        EXECUTE pg_catalog.format('DROP CAST IF EXISTS (%s AS %s) CASCADE', item.source, item.target);
     END LOOP;
-    FOR item IN
-        SELECT t.oid::regtype::text AS name FROM pg_type t
-        WHERE t.typnamespace = 'public'::regnamespace AND t.typtype IN ('c', 'd', 'e', 'r')
-          AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
-    LOOP
-        EXECUTE format('DROP TYPE IF EXISTS %s CASCADE', item.name);
+    FOR item IN SELECT fdwname FROM pg_catalog.pg_foreign_data_wrapper LOOP
+        EXECUTE pg_catalog.format('DROP FOREIGN DATA WRAPPER IF EXISTS %I CASCADE', item.fdwname);
     END LOOP;
+    -- public's privileges and comment as initdb made them; the dump applies its changes to them.
+    IF public_oid IS NOT NULL AND pg_catalog.pg_has_role(
+        (SELECT nspowner FROM pg_catalog.pg_namespace WHERE oid = public_oid), 'USAGE') THEN
+        FOR item IN
+            SELECT DISTINCT acl.grantee FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) acl
+            WHERE n.oid = public_oid
+        LOOP
+            EXECUTE pg_catalog.format('REVOKE ALL ON SCHEMA public FROM %s',
+                CASE item.grantee WHEN 0 THEN 'PUBLIC' ELSE item.grantee::pg_catalog.regrole::text END);
+        END LOOP;
+        -- initdb's grants name initdb's owner; ALTER SCHEMA ... OWNER moves them to the new one.
+        FOR item IN
+            SELECT CASE WHEN acl.grantee = acl.grantor THEN n.nspowner ELSE acl.grantee END AS grantee,
+                   acl.privilege_type
+            FROM pg_catalog.pg_namespace n
+            LEFT JOIN pg_catalog.pg_init_privs i
+              ON i.objoid = n.oid AND i.classoid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND i.objsubid = 0,
+            pg_catalog.aclexplode(coalesce(i.initprivs, pg_catalog.acldefault('n', n.nspowner))) acl
+            WHERE n.oid = public_oid
+        LOOP
+            EXECUTE pg_catalog.format('GRANT %s ON SCHEMA public TO %s', item.privilege_type,
+                CASE item.grantee WHEN 0 THEN 'PUBLIC' ELSE item.grantee::pg_catalog.regrole::text END);
+        END LOOP;
+        COMMENT ON SCHEMA public IS 'standard public schema';
+    END IF;
 END
 $hoppybrew$;
+"""
+# Backups made before the dump opened its own transaction: the app wraps them in one.
+LEGACY_BEGIN = "BEGIN;\n"
+COMMIT = b"\nCOMMIT;\n"
+
+# Roles named by the privileges a dump carries (grantees of every ACL and the roles that own
+# default privileges), except the built-in ones. Each catalog with an ACL column is here.
+GRANTED_ROLES = """
+SELECT DISTINCT r.rolname FROM (
+    SELECT (pg_catalog.aclexplode(relacl)).grantee FROM pg_catalog.pg_class WHERE oid >= 16384
+    UNION ALL SELECT (pg_catalog.aclexplode(attacl)).grantee FROM pg_catalog.pg_attribute WHERE attrelid >= 16384
+    UNION ALL SELECT (pg_catalog.aclexplode(nspacl)).grantee FROM pg_catalog.pg_namespace
+    UNION ALL SELECT (pg_catalog.aclexplode(proacl)).grantee FROM pg_catalog.pg_proc WHERE oid >= 16384
+    UNION ALL SELECT (pg_catalog.aclexplode(typacl)).grantee FROM pg_catalog.pg_type WHERE oid >= 16384
+    UNION ALL SELECT (pg_catalog.aclexplode(lomacl)).grantee FROM pg_catalog.pg_largeobject_metadata
+    UNION ALL SELECT (pg_catalog.aclexplode(fdwacl)).grantee FROM pg_catalog.pg_foreign_data_wrapper
+    UNION ALL SELECT (pg_catalog.aclexplode(srvacl)).grantee FROM pg_catalog.pg_foreign_server
+    UNION ALL SELECT (pg_catalog.aclexplode(lanacl)).grantee FROM pg_catalog.pg_language WHERE oid >= 16384
+    UNION ALL SELECT (pg_catalog.aclexplode(defaclacl)).grantee FROM pg_catalog.pg_default_acl
+    UNION ALL SELECT defaclrole FROM pg_catalog.pg_default_acl
+) granted JOIN pg_catalog.pg_roles r ON r.oid = granted.grantee
+WHERE r.oid >= 16384
+ORDER BY 1
 """
 
 VERSION_PATTERN = re.compile(r"(\d+)(?:\.(\d+))?")
@@ -103,9 +209,11 @@ QUALIFIED_NAME = re.compile(r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\.(?:"(?
 
 class PostgreSQLEngine(DatabaseEngine):
     vendor = "postgresql"
-    required_tools = ("pg_dump", "psql")
-    # Each dump carries a random key on these lines (PostgreSQL 15.14+).
-    volatile_prefixes = (b"\\restrict ", b"\\unrestrict ")
+    required_tools = ("pg_dump", "pg_restore", "psql")
+    # Each dump carries a random key on these lines (PostgreSQL 15.14+). The comments and blank
+    # lines around each object carry no SQL, and differ where the dump had nothing to say: a
+    # scratch database's public schema has another owner, so its (empty) entry comes and goes.
+    volatile_prefixes = (b"\\restrict ", b"\\unrestrict ", b"--\n", b"-- Name: ", b"-- *not* ", b"\n")
 
     def command(self, tool, parameters):
         """Argument list and environment for a client tool, built the way ``dbshell`` does:
@@ -148,14 +256,55 @@ class PostgreSQLEngine(DatabaseEngine):
     @contextmanager
     def dump(self):
         args, env = self.command("pg_dump", DUMP_OPTIONS)
-        counter = CopyRowCounter()
-        with ProcessDump(args, env, "pg_dump").run() as stdout:
-            yield DumpStream(stdout, counter)
+        to_sql = (["pg_restore", *TO_SQL_OPTIONS], env, "pg_restore")
+        roles = self.granted_roles()
+        with ProcessDump(args, env, "pg_dump", filters=[to_sql]).run() as stdout:
+            stream = CleanupSplicingStream(stdout, CopyRowCounter(), restore_cleanup(roles))
+            stream.restore_requirements = {"roles": roles}
+            yield stream
+
+    def granted_roles(self):
+        connection = self.connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(GRANTED_ROLES)
+                return [name for (name,) in cursor.fetchall()]
+        finally:
+            connection.close()
+
+    def check_restore_requirements(self, requirements):
+        wanted = (requirements or {}).get("roles") or []
+        if not wanted:
+            return
+        connection = self.connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)", (wanted,))
+                present = {name for (name,) in cursor.fetchall()}
+        finally:
+            connection.close()
+        missing = [name for name in wanted if name not in present]
+        if missing:
+            raise InvalidRequest(
+                f"The backup grants privileges to roles that do not exist on the server of {self.describe()}: "
+                f"{', '.join(missing)}. Create them first (for example CREATE ROLE {missing[0]} NOLOGIN;), then "
+                "restore again. Nothing was changed."
+            )
 
     def restore(self, stream, lock_timeout):
         args, env = self.command("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-f", "-"])
-        prelude = RESTORE_BEGIN + RESTORE_PRELUDE.format(lock_timeout=int(lock_timeout))
-        returncode, message = run_fed(args, env, "psql", prelude.encode(), stream, epilogue=RESTORE_COMMIT)
+        head = read_head(stream)
+        setting = f"SET hoppybrew.lock_timeout = '{int(lock_timeout)}s';\n"
+        if opens_own_transaction(head):
+            # The file's own COMMIT is held back and sent only once the whole stream has been
+            # read: whatever follows it, or a stream that fails at its end, stays inside the
+            # transaction.
+            prelude, epilogue = setting.encode(), COMMIT
+            stream = WithheldCommit(head, stream)
+        else:
+            prelude = (LEGACY_BEGIN + setting + restore_cleanup([])).encode() + head
+            epilogue = COMMIT
+        returncode, message = run_fed(args, env, "psql", prelude, stream, epilogue=epilogue)
         if returncode == 0:
             return
         if "lock timeout" in message:
@@ -299,3 +448,101 @@ class CopyRowCounter(RowCounter):
         self.table = None
         self._previous = b""
         return end
+
+
+def restore_cleanup(roles):
+    """The cleanup for a dump that grants to ``roles``, as SQL."""
+    literals = ", ".join("'" + role.replace("'", "''") + "'" for role in roles)
+    return RESTORE_CLEANUP.replace("/*roles*/", literals)
+
+
+def first_statement(head):
+    """The first line of ``head`` that is neither blank nor a comment nor psql's \\restrict, if
+    ``head`` holds all of it."""
+    lines = head.split(b"\n")
+    for line in lines[:-1]:  # the last one may be cut short
+        line = line.strip()
+        if line and not line.startswith((b"--", b"\\restrict ")):
+            return line
+    return None
+
+
+def read_head(stream):
+    """The start of the stream, up to and including its first statement (or all of a short one)."""
+    head = b""
+    while first_statement(head) is None and len(head) < CHUNK_SIZE:
+        chunk = stream.read(CHUNK_SIZE)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+def opens_own_transaction(head):
+    """Whether the dump's first statement is its own BEGIN (dumps from this version on)."""
+    return first_statement(head) == b"BEGIN;"
+
+
+class CleanupSplicingStream(DumpStream):
+    """The dump's chunks with ``cleanup`` inserted after its opening BEGIN."""
+
+    OPENING = b"\nBEGIN;\n"
+
+    def __init__(self, stdout, counter, cleanup):
+        super().__init__(stdout, counter)
+        self.cleanup = cleanup.encode()
+
+    def __iter__(self):
+        chunks = super().__iter__()
+        head = b""
+        for chunk in chunks:
+            head += chunk
+            found = head.find(self.OPENING)
+            if found >= 0:
+                cut = found + len(self.OPENING)
+                yield head[:cut] + self.cleanup + head[cut:]
+                break
+            if len(head) > CHUNK_SIZE:
+                raise DumpFailed("pg_restore wrote no BEGIN at the start of the dump; its output is not understood.")
+        else:
+            if head:
+                raise DumpFailed("pg_restore wrote no BEGIN at the start of the dump; its output is not understood.")
+            return
+        yield from chunks
+
+
+class WithheldCommit:
+    """A reader of a dump that opens its own transaction, without the COMMIT that ends it.
+
+    The final COMMIT stands a few lines before the end (only comments follow), so the last
+    ``TAIL`` bytes are held back until the stream ends, and the last COMMIT among them is
+    dropped. A stream without one is not a whole dump.
+    """
+
+    TAIL = 4096
+
+    def __init__(self, head, stream):
+        self.stream = stream
+        self.pending = head
+        self.ended = False
+
+    def read(self, size=CHUNK_SIZE):
+        while not self.ended and len(self.pending) <= self.TAIL:
+            chunk = self.stream.read(CHUNK_SIZE)
+            if not chunk:
+                self.ended = True
+                self.pending = self._without_commit(self.pending)
+                break
+            self.pending += chunk
+        limit = len(self.pending) if self.ended else len(self.pending) - self.TAIL
+        data, self.pending = self.pending[: min(size, limit)], self.pending[min(size, limit) :]
+        return data
+
+    def _without_commit(self, tail):
+        found = tail.rfind(COMMIT, max(0, len(tail) - self.TAIL - len(COMMIT)))
+        if found < 0:
+            raise RestoreFailed(
+                "Database restore failed; the database was not changed. The dump ends without its COMMIT: "
+                "the file is not whole."
+            )
+        return tail[: found + 1] + tail[found + len(COMMIT) :]

@@ -132,6 +132,8 @@ class SQLiteEngine(DatabaseEngine):
 class SQLiteDumpStream:
     """The SQL of ``iterdump``, in chunks of ``CHUNK_SIZE``, counting INSERTs per table."""
 
+    restore_requirements = None  # a SQLite dump needs nothing outside its file
+
     def __init__(self, connection):
         self.connection = connection
         self.row_counts = {}

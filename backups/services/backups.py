@@ -100,6 +100,7 @@ def write_backup(engine, backup, progress=None):
             versions=versions,
             duration=time.monotonic() - started,
             table_rows=written["table_rows"],
+            restore_requirements=written["restore_requirements"],
         )
         get_storage().write_json(manifest_name(backup.filename), backup.manifest, overwrite=False)
     except BaseException as exc:
@@ -171,6 +172,7 @@ def stream_dump(engine, backup, progress=None):
                     uncompressed += len(chunk)
                     reporter.tick(uncompressed, counted.size)
                 table_rows = dump.row_counts
+                requirements = dump.restore_requirements
             compressor.close()
         except BaseException:
             with suppress(Exception):  # the error that got us here is the one to report
@@ -182,6 +184,7 @@ def stream_dump(engine, backup, progress=None):
         "sha256": counted.sha256,
         "uncompressed_bytes": uncompressed,
         "table_rows": table_rows,
+        "restore_requirements": requirements,
     }
 
 
@@ -211,7 +214,7 @@ class ProgressReporter:
             logger.debug("Could not record progress of %s", self.backup.filename, exc_info=True)
 
 
-def build_manifest(backup, *, versions, duration, table_rows):
+def build_manifest(backup, *, versions, duration, table_rows, restore_requirements=None):
     manifest = {field: _json_value(getattr(backup, field)) for field in LIST_FIELDS}
     manifest.update(
         {
@@ -230,6 +233,7 @@ def build_manifest(backup, *, versions, duration, table_rows):
             "origin": backup.origin,
             "created_by": backup.created_by,
             "table_rows": table_rows,
+            "restore_requirements": restore_requirements,
             "encryption": manifest_entry(backup.filename),
             "locations": backup.locations,
         }

@@ -149,7 +149,8 @@ def restore_preview(filename, *, actor, target=None):
 
 def check_restore(backup, alias):
     """What can be checked before a restore of ``backup`` into ``alias`` starts: the engines
-    match, the tools are there, the manifest exists, the key to decrypt it is at hand.
+    match, the tools are there, the manifest exists, the key to decrypt it is at hand, the
+    database offers what the dump needs (the roles it grants to).
     Returns (engine, manifest)."""
     engine = get_engine(alias)
     if engine.vendor != backup.engine:
@@ -158,7 +159,9 @@ def check_restore(backup, alias):
             f"database {alias!r}. Nothing was changed."
         )
     engine.check_tools()
-    return engine, usable_manifest(backup.filename)
+    manifest = usable_manifest(backup.filename)
+    engine.check_restore_requirements(manifest.get("restore_requirements"))
+    return engine, manifest
 
 
 def verification_warning(backup):
