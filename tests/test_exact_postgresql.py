@@ -278,47 +278,45 @@ def sql_of(backup_dir, filename):
     return gzip.decompress((backup_dir / filename).read_bytes())
 
 
-def test_sql_failing_near_the_end_changes_nothing_even_with_large_objects(pagila, backup_dir):
+def changed_backup(pagila, backup_dir, rewrite):
+    """A backup of Pagila rewritten by ``rewrite(sql, end)`` (``end``: where its COMMIT
+    stands) with a manifest that vouches for the result, and the database changed since;
+    returns the backup and the fingerprint of the changed database."""
     alias, database, role = pagila
     made = backup_of(alias)
     run_sql(database, CHANGES.format(role=role))
-    changed = fingerprint(database)
     sql = sql_of(backup_dir, made.filename)
-    end = sql.rindex(b"\nCOMMIT;")
-    broken = sql[:end] + b"\nINSERT INTO no_such_relation VALUES (1);" + sql[end:]
-    resign(backup_dir, made.filename, gzip.compress(broken), uncompressed_bytes=len(broken))
+    rewritten = rewrite(sql, sql.rindex(b"\nCOMMIT;"))
+    resign(backup_dir, made.filename, gzip.compress(rewritten), uncompressed_bytes=len(rewritten))
+    return made, fingerprint(database)
+
+
+def test_sql_failing_near_the_end_changes_nothing_even_with_large_objects(pagila, backup_dir):
+    made, changed = changed_backup(
+        pagila, backup_dir, lambda sql, end: sql[:end] + b"\nINSERT INTO no_such_relation VALUES (1);" + sql[end:]
+    )
     with pytest.raises(RestoreFailed, match="not changed") as failure:
         restore(made.filename)
     assert "no_such_relation" in failure.value.message
-    assert_same(fingerprint(database), changed)
+    assert_same(fingerprint(pagila[1]), changed)
 
 
 @pytest.mark.parametrize("where", [0.5, 0.999])
 def test_a_file_cut_short_changes_nothing(pagila, backup_dir, where):
     """Cut in the middle and just before the COMMIT, with a manifest that vouches for the cut
     file (size and sha256 both match): the missing COMMIT alone must stop it."""
-    alias, database, role = pagila
-    made = backup_of(alias)
-    run_sql(database, CHANGES.format(role=role))
-    changed = fingerprint(database)
-    sql = sql_of(backup_dir, made.filename)
-    cut = sql[: int(sql.rindex(b"\nCOMMIT;") * where)]
-    resign(backup_dir, made.filename, gzip.compress(cut), uncompressed_bytes=len(cut))
+    made, changed = changed_backup(pagila, backup_dir, lambda sql, end: sql[: int(end * where)])
     with pytest.raises((RestoreFailed, BackupDamaged)):
         restore(made.filename)
-    assert_same(fingerprint(database), changed)
+    assert_same(fingerprint(pagila[1]), changed)
 
 
 def test_a_restore_whose_connection_is_lost_changes_nothing(pagila, backup_dir):
-    alias, database, role = pagila
-    made = backup_of(alias)
-    run_sql(database, CHANGES.format(role=role))
-    changed = fingerprint(database)
+    database = pagila[1]
     # A restore that takes long enough to be cut: the backup with a pause before its COMMIT.
-    sql = sql_of(backup_dir, made.filename)
-    end = sql.rindex(b"\nCOMMIT;")
-    slow = sql[:end] + b"\nSELECT pg_sleep(60);" + sql[end:]
-    resign(backup_dir, made.filename, gzip.compress(slow), uncompressed_bytes=len(slow))
+    made, changed = changed_backup(
+        pagila, backup_dir, lambda sql, end: sql[:end] + b"\nSELECT pg_sleep(60);" + sql[end:]
+    )
     failures = []
 
     def attempt():
