@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.core import signing
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -160,6 +161,7 @@ class BackupAdmin(admin.ModelAdmin):
     search_fields = ("filename", "description")
     ordering = ("-created_at", "-filename")
     actions = ["restore_selected", "verify_checksums", "drill_restores"]
+    formfield_overrides = {models.TextField: {"widget": forms.Textarea(attrs={"rows": 3, "cols": 60})}}
     fieldsets = (
         (None, {"fields": ("filename", "description", "status", "error")}),
         ("Database", {"fields": ("database", "engine", "database_name", "database_host")}),
@@ -201,10 +203,10 @@ class BackupAdmin(admin.ModelAdmin):
     @admin.display(description="backup", ordering="filename")
     def backup(self, backup):
         description = Truncator(backup.description.replace("\n", " ")).chars(70)
+        # Long names break after an underscore rather than anywhere.
+        filename = format_html_join(mark_safe("_<wbr>"), "{}", ((part,) for part in backup.filename.split("_")))
         return format_html(
-            '<span class="backup-filename">{}</span><span class="backup-description">{}</span>',
-            backup.filename,
-            description,
+            '<span class="backup-filename">{}</span><span class="backup-description">{}</span>', filename, description
         )
 
     @admin.display(description="created", ordering="created_at")
@@ -263,7 +265,7 @@ class BackupAdmin(admin.ModelAdmin):
             format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
         )
 
-    @admin.display(description="copies")
+    @admin.display(description="where")
     def copies(self, backup):
         storages = {location: storage.where for location, storage in backup_storages()}
         locations = backup.locations or []
@@ -346,6 +348,8 @@ class BackupAdmin(admin.ModelAdmin):
     def changelist_view(self, request, extra_context=None):
         context = {
             "title": "Backups",
+            # The list needs the width of a 1280 px screen; the breadcrumbs lead elsewhere.
+            "is_nav_sidebar_enabled": False,
             "can_create": self.has_create_permission(request),
             "description_max_length": Backup._meta.get_field("description").max_length,
             **(extra_context or {}),

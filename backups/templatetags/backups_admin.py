@@ -14,7 +14,14 @@ register.filter("local_time", local_time)
 WIDTH, HEIGHT = 360, 120
 # Room for the axis labels.
 LEFT, RIGHT, TOP, BOTTOM = 64, 8, 10, 22
-FORMATS = {"size": human_size, "duration": human_duration}
+
+
+def chart_duration(seconds):
+    """Durations on an axis: small backups take less than a second."""
+    return f"{seconds:.1f} s" if seconds < 60 else human_duration(seconds)
+
+
+FORMATS = {"size": human_size, "duration": chart_duration}
 
 
 @register.inclusion_tag("admin/backups/line_chart.html")
