@@ -111,7 +111,8 @@ def test_list_shows_each_backup_newest_first_with_badges_ages_and_a_restore_butt
     page = response.content.decode()
     for cell in (
         "<title>Backups | ",
-        f'<span class="backup-filename">{older.filename}</span><span class="backup-description">older</span>',
+        '<span class="backup-filename">' + older.filename.replace("_", "_<wbr>") + "</span>",
+        '<span class="backup-description">older</span>',
         '<time datetime="2020-01-02T12:30:05+00:00" title="2020-01-02 21:30:05 JST">',
         f'<td class="field-size">{human_size(older.size_bytes)}</td>',
         '<span class="backup-badge backup-badge-good" title="">succeeded</span>',
@@ -490,6 +491,17 @@ def test_the_progress_of_a_backup_is_estimated_from_the_previous_one(admin):
     poll_url = re.search(r'data-poll-url="([^"]+)"', page).group(1)
     state = Client().get(poll_url).json()
     assert (state["percent"], state["total"]) == (50, f"about {human_size(previous.size_bytes)}")
+
+
+def test_a_restore_announces_the_phases_the_progress_page_shows(brew):
+    phases = []
+    services.restore_backup(
+        brew.filename,
+        actor=services.Actor.command(),
+        stage=lambda phase, backup=None: phases.append((phase, backup.trigger if backup else None)),
+    )
+    assert phases == [("checking", None), ("pre-restore backup", "pre-restore"), ("loading", None)]
+    assert fetch("default", "SELECT name FROM brew") == [("Pale Ale",)]
 
 
 def test_a_restore_that_logs_the_user_out_shows_its_outcome_after_logging_in(superuser):

@@ -21,6 +21,8 @@ class HealthReport:
     checked_at: object
     problems: list = field(default_factory=list)  # never names a file: monitors may read them
     databases: dict = field(default_factory=dict)
+    # Per database, its own problems and whether it is stale, for the admin's status lights.
+    findings: dict = field(default_factory=dict)
 
     def as_dict(self, with_filenames):
         return {
@@ -62,9 +64,8 @@ def check_health(now=None):
         newest = backups.newest()
         checked = backups.filter(verified_at__isnull=False).order_by("-verified_at").first()
         facts = {"newest_backup_filename": None, "newest_backup_at": None, "age_hours": None, "verification": None}
-        # Each database's own problems too, for the admin's status lights.
-        problems = facts["problems"] = []
-        facts["stale"] = False
+        problems = []
+        findings = report.findings[alias] = {"problems": problems, "stale": False}
         if newest is None:
             problems.append(f"Database {alias!r} has no successful backup.")
         else:
@@ -75,7 +76,7 @@ def check_health(now=None):
                 age_hours=round(age, 1),
             )
             if limit is not None and age > limit:
-                facts["stale"] = True
+                findings["stale"] = True
                 problems.append(
                     f"The newest backup of database {alias!r} is {age:.0f} hours old (limit {limit} hours)."
                 )

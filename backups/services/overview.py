@@ -75,18 +75,18 @@ def overview(*, actor, now=None):
         healthy=report.healthy,
         scheduled=scheduled,
         databases=[
-            database_status(alias, facts, next_run if scheduled else None) for alias, facts in report.databases.items()
+            database_status(alias, facts, report.findings[alias], next_run) for alias, facts in report.databases.items()
         ],
         storages=storage_use(),
         failures=recent_failures(),
     )
 
 
-def database_status(alias, facts, next_run):
+def database_status(alias, facts, findings, next_run):
     """One status light: failing (no good backup, or the latest attempt failed), stale (the health
     check's age limit), drills failing (the latest verification failed), else healthy."""
     backups = Backup.objects.for_database(alias).defer("manifest")
-    reasons = list(facts["problems"])
+    reasons = list(findings["problems"])
     latest_attempt = backups.exclude(status__in=UNFINISHED).order_by("-created_at").first()
     attempt_failed = latest_attempt is not None and latest_attempt.status == BackupStatus.FAILED
     if attempt_failed:
@@ -94,7 +94,7 @@ def database_status(alias, facts, next_run):
     verification = facts["verification"]
     if facts["newest_backup_at"] is None or attempt_failed:
         state = "failing"
-    elif facts["stale"]:
+    elif findings["stale"]:
         state = "stale"
     elif verification is not None and not verification["passed"]:
         state = "drills failing"
