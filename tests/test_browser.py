@@ -24,6 +24,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from backups import services
 from backups.models import Backup, BackupStatus, Operation
+from backups.services.jobs import RestoreProgressFile
 
 from .conftest import IN_CI
 from .test_admin import pending_restore
@@ -267,7 +268,9 @@ def test_detail_confirmation_and_progress_pages_have_no_serious_accessibility_vi
 ):
     [*_, backup] = backups_with_history()
     services.verify_backup(backup.filename, actor=services.Actor.command(), level="checksum")
-    job = pending_restore(backup)  # its worker (this process) never begins: the page stays as it is
+    # A restore whose worker (this process) is halfway through loading, as far as the page can tell.
+    job = pending_restore(backup)
+    RestoreProgressFile(job.pk).replayed(read=96 << 20, total=160 << 20, elapsed=12.0, final=False)
     pages = {
         "detail": reverse("admin:backups_backup_change", args=[quote(backup.pk)]),
         "confirmation": reverse("admin:backups_backup_restore", args=[quote(backup.pk)]),
@@ -279,7 +282,8 @@ def test_detail_confirmation_and_progress_pages_have_no_serious_accessibility_vi
         for name, path in pages.items():
             page.goto(live_server.url + path)
             if name == "progress":
-                expect(page.locator("#job-phase")).to_have_text("Waiting for the worker to start")
+                expect(page.locator("#job-phase")).to_have_text("Loading the backup into the database")
+                expect(page.locator("#job-done")).to_have_text("96.0 MB of 160.0 MB (60%)")
             assert_accessible(page, axe)
             if color_scheme == "light" and name in ("detail", "progress"):
                 page.screenshot(path=DOCS / f"admin-{name}.png", full_page=True)
