@@ -30,7 +30,13 @@ run: $(VENV)/.installed
 	$(PY) manage.py ensure_admin
 	$(PY) manage.py runserver $(HOST):$(PORT)
 
-test: $(VENV)/.installed-dev
+# axe-core, which the browser tests inject into the admin's pages, from npm into node_modules/.
+node_modules/.installed: package.json package-lock.json
+	scripts/system-packages npm=npm
+	npm ci --no-audit --no-fund
+	touch $@
+
+test: $(VENV)/.installed-dev node_modules/.installed
 	scripts/system-packages
 	$(PY) -m pytest
 
@@ -55,4 +61,4 @@ check: $(VENV)/.installed
 	$(PY) manage.py check
 
 clean:
-	rm -rf $(VENV) data/static $(BENCH_VENV) bench/data
+	rm -rf $(VENV) data/static $(BENCH_VENV) bench/data node_modules

@@ -2,22 +2,44 @@
 checks the permission again, and reports the outcome as an admin message or a result page."""
 
 import json
+from pathlib import PurePath
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
+from django.core import signing
 from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+from django.utils.text import Truncator
+from django.views.decorators.cache import never_cache
 
 from . import services
 from .downloads import download_response
-from .exceptions import BackupError, RestoreIncomplete
-from .formatting import human_size, local_time, verification_label
-from .models import Backup, BackupStatus, Operation, Origin, RestoreHistory
+from .exceptions import BackupError
+from .formatting import human_age, human_duration, human_size, local_time
+from .models import Action, Backup, BackupStatus, Operation, OperationStatus, Origin, RestoreHistory
+from .storage import backup_storages
+
+# Progress pages poll with a signed ticket instead of the session: while a restore loads the
+# database that holds the sessions, every query on them waits for it.
+PROGRESS_SALT = "backups.admin.progress"
+PROGRESS_TICKET_AGE = 24 * 3600
+PHASES = {
+    "waiting": "Waiting for the worker to start",
+    "checking": "Checking the backup file against its checksum",
+    "pre-restore backup": "Backing up the current state (the undo)",
+    "loading": "Loading the backup into the database",
+    "catalog": "Rebuilding the backup catalog",
+    "dumping": "Writing the backup",
+    "finished": "Finished",
+}
+NOT_RESTORABLE = (BackupStatus.FAILED, BackupStatus.MISSING)
 
 # Set on the request when an operation was refused or failed; see BackupAdmin.report_failure.
 FAILED_ON_REQUEST = "_backups_failed"
@@ -46,31 +68,107 @@ class RestoreConfirmationForm(forms.Form):
         return typed
 
 
+def confirmation_name(database):
+    """What the person confirming a restore types: the database's name, or for SQLite the
+    file's name, not its whole path."""
+    if database["engine"] == "sqlite":
+        return PurePath(database["name"]).name
+    return database["name"]
+
+
+class OutcomeFilter(admin.SimpleListFilter):
+    """Failed and missing attempts are kept for the record but are not backups one can use:
+    hidden unless asked for."""
+
+    title = "outcome"
+    parameter_name = "outcome"
+
+    def lookups(self, request, model_admin):
+        hidden = model_admin.get_queryset(request).filter(status__in=NOT_RESTORABLE).count()
+        return (("failed", f"Failed and missing ({hidden})"), ("all", "All attempts"))
+
+    def choices(self, changelist):
+        first, *rest = super().choices(changelist)
+        yield {**first, "display": "Restorable and in progress"}
+        yield from rest
+
+    def queryset(self, request, queryset):
+        if self.value() == "failed":
+            return queryset.filter(status__in=NOT_RESTORABLE)
+        if self.value() == "all":
+            return queryset
+        return queryset.exclude(status__in=NOT_RESTORABLE)
+
+
+def badge(kind, text, title=""):
+    return format_html('<span class="backup-badge backup-badge-{}" title="{}">{}</span>', kind, title, text)
+
+
+def age(moment):
+    """ "2 h ago", with the exact local time on hover."""
+    if moment is None:
+        return "-"
+    return format_html(
+        '<time datetime="{}" title="{}">{}</time>', moment.isoformat(), local_time(moment), human_age(moment)
+    )
+
+
+STATUS_BADGES = {
+    BackupStatus.SUCCEEDED: "good",
+    BackupStatus.RUNNING: "busy",
+    BackupStatus.PENDING: "busy",
+    BackupStatus.FAILED: "bad",
+    BackupStatus.MISSING: "bad",
+}
+
+
+def verification_badge(backup):
+    verification = backup.verification
+    if not verification:
+        return badge("quiet", "not verified")
+    what = "drill" if verification.get("level") == "restore" else "checksum"
+    title = f"{verification.get('message', '')} ({local_time(backup.verified_at)})"
+    if verification.get("passed"):
+        return badge("good", f"{what} passed", title)
+    return badge("bad", f"{what} failed", title)
+
+
+def progress_ticket(kind, key):
+    return signing.dumps({"kind": kind, "key": str(key)}, salt=PROGRESS_SALT)
+
+
+def progress_facts(progress):
+    """A job's progress as the page and its poller show it."""
+    return {
+        "finished": progress.finished,
+        "phase": progress.phase,
+        "phase_label": PHASES.get(progress.phase, progress.phase),
+        "percent": None if progress.fraction is None else round(progress.fraction * 100),
+        "done": human_size(progress.done) if progress.done else "",
+        "total": ("about " if progress.estimated else "") + human_size(progress.total) if progress.total else "",
+        "rate": f"{human_size(progress.rate)}/s" if progress.rate else "",
+        "elapsed": human_duration(progress.elapsed),
+        "left": human_duration(progress.seconds_left) if progress.seconds_left is not None else "",
+    }
+
+
 @admin.register(Backup)
 class BackupAdmin(admin.ModelAdmin):
-    list_display = (
-        "filename",
-        "created",
-        "description",
-        "size",
-        "status_column",
-        "verified",
-        "trigger",
-        "database",
-    )
-    list_editable = ("description",)
-    list_filter = ("status", "trigger", "database")
+    list_display = ("backup", "age", "size", "status_badge", "verified", "trigger", "database")
+    list_display_links = ("backup",)
+    list_filter = (OutcomeFilter, "trigger", "database")
     date_hierarchy = "created_at"
     search_fields = ("filename", "description")
     ordering = ("-created_at", "-filename")
     actions = ["restore_selected", "verify_checksums", "drill_restores"]
-    formfield_overrides = {models.TextField: {"widget": forms.Textarea(attrs={"rows": 2, "cols": 32})}}
+    formfield_overrides = {models.TextField: {"widget": forms.Textarea(attrs={"rows": 3, "cols": 60})}}
     fieldsets = (
         (None, {"fields": ("filename", "description", "status", "error")}),
         ("Database", {"fields": ("database", "engine", "database_name", "database_host")}),
-        ("File", {"fields": ("created", "finished", "size", "uncompressed_size", "sha256")}),
+        ("File", {"fields": ("created", "finished", "duration", "size", "uncompressed_size", "checksum")}),
+        ("Copies", {"fields": ("copies",)}),
         ("Origin", {"fields": ("trigger", "origin", "created_by")}),
-        ("Verification", {"fields": ("verified", "verification_message")}),
+        ("Verification", {"fields": ("verified", "verification_message", "verification_history")}),
         ("Manifest", {"classes": ("collapse",), "fields": ("manifest_json",)}),
     )
     readonly_fields = (
@@ -83,18 +181,37 @@ class BackupAdmin(admin.ModelAdmin):
         "database_host",
         "created",
         "finished",
+        "duration",
         "size",
         "uncompressed_size",
-        "sha256",
+        "checksum",
+        "copies",
         "trigger",
         "origin",
         "created_by",
         "verified",
         "verification_message",
+        "verification_history",
         "manifest_json",
     )
 
+    class Media:
+        css = {"all": ["backups/admin.css"]}
+
     # -- columns and fields -----------------------------------------------------------------
+
+    @admin.display(description="backup", ordering="filename")
+    def backup(self, backup):
+        description = Truncator(backup.description.replace("\n", " ")).chars(70)
+        # Long names break after an underscore rather than anywhere.
+        filename = format_html_join(mark_safe("_<wbr>"), "{}", ((part,) for part in backup.filename.split("_")))
+        return format_html(
+            '<span class="backup-filename">{}</span><span class="backup-description">{}</span>', filename, description
+        )
+
+    @admin.display(description="created", ordering="created_at")
+    def age(self, backup):
+        return age(backup.created_at)
 
     @admin.display(description="created", ordering="created_at")
     def created(self, backup):
@@ -104,6 +221,10 @@ class BackupAdmin(admin.ModelAdmin):
     def finished(self, backup):
         return local_time(backup.finished_at)
 
+    @admin.display(description="duration")
+    def duration(self, backup):
+        return human_duration(backup.duration_seconds)
+
     @admin.display(description="size", ordering="size_bytes")
     def size(self, backup):
         return human_size(backup.size_bytes)
@@ -112,43 +233,72 @@ class BackupAdmin(admin.ModelAdmin):
     def uncompressed_size(self, backup):
         return human_size(backup.uncompressed_bytes)
 
+    @admin.display(description="SHA-256")
+    def checksum(self, backup):
+        return format_html('<code class="backup-checksum">{}</code>', backup.sha256) if backup.sha256 else "-"
+
     @admin.display(description="status", ordering="status")
-    def status_column(self, backup):
-        if backup.error:
-            return format_html('<span title="{}">{}</span>', backup.error, backup.get_status_display())
-        return backup.get_status_display()
+    def status_badge(self, backup):
+        label = badge(STATUS_BADGES[backup.status], backup.get_status_display(), backup.error)
+        if backup.status in NOT_RESTORABLE:
+            reason = backup.error or "The file is missing from the backup storage."
+            return format_html('{}<span class="backup-reason">{}</span>', label, Truncator(reason).chars(90))
+        return label
 
     @admin.display(description="verified", ordering="verified_at")
     def verified(self, backup):
-        return verification_label(backup)
+        return verification_badge(backup)
 
     @admin.display(description="verification result")
     def verification_message(self, backup):
         return (backup.verification or {}).get("message", "-")
+
+    @admin.display(description="verification history")
+    def verification_history(self, backup):
+        checks = Operation.objects.filter(action=Action.VERIFY, filename=backup.filename).order_by("-started_at")
+        rows = [(local_time(check.started_at), check.status, check.actor, check.message) for check in checks[:20]]
+        if not rows:
+            return "Never verified."
+        return format_html(
+            '<table class="backup-history"><thead><tr><th scope="col">When</th><th scope="col">Outcome</th>'
+            '<th scope="col">By</th><th scope="col">Result</th></tr></thead><tbody>{}</tbody></table>',
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
+
+    @admin.display(description="where")
+    def copies(self, backup):
+        storages = {location: storage.where for location, storage in backup_storages()}
+        locations = backup.locations or []
+        if not locations:
+            return "No verified copy."
+        lines = [(location, storages.get(location) or "a storage no longer configured") for location in locations]
+        text = format_html_join(mark_safe("<br>"), "{} copy in {}", lines)
+        if backup.offsite_error:
+            text = format_html(
+                '{}<br><span class="backup-reason">Off-site copy failed: {}</span>', text, backup.offsite_error
+            )
+        return text
 
     @admin.display(description="manifest")
     def manifest_json(self, backup):
         return format_html("<pre>{}</pre>", json.dumps(backup.manifest, indent=2, sort_keys=True))
 
     def get_list_display(self, request):
-        """Restore and download links, for the users who may follow them."""
-        can_restore = self.has_restore_permission(request)
-        can_download = self.has_download_permission(request)
-        if not (can_restore or can_download):
+        """A Restore button on each restorable row, for the users who may press it."""
+        if not self.has_restore_permission(request):
             return self.list_display
 
         @admin.display(description="")
-        def links(backup):
+        def restore_button(backup):
             if backup.status != BackupStatus.SUCCEEDED:
                 return ""
-            urls = []
-            if can_restore:
-                urls.append((reverse("admin:backups_backup_restore", args=[quote(backup.pk)]), "Restore…"))
-            if can_download:
-                urls.append((reverse("admin:backups_backup_download", args=[quote(backup.pk)]), "Download"))
-            return format_html_join(" | ", '<a href="{}">{}</a>', urls)
+            return format_html(
+                '<a class="button backup-restore-button" href="{}" aria-label="Restore {}">Restore…</a>',
+                reverse("admin:backups_backup_restore", args=[quote(backup.pk)]),
+                backup.filename,
+            )
 
-        return (*self.list_display, links)
+        return (*self.list_display, restore_button)
 
     # -- permissions ------------------------------------------------------------------------
 
@@ -173,15 +323,33 @@ class BackupAdmin(admin.ModelAdmin):
     def get_urls(self):
         view = self.admin_site.admin_view
         return [
+            path("overview/", view(self.overview_view), name="backups_backup_overview"),
             path("create/", view(self.create_view), name="backups_backup_create"),
             path("sync/", view(self.sync_view), name="backups_backup_sync"),
+            path("restores/<str:job_id>/", view(self.restore_job_view), name="backups_backup_restore_job"),
+            # Not behind admin_view: the ticket is the authorisation (see PROGRESS_SALT).
+            path("progress/<str:ticket>/", never_cache(self.progress_view), name="backups_backup_progress"),
             path("<path:object_id>/restore/", view(self.restore_view), name="backups_backup_restore"),
             path("<path:object_id>/download/", view(self.download_view), name="backups_backup_download"),
+            path("<path:object_id>/job/", view(self.backup_job_view), name="backups_backup_job"),
             *super().get_urls(),
         ]
 
+    def page_context(self, request, **context):
+        return {**self.admin_site.each_context(request), "opts": self.opts, **context}
+
+    def overview_view(self, request):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        overview = services.overview(actor=actor_for(request))
+        context = self.page_context(request, title="Backups overview", overview=overview, now=timezone.now())
+        return TemplateResponse(request, "admin/backups/backup/overview.html", context)
+
     def changelist_view(self, request, extra_context=None):
         context = {
+            "title": "Backups",
+            # The list needs the width of a 1280 px screen; the breadcrumbs lead elsewhere.
+            "is_nav_sidebar_enabled": False,
             "can_create": self.has_create_permission(request),
             "description_max_length": Backup._meta.get_field("description").max_length,
             **(extra_context or {}),
@@ -190,6 +358,7 @@ class BackupAdmin(admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         context = {
+            "title": "Backup",
             "can_restore": self.has_restore_permission(request),
             "can_download": self.has_download_permission(request),
             **(extra_context or {}),
@@ -197,19 +366,58 @@ class BackupAdmin(admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, context)
 
     def create_view(self, request):
+        """Starts the backup in a worker and shows its progress."""
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         if not self.has_create_permission(request):
             raise PermissionDenied
         try:
-            backup = services.create_backup(actor=actor_for(request), description=request.POST.get("description", ""))
+            backup = services.start_backup(actor=actor_for(request), description=request.POST.get("description", ""))
         except BackupError as error:
             self.report_failure(request, f"The backup was not created: {error.message}")
-        else:
-            self.message_user(
-                request, f"Backup {backup.filename} created ({human_size(backup.size_bytes)}).", messages.SUCCESS
+            return self.changelist_redirect()
+        return HttpResponseRedirect(reverse("admin:backups_backup_job", args=[quote(backup.pk)]))
+
+    def backup_job_view(self, request, object_id):
+        """A backup being written: its progress; once it has ended, the list and how it went."""
+        backup = self.get_object(request, unquote(object_id))
+        if backup is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        backup = services.get_backup(backup.filename, actor=actor_for(request))  # a dead worker's row fails
+        progress = services.backup_progress(backup)
+        if not progress.finished:
+            context = self.page_context(
+                request,
+                title="Creating a backup",
+                backup=backup,
+                progress=progress_facts(progress),
+                poll_url=reverse("admin:backups_backup_progress", args=[progress_ticket("backup", backup.pk)]),
             )
+            return TemplateResponse(request, "admin/backups/backup/job_progress.html", context)
+        if backup.status == BackupStatus.SUCCEEDED:
+            text = f"Backup {backup.filename} created ({human_size(backup.size_bytes)})."
+            self.message_user(request, text, messages.SUCCESS)
+            if backup.offsite_error:
+                self.message_user(request, backup.offsite_error, messages.WARNING)
+        else:
+            self.report_failure(request, f"The backup was not created: {backup.error}")
         return self.changelist_redirect()
+
+    def progress_view(self, request, ticket):
+        """What the progress pages poll, about once a second. Touches neither the session nor,
+        while a restore loads, the database."""
+        try:
+            job = signing.loads(ticket, salt=PROGRESS_SALT, max_age=PROGRESS_TICKET_AGE)
+        except signing.BadSignature:
+            raise Http404("No such job.") from None
+        if job["kind"] == "restore":
+            progress = services.restore_progress(job["key"])
+        else:
+            backup = Backup.objects.filter(pk=job["key"]).first()
+            if backup is None:
+                raise Http404("No such job.")
+            progress = services.backup_progress(backup)
+        return JsonResponse(progress_facts(progress))
 
     def sync_view(self, request):
         if request.method != "POST":
@@ -239,61 +447,82 @@ class BackupAdmin(admin.ModelAdmin):
 
     def restore_view(self, request, object_id):
         """GET: what will be overwritten and by what. POST, with the database's name typed in:
-        the restore, and a page saying how it went.
-
-        Not atomic, on purpose: a restore inside a transaction would wait for itself forever.
-        The outcome is rendered in the POST's own response, not as a message after a redirect,
-        because the restore rewrites the session table and may have logged the user out.
-        """
+        the restore starts in a worker (no web request limits its size or time), and the page
+        that follows it."""
         if not self.has_restore_permission(request):
             raise PermissionDenied
         backup = self.get_object(request, unquote(object_id))
         if backup is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        actor = actor_for(request)
         try:
-            preview = services.restore_preview(backup.filename, actor=actor_for(request))
+            preview = services.restore_preview(backup.filename, actor=actor)
         except BackupError as error:
-            reason = error.message
-            self.report_failure(
-                request, reason if backup.filename in reason else f"{backup.filename} cannot be restored: {reason}"
-            )
+            self.report_failure(request, self.cannot_restore(backup, error))
             return self.changelist_redirect()
-        form = RestoreConfirmationForm(request.POST or None, database_name=preview.database["name"])
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "backup": backup,
-            "database": preview.database,
-            "backup_created": local_time(backup.created_at),
-            "backup_size": human_size(backup.size_bytes),
-            "backup_uncompressed_size": human_size(backup.uncompressed_bytes),
-        }
+        expected = confirmation_name(preview.database)
+        form = RestoreConfirmationForm(request.POST or None, database_name=expected)
         if request.method == "POST" and form.is_valid():
-            return self.restore(request, backup, context)
-        context.update(
+            try:
+                job = services.start_restore(backup.filename, actor=actor)
+            except BackupError as error:
+                self.report_failure(request, self.cannot_restore(backup, error))
+                return self.changelist_redirect()
+            return HttpResponseRedirect(reverse("admin:backups_backup_restore_job", args=[job.pk]))
+        context = self.page_context(
+            request,
             title="Restore the database from a backup",
+            backup=backup,
+            database=preview.database,
+            confirmation_name=expected,
+            backup_created=local_time(backup.created_at),
+            backup_size=human_size(backup.size_bytes),
+            backup_uncompressed_size=human_size(backup.uncompressed_bytes),
             form=form,
             database_size=human_size(preview.database["size_bytes"]),
             preview=preview,
+            never_verified=backup.verification is None,
+            can_verify=self.has_verify_permission(request),
         )
         return TemplateResponse(request, "admin/backups/backup/restore_confirmation.html", context)
 
-    def restore(self, request, backup, context):
+    @staticmethod
+    def cannot_restore(backup, error):
+        reason = error.message
+        return reason if backup.filename in reason else f"{backup.filename} cannot be restored: {reason}"
+
+    def restore_job_view(self, request, job_id):
+        """A restore's progress while it runs; its result once it has ended. Its state is the
+        journal's row (and the worker's progress file), so a reload finds it again."""
         try:
-            result = services.restore_backup(backup.filename, actor=actor_for(request))
+            operation = services.get_restore(job_id, actor=actor_for(request))
         except BackupError as error:
-            # A MySQL restore that stopped partway says itself what became of the database.
-            unchanged = not isinstance(error, RestoreIncomplete)
-            context.update(title="The restore failed", error=error.message, unchanged=unchanged)
-            status = error.status_code
-        else:
+            self.report_failure(request, error.message)
+            return self.changelist_redirect()
+        backup = Backup.objects.filter(filename=operation.filename).first()
+        context = self.page_context(
+            request, operation=operation, backup=backup, filename=operation.filename, database=operation.database
+        )
+        if operation.status in (OperationStatus.PENDING, OperationStatus.RUNNING):
             context.update(
-                title="Database restored",
-                result=result,
-                finished=local_time(result.finished_at),
+                title="Restoring the database",
+                progress=progress_facts(services.restore_progress(operation.pk)),
+                poll_url=reverse("admin:backups_backup_progress", args=[progress_ticket("restore", operation.pk)]),
             )
-            status = 200
-        return TemplateResponse(request, "admin/backups/backup/restore_result.html", context, status=status)
+            return TemplateResponse(request, "admin/backups/backup/job_progress.html", context)
+        services.forget_restore_progress(operation.pk)
+        undo_name = operation.details.get("pre_restore_backup")
+        context.update(
+            title="Database restored" if operation.status == OperationStatus.SUCCEEDED else "The restore failed",
+            succeeded=operation.status == OperationStatus.SUCCEEDED,
+            finished=local_time(operation.finished_at),
+            warnings=operation.details.get("warnings", []),
+            undo=Backup.objects.filter(filename=undo_name).first() if undo_name else None,
+            undo_name=undo_name,
+            # A restore that stopped partway says itself what became of the database.
+            unchanged="undone" not in operation.details,
+        )
+        return TemplateResponse(request, "admin/backups/backup/restore_result.html", context)
 
     @admin.action(permissions=["restore"], description="Restore the selected backup…")
     def restore_selected(self, request, queryset):
@@ -312,16 +541,17 @@ class BackupAdmin(admin.ModelAdmin):
 
     def verify(self, request, queryset, level):
         actor = actor_for(request)
+        what = "Restore drill" if level == "restore" else "Checksum verification"
         for backup in queryset:
             try:
                 result = services.verify_backup(backup.filename, actor=actor, level=level)
             except BackupError as error:
-                self.report_failure(request, f"{backup.filename} could not be verified: {error.message}")
+                self.report_failure(request, f"{what} of {backup.filename} could not run: {error.message}")
                 continue
             if result.passed:
-                self.message_user(request, f"{backup.filename}: {result.message}.", messages.SUCCESS)
+                self.message_user(request, f"{what} of {backup.filename} passed.", messages.SUCCESS)
             else:
-                self.report_failure(request, f"{backup.filename} FAILED {level} verification: {result.message}")
+                self.report_failure(request, f"{what} of {backup.filename} FAILED: {result.message}")
 
     def changelist_redirect(self):
         return HttpResponseRedirect(reverse("admin:backups_backup_changelist"))

@@ -74,3 +74,15 @@ class TerminalProgress:
         """Ends the line, so that what follows starts on a fresh one."""
         if self.drawn:
             self._write("", ending="\n")
+
+
+def human_age(moment, now=None):
+    """How long ago, in the largest unit that fits: 'just now', '5 min ago', '2 h ago', '3 d ago'."""
+    if moment is None:
+        return "-"
+    seconds = ((now or timezone.now()) - moment).total_seconds()
+    if seconds < 60:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"

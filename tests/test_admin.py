@@ -1,7 +1,11 @@
 """The admin, through Django's test client, against the real PostgreSQL server and real files:
-every button, link and action, each permission allowed and refused, errors as admin messages."""
+every button, link and action, each permission allowed and refused, errors as admin messages,
+backups and restores run by real worker processes."""
 
-from datetime import UTC, datetime
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
@@ -9,10 +13,13 @@ from django.contrib.admin.utils import quote
 from django.db import connection
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from backups import services
 from backups.formatting import human_size
 from backups.models import Backup, BackupStatus, Operation, Origin
+from backups.services.jobs import RestoreProgressFile, progress_path
+from backups.services.journal import this_worker
 
 from .conftest import execute, fetch, make_staff, read_manifest
 
@@ -21,10 +28,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 CHANGELIST = reverse("admin:backups_backup_changelist")
 CREATE = reverse("admin:backups_backup_create")
 SYNC = reverse("admin:backups_backup_sync")
+OVERVIEW = reverse("admin:backups_backup_overview")
 HISTORY = reverse("admin:backups_restorehistory_changelist")
 AUDIT_LOG = reverse("admin:backups_operation_changelist")
 EVERYTHING_BUT_RESTORE = ("view_backup", "add_backup", "change_backup", "delete_backup", "download_backup")
 MARKUP = '<script>alert("owned")</script><b>bold</b>'
+# A bound on waiting for a worker process, not a measurement.
+PATIENCE = 120
 
 
 def login(user):
@@ -46,12 +56,18 @@ def messages_of(response):
     return [(message.level_tag, str(message)) for message in response.context["messages"]]
 
 
-def create(client, description=""):
-    """Press "Create backup"; returns the new catalog row."""
-    response = client.post(CREATE, {"description": description}, follow=True)
-    [(level, text)] = messages_of(response)
-    assert level == "success", text
-    return Backup.objects.get(filename=text.split()[1])
+def create(description="", database="default"):
+    """A backup made by the service directly, as the setup of a test; returns its catalog row."""
+    return services.create_backup(actor=services.Actor.command(), description=description, database=database)
+
+
+def wait_for(find):
+    """``find()``'s first truthy answer; the workers write the rows."""
+    deadline = time.monotonic() + PATIENCE
+    while not (found := find()):
+        assert time.monotonic() < deadline, "the worker did not get there"
+        time.sleep(0.2)
+    return found
 
 
 def database_name():
@@ -59,7 +75,18 @@ def database_name():
 
 
 def restore(client, backup, typed=None):
+    """Confirm the restore; returns the response (a redirect to the job's page when accepted)."""
     return client.post(url("restore", backup), {"confirm_database": database_name() if typed is None else typed})
+
+
+def finished_restore(client, backup, typed=None):
+    """Confirm the restore, wait for its worker, and return the job's page: the result."""
+    response = restore(client, backup, typed)
+    assert response.status_code == 302, response.content.decode()[:500]
+    job_url = response["Location"]
+    job_id = job_url.rstrip("/").rsplit("/", 1)[-1]
+    wait_for(lambda: Operation.objects.filter(pk=job_id, status__in=("succeeded", "failed")).exists())
+    return client.get(job_url)
 
 
 def delete_selected(client, backups):
@@ -73,9 +100,9 @@ def delete_selected(client, backups):
 # -- the list -----------------------------------------------------------------------------------
 
 
-def test_list_shows_each_backup_newest_first_in_local_time(admin, settings):
+def test_list_shows_each_backup_newest_first_with_badges_ages_and_a_restore_button(admin, settings):
     settings.TIME_ZONE = "Asia/Tokyo"
-    older, newer = create(admin, "older"), create(admin, "newer")
+    older, newer = create("older"), create("newer")
     older.created_at = datetime(2020, 1, 2, 12, 30, 5, tzinfo=UTC)
     older.save()
     response = admin.get(CHANGELIST)
@@ -83,19 +110,48 @@ def test_list_shows_each_backup_newest_first_in_local_time(admin, settings):
     assert [backup.filename for backup in response.context["cl"].result_list] == [newer.filename, older.filename]
     page = response.content.decode()
     for cell in (
-        '<td class="field-created">2020-01-02 21:30:05 JST</td>',
+        "<title>Backups | ",
+        '<span class="backup-filename">' + older.filename.replace("_", "_<wbr>") + "</span>",
+        '<span class="backup-description">older</span>',
+        '<time datetime="2020-01-02T12:30:05+00:00" title="2020-01-02 21:30:05 JST">',
         f'<td class="field-size">{human_size(older.size_bytes)}</td>',
-        '<td class="field-status_column">succeeded</td>',
+        '<span class="backup-badge backup-badge-good" title="">succeeded</span>',
+        '<span class="backup-badge backup-badge-quiet" title="">not verified</span>',
         '<td class="field-trigger">manual</td>',
         '<td class="field-database">default</td>',
-        ">\nolder</textarea>",
-        f'<a href="{url("restore", older)}">Restore…</a> | <a href="{url("download", older)}">Download</a>',
+        f'<a class="button backup-restore-button" href="{url("restore", older)}"',
+        f'aria-label="Restore {older.filename}">Restore…</a>',
     ):
         assert cell in page, cell
+    assert re.search(r"<time [^>]*>\d+ d ago</time>", page)
+    assert "Select backup to change" not in page
+    assert "<textarea" not in page and "form-TOTAL_FORMS" not in page  # descriptions change on the detail page
+
+
+def test_failed_and_missing_attempts_are_behind_a_filter_with_their_reason(admin):
+    good, failed, missing = create("good"), create("failed"), create("missing")
+    Backup.objects.filter(pk=failed.pk).update(status=BackupStatus.FAILED, error="pg_dump: connection refused")
+    Backup.objects.filter(pk=missing.pk).update(status=BackupStatus.MISSING)
+
+    def listed(query):
+        response = admin.get(CHANGELIST, query)
+        assert response.status_code == 200
+        return response, {backup.filename for backup in response.context["cl"].result_list}
+
+    response, shown = listed({})
+    assert shown == {good.filename}
+    assert "Failed and missing (2)" in response.content.decode()
+    response, shown = listed({"outcome": "failed"})
+    assert shown == {failed.filename, missing.filename}
+    page = response.content.decode()
+    assert '<span class="backup-reason">pg_dump: connection refused</span>' in page
+    assert '<span class="backup-reason">The file is missing from the backup storage.</span>' in page
+    assert "backup-restore-button" not in page
+    assert listed({"outcome": "all"})[1] == {good.filename, failed.filename, missing.filename}
 
 
 def test_filters_search_and_date_hierarchy(admin):
-    first, second = create(admin, "Before the v2.0 upgrade"), create(admin, "nightly")
+    first, second = create("Before the v2.0 upgrade"), create("nightly")
     Backup.objects.filter(pk=first.pk).update(created_at=first.created_at.replace(year=2020))
     Backup.objects.filter(pk=second.pk).update(status=BackupStatus.MISSING)
 
@@ -105,9 +161,8 @@ def test_filters_search_and_date_hierarchy(admin):
         return {backup.filename for backup in response.context["cl"].result_list}
 
     assert listed({"q": "upgrade"}) == {first.filename}
-    assert listed({"q": second.filename}) == {second.filename}
-    assert listed({"status": "missing"}) == {second.filename}
-    assert listed({"trigger": "manual", "database": "default"}) == {first.filename, second.filename}
+    assert listed({"q": second.filename, "outcome": "all"}) == {second.filename}
+    assert listed({"trigger": "manual", "database": "default", "outcome": "all"}) == {first.filename, second.filename}
     assert listed({"created_at__year": "2020"}) == {first.filename}
 
 
@@ -120,13 +175,18 @@ def test_the_standard_add_form_does_not_exist(admin):
 # -- create and sync ----------------------------------------------------------------------------
 
 
-def test_create_button_makes_a_backup_and_names_it(admin, backup_dir):
-    response = admin.post(CREATE, {"description": "Before the v2.0 upgrade"}, follow=True)
-    [(level, text)] = messages_of(response)
+def test_create_button_starts_a_worker_shows_its_progress_then_the_backup(admin, backup_dir):
+    response = admin.post(CREATE, {"description": "Before the v2.0 upgrade"})
     backup = Backup.objects.get()
-    assert level == "success"
-    assert text == f"Backup {backup.filename} created ({human_size(backup.size_bytes)})."
-    assert backup.description == "Before the v2.0 upgrade" and backup.status == BackupStatus.SUCCEEDED
+    assert response.status_code == 302 and response["Location"] == url("job", backup)
+    assert backup.description == "Before the v2.0 upgrade"
+    wait_for(lambda: Backup.objects.filter(status=BackupStatus.SUCCEEDED).exists())
+    response = admin.get(url("job", backup), follow=True)
+    backup = Backup.objects.get()
+    assert messages_of(response) == [
+        ("success", f"Backup {backup.filename} created ({human_size(backup.size_bytes)}).")
+    ]
+    assert response.redirect_chain == [(CHANGELIST, 302)]
     assert read_manifest(backup_dir, backup.filename)["description"] == "Before the v2.0 upgrade"
     operation = Operation.objects.get(action="create")
     assert (operation.origin, operation.actor, operation.client_address) == (Origin.ADMIN, "root", "127.0.0.1")
@@ -141,6 +201,13 @@ def test_create_button_reports_the_service_error(admin, monkeypatch, tmp_path):
     [(level, text)] = messages_of(admin.post(CREATE, {}, follow=True))
     assert level == "error" and "pg_dump" in text
     assert not Backup.objects.filter(status=BackupStatus.SUCCEEDED).exists()
+
+
+def test_a_backup_that_failed_in_its_worker_says_why(admin):
+    backup = create()
+    Backup.objects.filter(pk=backup.pk).update(status=BackupStatus.FAILED, error="The disk is full.")
+    response = admin.get(url("job", backup), follow=True)
+    assert messages_of(response) == [("error", "The backup was not created: The disk is full.")]
 
 
 def test_create_needs_post_and_csrf(superuser):
@@ -165,7 +232,7 @@ def test_create_and_sync_buttons_are_hidden_and_refused_without_add_backup(backu
 
 
 def test_sync_button_reports_what_it_found(admin, backup_dir):
-    backup = create(admin)
+    backup = create()
     Backup.objects.all().delete()
     response = admin.post(SYNC, follow=True)
     assert messages_of(response) == [
@@ -178,33 +245,33 @@ def test_sync_button_reports_what_it_found(admin, backup_dir):
     assert Backup.objects.get().filename == backup.filename
 
 
-# -- the description ----------------------------------------------------------------------------
+# -- the detail page ----------------------------------------------------------------------------
 
 
-def changelist_form(backups, descriptions):
-    data = {
-        "form-TOTAL_FORMS": str(len(backups)),
-        "form-INITIAL_FORMS": str(len(backups)),
-        "form-MIN_NUM_FORMS": "0",
-        "form-MAX_NUM_FORMS": "1000",
-        "_save": "Save",
-    }
-    for number, (backup, description) in enumerate(zip(backups, descriptions, strict=True)):
-        data[f"form-{number}-id"] = str(backup.pk)
-        data[f"form-{number}-description"] = description
-    return data
-
-
-def test_description_edited_in_the_list_changes_the_manifest_too(admin, backup_dir):
-    backup = create(admin, "first words")
-    response = admin.post(CHANGELIST, changelist_form([backup], ["better words"]), follow=True)
-    assert messages_of(response) == [("success", "1 backup was changed successfully.")]
-    assert Backup.objects.get().description == "better words"
-    assert read_manifest(backup_dir, backup.filename)["description"] == "better words"
+def test_detail_page_shows_duration_copies_verification_history_and_manifest(admin, backup_dir):
+    backup = create("detailed")
+    services.verify_backup(backup.filename, actor=services.Actor.command(), level="checksum")
+    backup = Backup.objects.get()
+    response = admin.get(url("change", backup))
+    assert response.status_code == 200
+    page = response.content.decode()
+    for fact in (
+        f"<title>{backup.filename} | Backup | ",
+        f"<h2>{backup.filename}</h2>",
+        "Duration:",
+        f"primary copy in {backup_dir}",
+        "SHA-256:",
+        f'<code class="backup-checksum">{backup.sha256}</code>',
+        f"<td>succeeded</td><td>{services.Actor.command().name}</td><td>checksum verification passed</td>",
+        "&quot;sha256&quot;: &quot;" + backup.sha256,
+        url("restore", backup),
+    ):
+        assert fact in page, fact
+    assert "Change backup" not in page and "Sha256" not in page
 
 
 def test_description_is_the_only_field_the_change_form_saves(admin, backup_dir):
-    backup = create(admin, "first words")
+    backup = create("first words")
     response = admin.post(
         url("change", backup), {"description": "second words", "status": "failed", "filename": "x"}, follow=True
     )
@@ -218,7 +285,7 @@ def test_description_is_the_only_field_the_change_form_saves(admin, backup_dir):
 
 
 def test_a_description_that_cannot_be_saved_says_so_and_claims_nothing(admin, backup_dir):
-    backup = create(admin, "first words")
+    backup = create("first words")
     # The manifest's name taken by a directory: the storage cannot replace it.
     manifest = backup_dir / f"{backup.filename}.json"
     manifest.unlink()
@@ -229,19 +296,86 @@ def test_a_description_that_cannot_be_saved_says_so_and_claims_nothing(admin, ba
     assert text.startswith(f"The description of {backup.filename} was not saved: The backup storage failed")
     assert Backup.objects.get().description == "first words"
     assert not LogEntry.objects.exists()
-    response = admin.post(CHANGELIST, changelist_form([backup], ["lost again"]), follow=True)
-    assert [level for level, _ in messages_of(response)] == ["error"]
 
 
 def test_viewers_see_the_description_but_cannot_change_it(admin):
-    backup = create(admin, "read me")
+    backup = create("read me")
     viewer = login(make_staff("viewer", "view_backup"))
     response = viewer.get(url("change", backup))
     assert response.status_code == 200
     assert "read me" in response.content.decode() and "<textarea" not in response.content.decode()
-    assert "<textarea" not in viewer.get(CHANGELIST).content.decode()
     assert viewer.post(url("change", backup), {"description": "changed"}).status_code == 403
     assert Backup.objects.get().description == "read me"
+
+
+# -- verification -------------------------------------------------------------------------------
+
+
+def test_verify_actions_name_what_ran_and_how_it_went(admin):
+    backup = create()
+    for action, text in (
+        ("verify_checksums", f"Checksum verification of {backup.filename} passed."),
+        ("drill_restores", f"Restore drill of {backup.filename} passed."),
+    ):
+        response = admin.post(CHANGELIST, {"action": action, "_selected_action": [backup.pk]}, follow=True)
+        assert messages_of(response) == [("success", text)]
+    assert Backup.objects.get().verification["level"] == "restore"
+
+
+# -- the overview -------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
+def test_overview_gives_each_database_its_status_light_and_reason(admin, settings):
+    settings.BACKUP_DATABASES = ["default", "sqlite"]
+    settings.BACKUP_MAX_AGE_HOURS = 24
+    settings.BACKUP_ENABLED = True
+    settings.BACKUP_SCHEDULE = "0 2 * * *"
+    old = create("old", database="sqlite")
+    Backup.objects.filter(pk=old.pk).update(created_at=old.created_at - timedelta(hours=30))
+    create("fresh")
+    create("fresh again")
+    response = admin.get(OVERVIEW)
+    assert response.status_code == 200
+    states = {database.alias: database.state for database in response.context["overview"].databases}
+    assert states == {"default": "healthy", "sqlite": "stale"}
+    page = response.content.decode()
+    assert "The newest backup of database &#x27;sqlite&#x27; is 30 hours old (limit 24 hours)." in page
+    assert page.count('<circle class="point"') == 2 * 3  # size and duration of each good backup
+    assert "Next scheduled run</th><td>" in page and "not scheduled" not in page
+    primary = response.context["overview"].storages[0]
+    assert (primary.location, primary.count) == ("primary", 3)
+    assert primary.size_bytes == sum(Backup.objects.values_list("size_bytes", flat=True))
+
+    failed = create("doomed")
+    Backup.objects.filter(pk=failed.pk).update(
+        status=BackupStatus.FAILED, error="pg_dump: server closed the connection"
+    )
+    response = admin.get(OVERVIEW)
+    default = response.context["overview"].databases[0]
+    assert default.state == "failing"
+    assert default.reasons == ["The latest backup attempt failed: pg_dump: server closed the connection"]
+    [failure] = response.context["overview"].failures
+    assert (failure.action, failure.filename, failure.reason) == (
+        "backup",
+        failed.filename,
+        "pg_dump: server closed the connection",
+    )
+
+
+def test_overview_shows_failing_drills(admin, settings):
+    settings.BACKUP_DATABASES = ["default"]
+    backup = create()
+    Backup.objects.filter(pk=backup.pk).update(
+        verified_at=backup.created_at,
+        verification={"level": "restore", "passed": False, "message": "the table brew is empty"},
+    )
+    response = admin.get(OVERVIEW)
+    [database] = response.context["overview"].databases
+    assert database.state == "drills failing" and database.last_drill.filename == backup.filename
+    assert "not scheduled (<code>BACKUP_ENABLED</code> is off)" in response.content.decode()
+    assert OVERVIEW in admin.get(reverse("admin:app_list", args=["backups"])).content.decode()
+    assert login(make_staff("stranger")).get(OVERVIEW).status_code == 403
 
 
 # -- restore ------------------------------------------------------------------------------------
@@ -251,7 +385,7 @@ def test_viewers_see_the_description_but_cannot_change_it(admin):
 def brew(admin):
     """A table with a row, a backup of it, and then a change the restore should undo."""
     execute("default", "CREATE TABLE brew (id int PRIMARY KEY, name text)", "INSERT INTO brew VALUES (1, 'Pale Ale')")
-    backup = create(admin, "with Pale Ale")
+    backup = create("with Pale Ale")
     execute("default", "UPDATE brew SET name = 'Stout'")
     return backup
 
@@ -272,42 +406,116 @@ def test_confirmation_page_says_what_is_overwritten_and_by_what(admin, brew):
         response.context["backup_created"],
         response.context["backup_size"],
         "a backup of the current state is taken",
+        "runs in a process of its own",
         f'data-expected="{target["name"]}"',
+        # Never verified: the drill is a button here, not a command to type elsewhere.
+        '<input type="hidden" name="action" value="drill_restores">',
     ):
         assert fact in page, fact
+    assert "manage.py" not in page and "cut the request short" not in page
     assert fetch("default", "SELECT name FROM brew") == [("Stout",)]  # looking changes nothing
 
 
-def test_restore_with_the_typed_name_brings_the_data_back_and_names_the_undo(admin, brew):
-    response = restore(admin, brew)
+def test_restore_runs_as_a_job_brings_the_data_back_and_names_the_undo(admin, brew):
+    response = finished_restore(admin, brew)
     assert response.status_code == 200
     assert fetch("default", "SELECT name FROM brew") == [("Pale Ale",)]
-    result = response.context["result"]
-    undo = Backup.objects.get(filename=result.pre_restore_backup.filename)
+    record = Operation.objects.get(action="restore")
+    undo = Backup.objects.get(filename=record.details["pre_restore_backup"])
     assert undo.trigger == "pre-restore" and undo.status == BackupStatus.SUCCEEDED
     page = response.content.decode()
     assert "was restored from" in page and brew.filename in page
     assert f"To undo this restore, restore <strong>{undo.filename}</strong>" in page
     assert url("restore", undo) in page
-    record = Operation.objects.get(action="restore")
     assert (record.status, record.origin, record.actor, record.filename) == (
         "succeeded",
         Origin.ADMIN,
         "root",
         brew.filename,
     )
+    assert not progress_path(record.pk).exists()  # the journal holds the outcome now
 
 
-def test_a_restore_that_logs_the_user_out_still_shows_its_outcome(superuser):
-    """The backup predates the login: the restore removes the session, and the result page,
-    rendered in the same response, is all the user gets to see."""
-    backup = services.create_backup(actor=services.Actor.command())
+def pending_restore(backup):
+    """A restore job as a request leaves it, its worker (this process) yet to begin."""
+    return Operation.objects.create(
+        action="restore",
+        status="pending",
+        filename=backup.filename,
+        database="default",
+        actor="root",
+        origin=Origin.ADMIN,
+        started_at=timezone.now(),
+        details={"worker": this_worker()},
+    )
+
+
+def test_the_progress_page_and_its_poller_follow_the_phases(admin, brew):
+    job = pending_restore(brew)
+    page = admin.get(reverse("admin:backups_backup_restore_job", args=[job.pk])).content.decode()
+    assert '<h2 id="job-phase">Waiting for the worker to start</h2>' in page
+    assert "job_progress.js" in page and '<progress id="job-bar"' in page
+    poll_url = re.search(r'data-poll-url="([^"]+)"', page).group(1)
+
+    # The phases as the worker records them, read back without a session: the ticket says who.
+    progress = RestoreProgressFile(job.pk)
+    progress.stage("checking")
+    assert Client().get(poll_url).json()["phase_label"] == "Checking the backup file against its checksum"
+    progress.replayed(read=512, total=2048, elapsed=2.0, final=False)
+    state = Client().get(poll_url).json()
+    assert (state["phase"], state["percent"], state["done"], state["total"], state["rate"], state["left"]) == (
+        "loading",
+        25,
+        "512 bytes",
+        "2.0 KB",
+        "256 bytes/s",
+        "0:06",
+    )
+    page = admin.get(reverse("admin:backups_backup_restore_job", args=[job.pk])).content.decode()
+    assert '<progress id="job-bar" aria-labelledby="job-phase" max="100" value="25">' in page  # a reload
+    progress.replayed(read=2048, total=2048, elapsed=4.0, final=True)
+    assert Client().get(poll_url).json()["phase_label"] == "Rebuilding the backup catalog"
+    progress.finish()
+    assert Client().get(poll_url).json()["finished"] is True
+    assert Client().get(poll_url[:-4] + "xyz/").status_code == 404  # a forged ticket
+
+
+def test_the_progress_of_a_backup_is_estimated_from_the_previous_one(admin):
+    previous = create()
+    running = create()
+    Backup.objects.filter(pk=running.pk).update(
+        status=BackupStatus.RUNNING, worker=this_worker(), bytes_written=previous.size_bytes // 2, finished_at=None
+    )
+    page = admin.get(url("job", running)).content.decode()
+    assert '<h2 id="job-phase">Writing the backup</h2>' in page
+    poll_url = re.search(r'data-poll-url="([^"]+)"', page).group(1)
+    state = Client().get(poll_url).json()
+    assert (state["percent"], state["total"]) == (50, f"about {human_size(previous.size_bytes)}")
+
+
+def test_a_restore_announces_the_phases_the_progress_page_shows(brew):
+    phases = []
+    services.restore_backup(
+        brew.filename,
+        actor=services.Actor.command(),
+        stage=lambda phase, backup=None: phases.append((phase, backup.trigger if backup else None)),
+    )
+    assert phases == [("checking", None), ("pre-restore backup", "pre-restore"), ("loading", None)]
+    assert fetch("default", "SELECT name FROM brew") == [("Pale Ale",)]
+
+
+def test_a_restore_that_logs_the_user_out_shows_its_outcome_after_logging_in(superuser):
+    """The backup predates the login: the restore removes the session, and the result waits
+    for the user behind the login page."""
+    backup = create()
     client = login(superuser)
-    response = restore(client, backup)
-    assert response.status_code == 200
-    assert "was restored from" in response.content.decode()
-    assert client.get(CHANGELIST)["Location"].startswith(reverse("admin:login"))
-    assert Operation.objects.get(action="restore").status == "succeeded"
+    job_url = restore(client, backup)["Location"]
+    job_id = job_url.rstrip("/").rsplit("/", 1)[-1]
+    wait_for(lambda: Operation.objects.filter(pk=job_id, status="succeeded").exists())
+    response = client.get(job_url)
+    assert response.status_code == 302 and response["Location"].startswith(reverse("admin:login"))
+    client.force_login(superuser)
+    assert "was restored from" in client.get(job_url).content.decode()
 
 
 def test_restore_refuses_a_wrong_or_missing_database_name(admin, brew):
@@ -321,11 +529,21 @@ def test_restore_refuses_a_wrong_or_missing_database_name(admin, brew):
     assert Backup.objects.count() == 1  # no pre-restore backup either
 
 
+@pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
+def test_a_sqlite_restore_is_confirmed_by_the_file_name(admin, settings):
+    backup = create(database="sqlite")
+    path = settings.DATABASES["sqlite"]["NAME"]
+    page = admin.get(url("restore", backup)).content.decode()
+    assert f"type the name of the database file, <strong>{Path(path).name}</strong>" in page
+    assert not restore(admin, backup, typed=str(path)).context["form"].is_valid()
+    response = finished_restore(admin, backup, typed=Path(path).name)
+    assert "was restored from" in response.content.decode()
+
+
 def test_a_failed_restore_says_why_and_that_nothing_changed(admin, brew, backup_dir):
     with open(backup_dir / brew.filename, "ab") as file:
         file.write(b"tampered")
-    response = restore(admin, brew)
-    assert response.status_code == 422
+    response = finished_restore(admin, brew)
     page = response.content.decode()
     assert "does not match its manifest" in page
     assert "Nothing was changed" in page
@@ -334,7 +552,7 @@ def test_a_failed_restore_says_why_and_that_nothing_changed(admin, brew, backup_
 
 
 def test_restore_action_opens_the_confirmation_page_for_exactly_one_backup(admin, brew):
-    other = create(admin)
+    other = create()
     response = admin.post(CHANGELIST, {"action": "restore_selected", "_selected_action": [brew.pk]})
     assert response.status_code == 302 and response["Location"] == url("restore", brew)
     response = admin.post(
@@ -344,13 +562,13 @@ def test_restore_action_opens_the_confirmation_page_for_exactly_one_backup(admin
     assert fetch("default", "SELECT name FROM brew") == [("Stout",)]
 
 
-def test_backups_that_cannot_be_restored_get_no_link_and_no_confirmation(admin, brew):
+def test_backups_that_cannot_be_restored_get_no_button_and_no_confirmation(admin, brew):
     Backup.objects.filter(pk=brew.pk).update(status=BackupStatus.MISSING)
-    assert url("restore", brew) not in admin.get(CHANGELIST).content.decode()
+    assert url("restore", brew) not in admin.get(CHANGELIST, {"outcome": "all"}).content.decode()
     response = admin.get(url("restore", brew), follow=True)
     assert messages_of(response) == [("error", f"{brew.filename} cannot be restored: its status is missing.")]
     response = restore(admin, brew)
-    assert response.status_code == 302
+    assert response.status_code == 302 and response["Location"] == CHANGELIST
     assert fetch("default", "SELECT name FROM brew") == [("Stout",)]
 
 
@@ -372,13 +590,17 @@ def test_anonymous_visitors_are_sent_to_the_login_page(brew):
     anonymous = Client()
     for response in (
         anonymous.get(CHANGELIST),
+        anonymous.get(OVERVIEW),
         anonymous.get(url("restore", brew)),
         restore(anonymous, brew),
         anonymous.get(url("download", brew)),
+        anonymous.get(url("job", brew)),
+        anonymous.get(reverse("admin:backups_backup_restore_job", args=["00000000-0000-0000-0000-000000000000"])),
         anonymous.post(CREATE, {"description": "anonymous"}),
         anonymous.post(SYNC),
     ):
         assert response.status_code == 302 and response["Location"].startswith(reverse("admin:login"))
+    assert anonymous.get(reverse("admin:backups_backup_progress", args=["forged"])).status_code == 404
     assert fetch("default", "SELECT name FROM brew") == [("Stout",)]
     assert Backup.objects.count() == 1
 
@@ -387,7 +609,7 @@ def test_anonymous_visitors_are_sent_to_the_login_page(brew):
 
 
 def test_delete_one_removes_file_manifest_and_row(admin, backup_dir):
-    backup = create(admin)
+    backup = create()
     confirmation = admin.get(url("delete", backup)).content.decode()
     assert "deleted from the backup storage too" in confirmation
     response = admin.post(url("delete", backup), {"post": "yes"}, follow=True)
@@ -400,7 +622,7 @@ def test_delete_one_removes_file_manifest_and_row(admin, backup_dir):
 
 
 def test_bulk_delete_removes_files_and_reports_each_refusal(admin, backup_dir):
-    kept, first, second = create(admin), create(admin), create(admin)
+    kept, first, second = create(), create(), create()
     Backup.objects.filter(pk=kept.pk).update(status=BackupStatus.RUNNING)  # still being written
     confirmation = admin.post(CHANGELIST, {"action": "delete_selected", "_selected_action": [first.pk, second.pk]})
     assert "deleted from the backup storage too" in confirmation.content.decode()
@@ -418,14 +640,14 @@ def test_bulk_delete_removes_files_and_reports_each_refusal(admin, backup_dir):
 
 
 def test_bulk_delete_of_everything_says_how_many(admin, backup_dir):
-    backups = [create(admin), create(admin)]
+    backups = [create(), create()]
     response = delete_selected(admin, backups)
     assert messages_of(response) == [("success", "Successfully deleted 2 backups.")]
     assert not any(backup_dir.iterdir()) and not Backup.objects.exists()
 
 
 def test_delete_is_hidden_and_refused_without_delete_backup(admin, backup_dir):
-    backup = create(admin)
+    backup = create()
     viewer = login(make_staff("viewer", "view_backup", "add_backup", "restore_backup"))
     assert 'value="delete_selected"' not in viewer.get(CHANGELIST).content.decode()
     assert viewer.get(url("delete", backup)).status_code == 403
@@ -439,7 +661,7 @@ def test_delete_is_hidden_and_refused_without_delete_backup(admin, backup_dir):
 
 
 def test_download_streams_the_file_as_an_attachment(admin, backup_dir):
-    backup = create(admin)
+    backup = create()
     response = admin.get(url("download", backup))
     assert response.status_code == 200
     assert response.streaming
@@ -452,7 +674,7 @@ def test_download_streams_the_file_as_an_attachment(admin, backup_dir):
 
 
 def test_download_link_and_view_need_download_backup(admin):
-    backup = create(admin)
+    backup = create()
     viewer = login(make_staff("viewer", "view_backup", "restore_backup"))
     page = viewer.get(CHANGELIST).content.decode()
     assert url("restore", backup) in page and url("download", backup) not in page
@@ -464,7 +686,7 @@ def test_download_link_and_view_need_download_backup(admin):
 
 
 def test_download_of_a_vanished_file_is_an_error_message(admin, backup_dir):
-    backup = create(admin)
+    backup = create()
     (backup_dir / backup.filename).unlink()
     response = admin.get(url("download", backup), follow=True)
     assert messages_of(response) == [
@@ -479,7 +701,8 @@ def test_download_of_a_vanished_file_is_an_error_message(admin, backup_dir):
 
 
 def test_restore_history_shows_who_what_when_and_the_undo_backup(admin, brew):
-    undo = restore(admin, brew).context["result"].pre_restore_backup
+    finished_restore(admin, brew)
+    undo = Backup.objects.get(trigger="pre-restore")
     response = admin.get(HISTORY)
     assert response.status_code == 200
     [record] = response.context["cl"].result_list
@@ -498,14 +721,17 @@ def test_restore_history_shows_who_what_when_and_the_undo_backup(admin, brew):
 
 
 def test_history_and_audit_log_are_read_only(admin, brew):
-    restore(admin, brew)
+    finished_restore(admin, brew)
     record = Operation.objects.get(action="restore")
     for changelist, model in ((HISTORY, "restorehistory"), (AUDIT_LOG, "operation")):
         page = admin.get(changelist).content.decode()
         assert reverse(f"admin:backups_{model}_add") not in page
         assert 'value="delete_selected"' not in page
+        assert re.search(r"\n\d+ entr(y|ies)\n", page) and " audit log\n" not in page
         change = reverse(f"admin:backups_{model}_change", args=[quote(record.pk)])
-        assert admin.get(change).status_code == 200
+        detail = admin.get(change)
+        assert detail.status_code == 200
+        assert "historylink" not in detail.content.decode()
         assert admin.post(change, {"message": "rewritten"}).status_code == 403
         assert admin.post(reverse(f"admin:backups_{model}_delete", args=[quote(record.pk)])).status_code == 403
         assert admin.get(reverse(f"admin:backups_{model}_add")).status_code == 403
@@ -523,7 +749,7 @@ def test_the_history_is_for_those_who_see_backups(brew):
 
 
 def test_descriptions_never_inject_markup(admin):
-    backup = create(admin, MARKUP)
+    backup = create(MARKUP)
     for page_url in (CHANGELIST, url("change", backup), url("restore", backup)):  # where descriptions show
         page = admin.get(page_url).content.decode()
         assert MARKUP not in page and "<b>bold</b>" not in page and '<script>alert("owned")' not in page

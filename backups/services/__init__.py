@@ -13,8 +13,10 @@ from .backups import (
 )
 from .catalog import sync_catalog
 from .health import check_health, health_for
-from .jobs import get_restore, run_job, start_backup, start_restore
+from .jobs import forget_restore_progress, get_restore, run_job, start_backup, start_restore
 from .journal import Actor
+from .overview import overview
+from .progress import backup_progress, restore_progress
 from .restore import restore_backup, restore_preview, verification_warning
 from .retention import cleanup_backups
 from .schedule import schedule_status
@@ -27,13 +29,17 @@ __all__ = [
     "cleanup_backups",
     "create_backup",
     "delete_backup",
+    "forget_restore_progress",
     "describe_database",
     "get_backup",
     "get_restore",
     "list_backups",
     "newest_backups",
     "open_backup",
+    "overview",
+    "backup_progress",
     "restore_backup",
+    "restore_progress",
     "restore_preview",
     "run_job",
     "schedule_status",

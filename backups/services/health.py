@@ -21,6 +21,8 @@ class HealthReport:
     checked_at: object
     problems: list = field(default_factory=list)  # never names a file: monitors may read them
     databases: dict = field(default_factory=dict)
+    # Per database, its own problems and whether it is stale, for the admin's status lights.
+    findings: dict = field(default_factory=dict)
 
     def as_dict(self, with_filenames):
         return {
@@ -62,8 +64,10 @@ def check_health(now=None):
         newest = backups.newest()
         checked = backups.filter(verified_at__isnull=False).order_by("-verified_at").first()
         facts = {"newest_backup_filename": None, "newest_backup_at": None, "age_hours": None, "verification": None}
+        problems = []
+        findings = report.findings[alias] = {"problems": problems, "stale": False}
         if newest is None:
-            report.problems.append(f"Database {alias!r} has no successful backup.")
+            problems.append(f"Database {alias!r} has no successful backup.")
         else:
             age = (now - newest.created_at).total_seconds() / 3600
             facts.update(
@@ -72,7 +76,8 @@ def check_health(now=None):
                 age_hours=round(age, 1),
             )
             if limit is not None and age > limit:
-                report.problems.append(
+                findings["stale"] = True
+                problems.append(
                     f"The newest backup of database {alias!r} is {age:.0f} hours old (limit {limit} hours)."
                 )
         if checked is not None:
@@ -84,10 +89,11 @@ def check_health(now=None):
                 "checked_filename": checked.filename,
             }
             if not passed:
-                report.problems.append(
+                problems.append(
                     f"The latest verification of a backup of database {alias!r} failed "
                     f"({timezone.localtime(checked.verified_at):%Y-%m-%d %H:%M})."
                 )
+        report.problems.extend(problems)
         report.databases[alias] = facts
     report.healthy = not report.problems
     announce_change(report)

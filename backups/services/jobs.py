@@ -8,6 +8,7 @@ call runs, continuing those rows, which are what a client polls. A worker that d
 by its pid: ``catalog.mark_interrupted`` (and every read of a backup) marks its rows failed.
 """
 
+import json
 import logging
 import os
 import subprocess
@@ -138,13 +139,70 @@ def run_job(job_id):
             backup=backup,
             operation=operation,
         )
-    return restore_backup(
-        operation.filename,
-        actor=actor,
-        target=operation.database,
-        pre_restore_backup=operation.details["take_pre_restore_backup"],
-        operation=operation,
-    )
+    progress = RestoreProgressFile(job_id)
+    try:
+        return restore_backup(
+            operation.filename,
+            actor=actor,
+            target=operation.database,
+            pre_restore_backup=operation.details["take_pre_restore_backup"],
+            operation=operation,
+            progress=progress.replayed,
+            stage=progress.stage,
+        )
+    finally:
+        progress.finish()
+
+
+def progress_path(job_id):
+    return backup_settings.JOB_LOG.parent / "progress" / f"{job_id}.json"
+
+
+class RestoreProgressFile:
+    """A restore's phase and bytes, for whoever watches it, in a small file next to the job log
+    rather than in the journal: the journal, and the sessions of the people watching, may be in
+    the very database being restored, whose tables psql keeps locked until it commits.
+    Best effort: a file that cannot be written never stops a restore."""
+
+    def __init__(self, job_id):
+        self.path = progress_path(job_id)
+        self.state = {"phase": "checking", "started": time.time()}
+
+    def stage(self, phase, backup=None):
+        self.state = {"phase": phase, "started": time.time(), "backup": backup.filename if backup else None}
+        self.write()
+
+    def replayed(self, read, total, elapsed, final):
+        # After the last byte the catalog is carried across and synchronised.
+        self.state.update(phase="catalog" if final else "loading", read=read, total=total, elapsed=elapsed)
+        self.write()
+
+    def finish(self):
+        self.state = {"phase": "finished"}
+        self.write()
+
+    def write(self):
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_suffix(".partial")
+            partial.write_text(json.dumps(self.state))
+            os.replace(partial, self.path)  # readers never see half a file
+        except OSError:
+            logger.debug("Could not record the progress of job %s", self.path.stem, exc_info=True)
+
+
+def read_restore_progress(job_id):
+    """What the restore ``job_id``'s worker last recorded ({} before it has begun); touches no
+    database, so it answers while the restore holds the tables."""
+    try:
+        return json.loads(progress_path(job_id).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def forget_restore_progress(job_id):
+    """Once the journal holds the outcome, the file has served its purpose."""
+    progress_path(job_id).unlink(missing_ok=True)
 
 
 def get_restore(job_id, *, actor):

@@ -52,7 +52,7 @@ class RestoreResult:
     operation: Operation | None = None
 
 
-def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, operation=None, progress=None):
+def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, operation=None, progress=None, stage=None):
     """Replace the content of the backup's database (or ``target``) with the backup.
 
     Before anything changes: the file's sha256 must match its manifest, and (unless turned off)
@@ -60,10 +60,11 @@ def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, ope
     Where the database cannot roll back a failed restore, that backup is mandatory, and put back
     automatically when the restore fails. A restore is a major event: people are told how it went
     (BACKUP_NOTIFY_ON_RESTORE). ``progress(read=, total=, elapsed=, final=)`` hears how much of
-    the stored file has been replayed, about once a second.
+    the stored file has been replayed, about once a second; ``stage(phase, backup=None)`` hears
+    each phase begin: "checking", "pre-restore backup" (with its catalog row), "loading".
     """
     try:
-        result = _restore(filename, actor, target, pre_restore_backup, operation, progress)
+        result = _restore(filename, actor, target, pre_restore_backup, operation, progress, stage or ignore_stage)
     except (RestoreFailed, DatabaseBusy) as exc:  # it was attempted; refusals are not announced
         announce_restore(f"Restore of {filename} failed", actor, target, f"failed: {exc.message}")
         raise
@@ -79,7 +80,11 @@ def announce_restore(subject, actor, database, outcome):
         notify(subject, f"{actor.name} (via {actor.origin}) restored database {database or 'default'}: {outcome}")
 
 
-def _restore(filename, actor, target, pre_restore_backup, operation, progress):
+def ignore_stage(phase, backup=None):
+    pass
+
+
+def _restore(filename, actor, target, pre_restore_backup, operation, progress, stage):
     refuse_inside_transaction()
     with journal(
         Action.RESTORE,
@@ -98,13 +103,16 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress):
         if warning:
             result.warnings.append(warning)
         with engine.lock(exclusive=True):
+            stage("checking")
             with verified_copy_anywhere(filename, manifest, result.warnings) as source:
                 if pre_restore_backup:
                     undo = reserve_backup(
                         engine, actor=actor, description=f"Before restoring {filename}", trigger=Trigger.PRE_RESTORE
                     )
+                    stage("pre-restore backup", undo)
                     result.pre_restore_backup = write_backup(engine, undo)
                     record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
+                stage("loading")
                 result.warnings.extend(
                     replace_database(
                         engine,

@@ -1,5 +1,5 @@
 // The restore button stays disabled until the database's name has been typed exactly (the
-// server checks it again), and cannot be pressed twice while a long restore runs.
+// server checks it again), and cannot be pressed twice.
 "use strict";
 {
     const form = document.getElementById("restore-form");
@@ -10,7 +10,7 @@
     };
     input.addEventListener("input", update);
     form.addEventListener("submit", () => {
-        button.value = "Restoring…";
+        button.value = "Starting the restore…";
         setTimeout(() => { button.disabled = true; });
     });
     update();
