@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import sysconfig
@@ -18,6 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,8 @@ SECTION = "## Adding backups to your Django project"
 # Imports that `backups list` has no use for, and that cost most of its start-up.
 HEAVY_MODULES = ["boto3", "botocore", "storages.backends.s3", "drf_spectacular", "rest_framework.serializers"]
 PASSWORD = "Package-Test-Pass-41"
+# What only the [s3] and [age] extras install: left out of the new environment.
+EXTRAS_ONLY = ("boto3", "botocore", "s3transfer", "storages", "django_storages", "pyrage")
 
 
 def readme_blocks():
@@ -58,14 +62,19 @@ def wheel(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def venv(wheel, tmp_path_factory):
-    """A new virtual environment with the wheel installed. The dependencies come from this
-    checkout's environment, through a .pth file after the venv's own site-packages: the
-    pinned versions without reinstalling them, and no `backups` but the wheel's."""
+    """A new virtual environment with the wheel installed, without the extras. The other
+    dependencies are this checkout's (the pinned versions, not installed again), linked into a
+    directory that a .pth file puts after the venv's own site-packages: no `backups` but the wheel's."""
     root = tmp_path_factory.mktemp("venv")
     run([sys.executable, "-m", "venv", "--without-pip", root])
     python = root / "bin" / "python"
+    dependencies = root / "dependencies"
+    dependencies.mkdir()
+    for entry in Path(sysconfig.get_path("purelib")).iterdir():
+        if not entry.name.lower().startswith(EXTRAS_ONLY):
+            (dependencies / entry.name).symlink_to(entry)
     site_packages = Path(query(python, "import sysconfig; print(sysconfig.get_path('purelib'))"))
-    (site_packages / "project-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    (site_packages / "project-dependencies.pth").write_text(f"{dependencies}\n")
     run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--quiet", wheel])
     return python
 
@@ -111,6 +120,19 @@ def test_new_project(engine, venv, tmp_path):
             drop_database(database)
 
 
+def test_missing_extras_are_named(venv, tmp_path):
+    project = Project(venv, tmp_path / "mysite")
+    assert "No module named 'pyrage'" in project.manage("shell", "-c", "import pyrage", check=False)
+    with open(project.directory / "mysite" / "settings.py", "a") as handle:
+        handle.write("BACKUP_STORAGE_URL = 's3://hoppybrew-unused'\nBACKUP_ENCRYPTION_RECIPIENTS = 'age1unchecked'\n")
+    output = project.manage("check", check=False)
+    assert "BACKUP_STORAGE_URL: needs the Python packages storages, boto3" in output
+    assert "pip install 'hoppybrew-backups[s3]'" in output
+    assert "BACKUP_ENCRYPTION_RECIPIENTS: needs the Python packages pyrage" in output
+    assert "pip install 'hoppybrew-backups[age]'" in output
+    assert "Traceback" not in output
+
+
 def test_site_backups_list_imports_only_what_it_needs(tmp_path):
     """The HoppyBrew site, with S3 storage configured (new projects: test_new_project)."""
     site = {
@@ -142,27 +164,47 @@ class Project:
             with open(directory / "mysite" / name, "a") as handle:
                 handle.write("\n" + "\n".join(codes))
         self.environment = {"DJANGO_SETTINGS_MODULE": "mysite.settings"}
+        self.postgresql_database = None
 
     def use_postgresql(self, name):
         drop_database(name)
         postgres_command(f'CREATE DATABASE "{name}"')
+        self.postgresql_database = name
         with open(self.directory / "mysite" / "settings.py", "a") as handle:
             handle.write(
                 "\nDATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', "
                 f"'NAME': {name!r}, 'USER': 'postgres', 'HOST': '127.0.0.1', 'PORT': 5432}}}}\n"
             )
 
-    def manage(self, *arguments):
-        return run([self.python, "manage.py", *arguments], cwd=self.directory, env=self.environment)
+    def manage(self, *arguments, check=True):
+        return run([self.python, "manage.py", *arguments], cwd=self.directory, env=self.environment, check=check)
 
     def shell(self, code):
         return self.manage("shell", "--verbosity", "0", "-c", code)
 
+    def sql(self, statement, *parameters):
+        """Straight to the project's database: a row to see restored, without another manage.py."""
+        if self.postgresql_database:
+            import psycopg2
+
+            connect = partial(psycopg2.connect, host="127.0.0.1", user="postgres", dbname=self.postgresql_database)
+            statement = statement.replace("?", "%s")
+        else:
+            connect = partial(sqlite3.connect, self.directory / "db.sqlite3")
+        connection = connect()
+        try:
+            with connection:
+                cursor = connection.cursor()
+                cursor.execute(statement, parameters)
+                return cursor.fetchall() if cursor.description else None
+        finally:
+            connection.close()
+
     def groups(self):
-        return self.shell("from django.contrib.auth.models import Group; print(*Group.objects.order_by('name'))")
+        return [name for (name,) in self.sql("SELECT name FROM auth_group ORDER BY name")]
 
     def add_group(self, name):
-        self.shell(f"from django.contrib.auth.models import Group; Group.objects.create(name={name!r})")
+        self.sql("INSERT INTO auth_group (name) VALUES (?)", name)
 
     def exercise(self):
         imported = Path(query(self.python, "import backups; print(backups.__file__)", cwd=self.directory))
@@ -177,19 +219,19 @@ class Project:
         ).splitlines()[-3:]  # after django-crontab's "adding cronjob" lines
         assert [" ".join(line.split()[:5]) for line in jobs] == ["0 2 * * *", "30 3 * * *", "45 4 * * *"]
         assert all(f"{self.directory}/manage.py crontab run" in line for line in jobs), jobs
-        self.shell(
-            "from django.contrib.auth.models import Group, User; from rest_framework.authtoken.models import Token\n"
+        token = self.shell(
+            "from django.contrib.auth.models import User; from rest_framework.authtoken.models import Token\n"
             f"Token.objects.create(user=User.objects.create_superuser('admin', 'a@example.com', {PASSWORD!r}))\n"
-            "Group.objects.create(name='kept')"
+            "print(Token.objects.get().key)"
         )
-        token = self.shell("from rest_framework.authtoken.models import Token; print(Token.objects.get().key)")
+        self.add_group("kept")
 
         # The command.
         filename = re.search(r"Created (\S+)", self.manage("backups", "create", "--description", "cli"))[1]
         assert filename in self.manage("backups", "list")
         self.add_group("after the command's backup")
         assert "Restored database 'default'" in self.manage("backups", "restore", filename, "--yes")
-        assert self.groups() == "kept"
+        assert self.groups() == ["kept"]
 
         with self.server() as base:
             # The REST API.
@@ -201,7 +243,7 @@ class Project:
             self.add_group("after the API's backup")
             status, restored = api.json("POST", "/backups/restore", {"filename": created["filename"]})
             assert status == 200, restored
-            assert self.groups() == "kept"
+            assert self.groups() == ["kept"]
 
             # The admin pages, and the app's static files beside them.
             admin = Client(base)
@@ -216,7 +258,7 @@ class Project:
             database = re.search(r'data-expected="([^"]+)"', admin.get(restore_page))[1]
             result = admin.post(restore_page, {"confirm_database": database})
             assert "Database restored" in result
-            assert self.groups() == "kept"
+            assert self.groups() == ["kept"]
 
     def server(self):
         return Server(self)
@@ -307,10 +349,14 @@ def environment(extra):
     return {**base, **{key: value for key, value in extra.items() if value}}
 
 
-def run(command, cwd=None, env=None):
+def run(command, cwd=None, env=None, check=True):
+    """The command's stdout; with check=False, its stdout and stderr, which must not be a success."""
     result = subprocess.run(
         [str(part) for part in command], cwd=cwd, env=environment(env or {}), capture_output=True, text=True
     )
+    if not check:
+        assert result.returncode != 0, result.stdout
+        return result.stdout + result.stderr
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout.strip()
 
