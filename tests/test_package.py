@@ -120,9 +120,14 @@ def test_new_project(engine, venv, tmp_path):
             drop_database(database)
 
 
-def test_missing_extras_are_named(venv, tmp_path):
-    project = Project(venv, tmp_path / "mysite")
+def test_app_alone_without_extras(venv, tmp_path):
+    """ "backups" in INSTALLED_APPS is all that migrate and the command need; S3 and encryption
+    settings without their extras are refused by name."""
+    project = Project(venv, tmp_path / "mysite", readme=False)
     assert "No module named 'pyrage'" in project.manage("shell", "-c", "import pyrage", check=False)
+    project.manage("migrate", "--noinput")
+    filename = re.search(r"Created (\S+)", project.manage("backups", "create"))[1]
+    assert filename in project.manage("backups", "list")
     with open(project.directory / "mysite" / "settings.py", "a") as handle:
         handle.write("BACKUP_STORAGE_URL = 's3://hoppybrew-unused'\nBACKUP_ENCRYPTION_RECIPIENTS = 'age1unchecked'\n")
     output = project.manage("check", check=False)
@@ -151,15 +156,19 @@ def test_site_backups_list_imports_only_what_it_needs(tmp_path):
 
 
 class Project:
-    """A site made by ``django-admin startproject`` with README's blocks appended."""
+    """A site made by ``django-admin startproject`` with README's blocks appended (or, without
+    ``readme``, the app alone in INSTALLED_APPS)."""
 
-    def __init__(self, python, directory):
+    def __init__(self, python, directory, readme=True):
         self.python = python
         self.directory = directory
         directory.mkdir()
         run([python, "-m", "django", "startproject", "mysite", directory])
-        blocks = readme_blocks()
-        assert set(blocks) == {"settings.py", "urls.py"}
+        if readme:
+            blocks = readme_blocks()
+            assert set(blocks) == {"settings.py", "urls.py"}
+        else:
+            blocks = {"settings.py": ['INSTALLED_APPS += ["backups"]\n']}
         for name, codes in blocks.items():
             with open(directory / "mysite" / name, "a") as handle:
                 handle.write("\n" + "\n".join(codes))
