@@ -8,6 +8,7 @@ these (tag ``backups``), not the whole site's.
 import os
 import stat
 
+from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
@@ -71,6 +72,9 @@ def check_databases(app_configs, **kwargs):
 def check_storage(app_configs, **kwargs):
     """E003: the backup directory cannot be created or written. W002: others can read it."""
     try:
+        location = backup_settings.STORAGE_URL
+        if location is not None and location.scheme == "s3" and "backups" not in settings.STORAGES:
+            return []  # no directory to check; building the storage would import boto3 for every command
         storage = get_storage()
     except ImproperlyConfigured:
         return []

@@ -6,6 +6,7 @@ not at import, so ``override_settings`` works in tests and a bad value fails wit
 name at the moment it matters. ``backups.checks`` parses all of them at start-up.
 """
 
+import importlib.util
 import os
 import re
 from collections.abc import Callable
@@ -112,6 +113,13 @@ def parse_optional_path(value):
     return parse_path(str(value).strip())
 
 
+def parse_identity_file(value):
+    path = parse_optional_path(value)
+    if path is not None:
+        require_extra("age", "pyrage")
+    return path
+
+
 @dataclass(frozen=True)
 class StorageLocation:
     """Where a storage URL points: ``s3://bucket/prefix`` or ``file:///absolute/path``."""
@@ -154,6 +162,7 @@ def parse_storage_url(value):
         segments = [segment for segment in parts.path.split("/") if segment]
         if any(segment in {".", ".."} or not PREFIX_SEGMENT_PATTERN.fullmatch(segment) for segment in segments):
             raise ValueError(f"{parts.path!r} is not a usable key prefix; use letters, digits and '/._=+@,-'")
+        require_extra("s3", "storages", "boto3")
         return StorageLocation("s3", bucket=parts.netloc, prefix="/".join(segments))
     if parts.scheme == "file":
         if parts.netloc not in {"", "localhost"} or not parts.path.startswith("/"):
@@ -163,15 +172,28 @@ def parse_storage_url(value):
     raise ValueError(f"unsupported scheme {scheme!r}; expected s3://bucket/prefix or file:///path")
 
 
+def require_extra(extra, *modules):
+    """S3 and encryption need packages the app installs only with an extra; say which, by name,
+    without importing them (boto3 alone takes a quarter of a second)."""
+    missing = [module for module in modules if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ValueError(
+            f"needs the Python packages {', '.join(missing)}, which are not installed: "
+            f"pip install 'hoppybrew-backups[{extra}]'"
+        )
+
+
 def parse_recipients(value):
     """age X25519 public keys (``age1...``), separated by commas or white space."""
+    items = value if isinstance(value, (list, tuple)) else re.split(r"[\s,]+", str(value or ""))
+    items = [str(item).strip() for item in items if str(item).strip()]
+    if not items:
+        return []
+    require_extra("age", "pyrage")
     from pyrage import RecipientError, x25519
 
-    items = value if isinstance(value, (list, tuple)) else re.split(r"[\s,]+", str(value or ""))
     recipients = []
-    for item in (str(item).strip() for item in items):
-        if not item:
-            continue
+    for item in items:
         if item.upper().startswith("AGE-SECRET-KEY-"):
             # Not repeated in the message: it is a secret, and it should not be on this server.
             raise ValueError(
@@ -267,7 +289,7 @@ SETTINGS = {
         [], parse_recipients, "age public keys (age1...); when set, backups are encrypted to them."
     ),
     "ENCRYPTION_IDENTITY_FILE": Setting(
-        None, parse_optional_path, "age identity file (private key) that decrypts backups for restores."
+        None, parse_identity_file, "age identity file (private key) that decrypts backups for restores."
     ),
     "JOB_LOG": Setting(
         "data/logs/backup-jobs.log", parse_path, "Where the worker processes of asynchronous API requests log."

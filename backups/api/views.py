@@ -15,10 +15,13 @@ from drf_spectacular.utils import (
     extend_schema_view,
 )
 from rest_framework import status, viewsets
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 
@@ -183,6 +186,11 @@ def status_body(message, filename, timestamp=None, state="success"):
     ),
 )
 class BackupViewSet(viewsets.ViewSet):
+    # The API's contract does not depend on the project's REST_FRAMEWORK settings: JSON in and
+    # out, a token (rest_framework.authtoken) or the admin's session.
+    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    renderer_classes = [JSONRenderer]
+    parser_classes = [JSONParser]
     # Who may do what is the service's decision (staff, and the action's permission), so that
     # refused attempts are journaled; the API only insists on knowing who asks.
     permission_classes = [IsAuthenticated]
