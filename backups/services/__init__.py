@@ -12,7 +12,7 @@ from .backups import (
     update_description,
 )
 from .catalog import sync_catalog
-from .health import check_health, health_for
+from .health import catalog_down_report, check_health, health_for
 from .jobs import get_restore, run_job, start_backup, start_restore
 from .journal import Actor
 from .restore import restore_backup, restore_preview, verification_warning
@@ -22,6 +22,7 @@ from .verification import verify_backup
 
 __all__ = [
     "Actor",
+    "catalog_down_report",
     "check_health",
     "health_for",
     "cleanup_backups",

@@ -5,10 +5,11 @@ import hmac
 import logging
 from dataclasses import dataclass, field
 
+from django.db import DatabaseError
 from django.utils import timezone
 
 from ..conf import backup_settings, max_age_hours
-from ..exceptions import NotAuthenticated
+from ..exceptions import NotAuthenticated, catalog_error
 from ..models import Backup, HealthState
 from .notify import notify
 
@@ -52,9 +53,30 @@ def health_for(*, actor, token=None):
     return report.healthy, report.as_dict(with_filenames=with_filenames)
 
 
+CATALOG_DOWN = "The backup catalog cannot be read: the site's database cannot be reached or is not migrated."
+
+
+def catalog_down_report(exc, now=None):
+    """Unhealthy, because the catalog's database failed with ``exc``: nothing can be said about
+    the backups, and nothing can be recorded (so no change of state is announced either). The
+    problem stays general, since monitors read it; the log has the database's own words."""
+    logger.error("Backup health cannot be checked: %s", catalog_error(exc).message)
+    return HealthReport(healthy=False, checked_at=now or timezone.now(), problems=[CATALOG_DOWN])
+
+
 def check_health(now=None):
-    """Evaluate every database in BACKUP_DATABASES; announce a change of state."""
+    """Evaluate every database in BACKUP_DATABASES; announce a change of state. Unhealthy, and
+    never an error, when the catalog itself cannot be read."""
     now = now or timezone.now()
+    try:
+        report = evaluate_health(now)
+    except DatabaseError as exc:
+        return catalog_down_report(exc, now)
+    announce_change(report)
+    return report
+
+
+def evaluate_health(now):
     limit = max_age_hours()
     report = HealthReport(healthy=True, checked_at=now)
     for alias in backup_settings.DATABASES:
@@ -90,7 +112,6 @@ def check_health(now=None):
                 )
         report.databases[alias] = facts
     report.healthy = not report.problems
-    announce_change(report)
     return report
 
 

@@ -9,11 +9,12 @@ from datetime import datetime
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
 from ... import services
 from ...api.serializers import BackupSerializer, BackupSummarySerializer
 from ...checks import TAG
-from ...exceptions import BackupError
+from ...exceptions import BackupError, catalog_error
 from ...formatting import TerminalProgress, human_duration, human_size, local_time, verification_label
 from ...services.verification import LEVELS
 
@@ -113,6 +114,8 @@ class Command(BaseCommand):
             raise CommandError(one_line(exc.message)) from None
         except ImproperlyConfigured as exc:
             raise CommandError(one_line(f"Configuration error: {exc}")) from None
+        except DatabaseError as exc:  # the site's database, which holds the catalog, is down
+            raise CommandError(one_line(catalog_error(exc).message)) from None
 
     # -- subcommands -----------------------------------------------------------------------
 

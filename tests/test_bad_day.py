@@ -1,0 +1,177 @@
+"""A bad day: the site's own database down, settings broken where an operation does not look,
+storage that refuses writes. Every failure answers as README promises: a JSON 503 (or the
+documented code) with a reason, one line on stderr and a non-zero exit, never a traceback."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from .conftest import free_port, require_server, server_reachable
+
+PROJECT = Path(__file__).resolve().parent.parent
+SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
+POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
+
+
+def site_environment(database_url, backup_dir, **extra):
+    """The environment of the site's own processes: its settings, not the tests'."""
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "hoppybrew_site.settings",
+        "DJANGO_ENV_FILE": os.devnull,
+        "DJANGO_SECRET_KEY": "test",
+        "DATABASE_URL": database_url,
+        "BACKUP_DIR": str(backup_dir),
+        **extra,
+    }
+
+
+def manage(environment, *args, check=False):
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=PROJECT, env=environment, capture_output=True, text=True, timeout=300
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"manage.py {' '.join(args)} failed: {result.stderr[-3000:]}")
+    return result
+
+
+def postgres_admin(*statements):
+    connection = psycopg2.connect(**POSTGRES)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+def request(url, method="GET", headers=None):
+    """(status, parsed JSON body) of an HTTP request, whatever the status."""
+    call = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(call, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+class Server:
+    """``manage.py runserver`` as a child process on a free port."""
+
+    def __init__(self, environment, log):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        with open(log, "wb") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{self.port}"],
+                cwd=PROJECT,
+                env=environment,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while not server_reachable("127.0.0.1", self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"runserver did not start: {Path(log).read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def site_down(tmp_path_factory):
+    """A migrated site database with one backup and a running server, then made unreachable
+    for real: connections refused and every session ended. Yields what the tests need."""
+    require_server("PostgreSQL", POSTGRES["host"], POSTGRES["port"])
+    name = f"hoppybrew_down{SUFFIX}"
+    directory = tmp_path_factory.mktemp("site-down")
+    environment = site_environment(
+        f"postgres://postgres@127.0.0.1:5432/{name}",
+        directory / "backups",
+        BACKUP_HEALTH_TOKEN="monitor-token",
+        BACKUP_JOB_LOG=str(directory / "jobs.log"),
+    )
+    postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+    server = None
+    try:
+        manage(environment, "migrate", "--noinput", "-v", "0", check=True)
+        token = manage(environment, "ensure_admin", check=True).stdout.rsplit("API token:", 1)[1].split()[0]
+        backup = manage(environment, "backups", "create", check=True).stdout.split()[1]
+        server = Server(environment, directory / "runserver.log")
+        postgres_admin(
+            f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
+        )
+        yield {"environment": environment, "server": server, "token": token, "backup": backup}
+    finally:
+        if server is not None:
+            server.stop()
+        postgres_admin(
+            f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+        )
+
+
+def assert_one_line_failure(result):
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["create"], ["list"], ["restore", "{backup}", "--yes"], ["verify", "--latest"], ["sync"], ["cleanup"]],
+    ids=lambda arguments: arguments[0],
+)
+def test_commands_say_in_one_line_that_the_sites_database_is_down(site_down, arguments):
+    arguments = [argument.format(backup=site_down["backup"]) for argument in arguments]
+    line = assert_one_line_failure(manage(site_down["environment"], "backups", *arguments))
+    assert "The site's database, which holds the backup catalog, cannot be reached" in line
+    assert "not currently accepting connections" in line  # the database's own words
+    assert "DATABASE_URL" in line
+
+
+def test_health_command_reports_the_catalog_unreadable(site_down):
+    result = manage(site_down["environment"], "backups", "health")
+    line = assert_one_line_failure(result)
+    assert result.stdout.strip() == "Backups are UNHEALTHY."
+    assert "The backup catalog cannot be read" in line
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_api_answers_503_with_the_reason(site_down, method):
+    status, body = request(
+        f"{site_down['server'].url}/backups", method, {"Authorization": f"Token {site_down['token']}"}
+    )
+    assert status == 503
+    assert body["status"] == "error"
+    assert "The site's database, which holds the backup catalog, cannot be reached" in body["message"]
+
+
+@pytest.mark.parametrize(
+    "authorization", ["Bearer monitor-token", "Token {token}"], ids=["monitor token", "staff token"]
+)
+def test_health_answers_503_unhealthy_with_its_problem(site_down, authorization):
+    headers = {"Authorization": authorization.format(token=site_down["token"])}
+    status, body = request(f"{site_down['server'].url}/backups/health", headers=headers)
+    assert status == 503
+    assert body["status"] == "unhealthy"
+    assert body["problems"] == [
+        "The backup catalog cannot be read: the site's database cannot be reached or is not migrated."
+    ]
+    assert "Traceback" not in site_down["server"].log.read_text()
