@@ -2,7 +2,8 @@
 
 They run with ``manage.py check``, ``runserver``, ``migrate`` and ``crontab add``; the
 container runs ``manage.py check`` before it starts serving. ``manage.py backups`` runs only
-these (tag ``backups``), not the whole site's.
+those its subcommand needs (``for_work``): a typo in the schedule must not stand in the way of
+a restore on the day one is needed.
 """
 
 import os
@@ -23,11 +24,11 @@ TAG = "backups"
 
 
 @register(TAG)
-def check_settings(app_configs, **kwargs):
-    """E001: a BACKUP_* value that cannot be parsed."""
+def check_settings(app_configs, variables=None, **kwargs):
+    """E001: a BACKUP_* value that cannot be parsed (of ``variables`` only, when given)."""
     return [
         Error(message, hint=f"Fix {variable} in the environment or .env.", id="backups.E001")
-        for variable, message in backup_settings.errors()
+        for variable, message in backup_settings.errors(variables)
     ]
 
 
@@ -166,3 +167,12 @@ def readable_by_others(path, variable, why, private_mode, check_id):
             id=check_id,
         )
     ]
+
+
+def for_work(variables, *checks):
+    """The problems that concern a piece of work: the settings it reads (names without the
+    BACKUP_ prefix) and the other checks it needs, and nothing else."""
+    problems = check_settings(None, variables=variables)
+    for check in checks:
+        problems.extend(check(None))
+    return problems

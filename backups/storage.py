@@ -13,6 +13,7 @@ aborted on any error; reads stream the object's body.
 import errno
 import functools
 import json
+import logging
 import os
 import re
 import socket
@@ -22,12 +23,15 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.files.storage import FileSystemStorage, storages
 from django.utils.functional import cached_property
 
 from .compression import CHUNK_SIZE
 from .conf import backup_settings
 from .exceptions import DiskFull, StorageFailed
+
+logger = logging.getLogger("backups")
 
 PRIMARY = "primary"
 OFFSITE = "offsite"
@@ -287,10 +291,19 @@ def get_storage():
 
 
 def get_offsite_storage():
-    """The storage that holds the off-site copies, or None when there is none."""
+    """The storage that holds the off-site copies, or None when there is none.
+
+    A BACKUP_OFFSITE_STORAGE_URL that cannot be parsed counts as none here, with an error in
+    the log: restores, downloads and listings must work whatever is wrong with the second copy.
+    The start-up checks, and the commands that make copies, refuse it by name.
+    """
     if "backups_offsite" in getattr(settings, "STORAGES", {}):
         return BackupStorage(storages["backups_offsite"], 'STORAGES["backups_offsite"]')
-    location = backup_settings.OFFSITE_STORAGE_URL
+    try:
+        location = backup_settings.OFFSITE_STORAGE_URL
+    except ImproperlyConfigured as exc:
+        logger.error("No off-site copy is used or made: %s", exc)
+        return None
     if location is None:
         return None
     return BackupStorage(build_storage(location, *s3_settings()), str(location))

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from .conftest import free_port, require_server, server_reachable
+from .conftest import execute, fetch, free_port, require_server, server_reachable
 
 PROJECT = Path(__file__).resolve().parent.parent
 SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
@@ -175,3 +175,60 @@ def test_health_answers_503_unhealthy_with_its_problem(site_down, authorization)
         "The backup catalog cannot be read: the site's database cannot be reached or is not migrated."
     ]
     assert "Traceback" not in site_down["server"].log.read_text()
+
+
+# -- settings an operation does not use never stand in its way ---------------------------------
+
+BROKEN_UNRELATED_SETTINGS = {
+    "BACKUP_SCHEDULE": "0 25 * * *",
+    "BACKUP_CLEANUP_SCHEDULE": "every night",
+    "BACKUP_RETENTION_DAYS": "forever",
+    "BACKUP_KEEP_DAILY": "lots",
+    "BACKUP_MAX_AGE_HOURS": "soon",
+    "BACKUP_NOTIFY_WEBHOOK_URL": "ftp://hooks.example.com",
+    "BACKUP_OFFSITE_STORAGE_URL": "ftp://elsewhere",
+}
+
+
+@pytest.fixture
+def break_unrelated_settings(settings, monkeypatch):
+    """Call it to break them, here and for the commands run as processes."""
+
+    def breaks():
+        for variable, value in BROKEN_UNRELATED_SETTINGS.items():
+            setattr(settings, variable, value)
+            monkeypatch.setenv(variable, value)
+
+    return breaks
+
+
+@pytest.mark.django_db(transaction=True)
+def test_restore_list_and_download_work_whatever_is_wrong_elsewhere(api, backup_dir, break_unrelated_settings):
+    execute("default", "CREATE TABLE brew (id integer)", "INSERT INTO brew VALUES (1)")
+    made = api.post("/backups", {}, format="json").json()["filename"]
+    execute("default", "INSERT INTO brew VALUES (2)")
+    break_unrelated_settings()
+
+    # The command as an operator runs it: a process of its own, through Django's own start-up.
+    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "hoppybrew_site.settings"}
+    restored = manage(environment, "backups", "restore", made, "--yes")
+    assert restored.returncode == 0, restored.stderr
+    assert "SystemCheckError" not in restored.stderr
+    assert fetch("default", "SELECT count(*) FROM brew") == [(1,)]
+    listed = manage(environment, "backups", "list")
+    assert listed.returncode == 0 and made in listed.stdout
+
+    response = api.get(f"/backups/{made}/download", HTTP_ACCEPT="application/octet-stream")
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == (backup_dir / made).read_bytes()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_what_a_command_needs_is_still_checked_in_one_line(break_unrelated_settings):
+    break_unrelated_settings()
+    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "hoppybrew_site.settings"}
+    line = assert_one_line_failure(manage(environment, "backups", "schedule"))
+    assert "BACKUP_SCHEDULE: '0 25 * * *' is not a valid cron expression: hour 25 is out of range 0-23" in line
+    assert "BACKUP_RETENTION_DAYS" in line and "(backups.E001)" in line
+    line = assert_one_line_failure(manage(environment, "backups", "create"))
+    assert "BACKUP_OFFSITE_STORAGE_URL" in line and "BACKUP_SCHEDULE" not in line
