@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from .conftest import execute, fetch, free_port, require_server, server_reachable
+from .conftest import execute, fetch, free_port, require_server, require_tool, server_reachable
 
 PROJECT = Path(__file__).resolve().parent.parent
 SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
@@ -36,7 +36,12 @@ def site_environment(database_url, backup_dir, **extra):
 
 def manage(environment, *args, check=False):
     result = subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=PROJECT, env=environment, capture_output=True, text=True, timeout=300
+        [sys.executable, "manage.py", *args],
+        cwd=PROJECT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if check and result.returncode != 0:
         pytest.fail(f"manage.py {' '.join(args)} failed: {result.stderr[-3000:]}")
@@ -92,25 +97,36 @@ class Server:
             self.process.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def site_down(tmp_path_factory):
-    """A migrated site database with one backup and a running server, then made unreachable
-    for real: connections refused and every session ended. Yields what the tests need."""
+def new_site(name, directory, **extra):
+    """A site of its own on a new, migrated PostgreSQL database ``name``, with one backup:
+    (environment of its processes, admin's API token, the backup's filename)."""
     require_server("PostgreSQL", POSTGRES["host"], POSTGRES["port"])
-    name = f"hoppybrew_down{SUFFIX}"
-    directory = tmp_path_factory.mktemp("site-down")
     environment = site_environment(
         f"postgres://postgres@127.0.0.1:5432/{name}",
         directory / "backups",
-        BACKUP_HEALTH_TOKEN="monitor-token",
         BACKUP_JOB_LOG=str(directory / "jobs.log"),
+        **extra,
     )
     postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+    manage(environment, "migrate", "--noinput", "-v", "0", check=True)
+    token = manage(environment, "ensure_admin", check=True).stdout.rsplit("API token:", 1)[1].split()[0]
+    backup = manage(environment, "backups", "create", check=True).stdout.split()[1]
+    return environment, token, backup
+
+
+def drop_database(name):
+    postgres_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def site_down(tmp_path_factory):
+    """A site with one backup and a running server, whose database is then made unreachable
+    for real: connections refused and every session ended."""
+    name = f"hoppybrew_down{SUFFIX}"
+    directory = tmp_path_factory.mktemp("site-down")
     server = None
     try:
-        manage(environment, "migrate", "--noinput", "-v", "0", check=True)
-        token = manage(environment, "ensure_admin", check=True).stdout.rsplit("API token:", 1)[1].split()[0]
-        backup = manage(environment, "backups", "create", check=True).stdout.split()[1]
+        environment, token, backup = new_site(name, directory, BACKUP_HEALTH_TOKEN="monitor-token")
         server = Server(environment, directory / "runserver.log")
         postgres_admin(
             f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
@@ -120,9 +136,7 @@ def site_down(tmp_path_factory):
     finally:
         if server is not None:
             server.stop()
-        postgres_admin(
-            f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-        )
+        drop_database(name)
 
 
 def assert_one_line_failure(result):
@@ -232,3 +246,82 @@ def test_what_a_command_needs_is_still_checked_in_one_line(break_unrelated_setti
     assert "BACKUP_RETENTION_DAYS" in line and "(backups.E001)" in line
     line = assert_one_line_failure(manage(environment, "backups", "create"))
     assert "BACKUP_OFFSITE_STORAGE_URL" in line and "BACKUP_SCHEDULE" not in line
+
+
+# -- storage that refuses writes ----------------------------------------------------------------
+
+
+def mount_read_only(directory):
+    """Make ``directory`` read-only in place (a bind mount of itself, remounted read-only): even
+    root cannot write there then, as on a disk the kernel remounted read-only after errors."""
+    for command in (["mount", "--bind", directory, directory], ["mount", "-o", "remount,bind,ro", directory]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            subprocess.run(["umount", directory], capture_output=True)
+            message = f"cannot make a read-only mount here ({result.stderr.strip()})"
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(f"{message} (CI=true: tests needing it must run)")
+            pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def unwritable_storage(tmp_path_factory):
+    """A running server whose BACKUP_DIR was writable when it started and no longer is."""
+    require_tool("mount")
+    name = f"hoppybrew_ro{SUFFIX}"
+    directory = tmp_path_factory.mktemp("unwritable")
+    backups = directory / "backups"
+    server = None
+    mounted = False
+    try:
+        environment, token, backup = new_site(name, directory)
+        server = Server(environment, directory / "runserver.log")
+        mount_read_only(backups)
+        mounted = True
+        yield {"environment": environment, "server": server, "token": token, "backup": backup, "dir": backups}
+    finally:
+        if server is not None:
+            server.stop()
+        if mounted:
+            subprocess.run(["umount", backups], check=True)
+        drop_database(name)
+
+
+def post(site, path, body):
+    call = urllib.request.Request(
+        f"{site['server'].url}{path}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Token {site['token']}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(call, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_a_backup_into_an_unwritable_directory_names_the_setting_and_writes_nothing(unwritable_storage):
+    before = sorted(path.name for path in unwritable_storage["dir"].iterdir())
+    status, body = post(unwritable_storage, "/backups", {})
+    assert status == 503
+    message = body["message"]
+    assert f"(BACKUP_DIR: {unwritable_storage['dir']})" in message
+    assert "Read-only file system" in message and "Nothing was written." in message
+    assert f"write to {unwritable_storage['dir']}" in message and "or point BACKUP_DIR at a directory" in message
+    assert sorted(path.name for path in unwritable_storage["dir"].iterdir()) == before
+
+
+def test_a_restore_that_cannot_store_its_pre_restore_backup_says_the_database_is_unchanged(unwritable_storage):
+    status, body = post(unwritable_storage, "/backups/restore", {"filename": unwritable_storage["backup"]})
+    assert status == 503
+    message = body["message"]
+    assert message.startswith("The restore did not start: the pre-restore backup")
+    assert f"(BACKUP_DIR: {unwritable_storage['dir']})" in message
+    assert message.endswith("The database was not changed.")
+
+
+def test_a_command_refuses_an_unwritable_directory_in_one_line(unwritable_storage):
+    result = manage(unwritable_storage["environment"], "backups", "create")
+    line = assert_one_line_failure(result)
+    assert f"BACKUP_DIR: {unwritable_storage['dir']} is not writable by this user. (backups.E003)" in line

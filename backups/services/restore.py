@@ -103,7 +103,14 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress):
                     undo = reserve_backup(
                         engine, actor=actor, description=f"Before restoring {filename}", trigger=Trigger.PRE_RESTORE
                     )
-                    result.pre_restore_backup = write_backup(engine, undo)
+                    try:
+                        result.pre_restore_backup = write_backup(engine, undo)
+                    except StorageFailed as exc:
+                        raise type(exc)(
+                            f"The restore did not start: the pre-restore backup (a backup of the current state, "
+                            f"taken first so that the restore can be undone) could not be stored. {exc.message} "
+                            "The database was not changed."
+                        ) from None
                     record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
                 result.warnings.extend(
                     replace_database(
@@ -215,7 +222,7 @@ def verified_copy(storage, filename, manifest):
             source.seek(0)
         except Exception as exc:
             if is_storage_failure(exc):
-                raise storage_error(exc, f"reading {filename}") from None
+                raise storage_error(exc, f"reading {filename}", storage) from None
             raise
         if size != manifest.get("size_bytes") or digest != manifest.get("sha256"):
             raise BackupDamaged(
