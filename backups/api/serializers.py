@@ -146,6 +146,9 @@ class HealthSerializer(serializers.Serializer):
     checked_at = serializers.DateTimeField()
     max_age_hours = serializers.IntegerField(allow_null=True)
     problems = serializers.ListField(child=serializers.CharField())
+    warnings = serializers.ListField(
+        child=serializers.CharField(), help_text="Worth knowing without being unhealthy: drills that cannot run"
+    )
     databases = serializers.DictField(child=HealthDatabaseSerializer())
 
 

@@ -5,11 +5,12 @@ import hmac
 import logging
 from dataclasses import dataclass, field
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 from django.utils import timezone
 
 from ..conf import backup_settings, max_age_hours
-from ..exceptions import NotAuthenticated, catalog_error
+from ..exceptions import BackupError, NotAuthenticated, catalog_error
 from ..models import Backup, HealthState
 from .notify import notify
 
@@ -22,6 +23,7 @@ class HealthReport:
     checked_at: object
     problems: list = field(default_factory=list)  # never names a file: monitors may read them
     databases: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)  # worth knowing, not unhealthy (drills that cannot run)
 
     def as_dict(self, with_filenames):
         return {
@@ -29,6 +31,7 @@ class HealthReport:
             "checked_at": self.checked_at.isoformat(),
             "max_age_hours": max_age_hours(),
             "problems": self.problems,
+            "warnings": self.warnings,
             "databases": self.databases if with_filenames else without_filenames(self.databases),
         }
 
@@ -110,9 +113,23 @@ def evaluate_health(now):
                     f"The latest verification of a backup of database {alias!r} failed "
                     f"({timezone.localtime(checked.verified_at):%Y-%m-%d %H:%M})."
                 )
+        blocker = drill_blocker(alias)
+        if blocker:
+            report.warnings.append(f"Restore drills of database {alias!r} cannot run: {blocker}.")
         report.databases[alias] = facts
     report.healthy = not report.problems
     return report
+
+
+def drill_blocker(alias):
+    """Why restore drills of ``alias`` cannot run, or None (also when its server cannot be
+    asked: the backups' own age tells about that)."""
+    from ..engines import get_engine
+
+    try:
+        return get_engine(alias).drill_blocker()
+    except (BackupError, ImproperlyConfigured):
+        return None
 
 
 def check_health_quietly():

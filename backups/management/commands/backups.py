@@ -66,11 +66,23 @@ NEEDS = {
     "schedule": ((*SCHEDULING, *RETENTION), ()),
     "verify": (
         (*READING, "RESTORE_LOCK_TIMEOUT", "VERIFY_DATABASE_URL"),
-        (checks.check_tools, checks.check_identity_file),
+        (checks.check_tools, checks.check_identity_file, checks.check_drills),
     ),
     "health": (("ENABLED", "DATABASES", "MAX_AGE_HOURS"), ()),
     "job": ((*RESTORING, "OFFSITE_STORAGE_URL"), (checks.check_storage, checks.check_tools)),
 }
+
+
+def verification_words(facts):
+    """The latest verification as health saw it, saying which backup it was of when that is not
+    the newest one: a pass on an older file says nothing about the newest."""
+    check = facts["verification"]
+    if not check:
+        return "; never verified"
+    outcome = "passed" if check["passed"] else "FAILED"
+    if check["checked_filename"] == facts["newest_backup_filename"]:
+        return f"; its last verification {outcome}"
+    return f"; not verified yet (the last verification, of the older {check['checked_filename']}, {outcome})"
 
 
 class Command(BaseCommand):
@@ -300,9 +312,9 @@ class Command(BaseCommand):
         for alias, facts in report.databases.items():
             newest = facts["newest_backup_filename"] or "none"
             age = f", {facts['age_hours']} hours old" if facts["age_hours"] is not None else ""
-            check = facts["verification"]
-            verified = f"; last verification {'passed' if check['passed'] else 'FAILED'}" if check else ""
-            self.stdout.write(f"  {alias}: newest backup {newest}{age}{verified}")
+            self.stdout.write(f"  {alias}: newest backup {newest}{age}{verification_words(facts)}")
+        for warning in report.warnings:
+            self.stdout.write(f"  Warning: {warning}")
         if not report.healthy:
             raise CommandError(" ".join(report.problems))
 
