@@ -48,11 +48,19 @@ class BackupFigures:
     """What is derived from a backup's columns: shared by the model and by ``BackupRow``."""
 
     #: The columns these figures are computed from.
-    COLUMNS = ("filename", "created_at", "finished_at", "progress_at", "bytes_written")
+    COLUMNS = ("filename", "created_at", "finished_at", "progress_at", "bytes_written", "database", "engine")
 
     @property
     def encrypted(self):
         return self.filename.endswith(".age")
+
+    @property
+    def engine_matches_database(self):
+        """Whether its database alias still uses the engine it was taken from: a site moved from
+        SQLite to PostgreSQL keeps its old backups, and they cannot be restored into it."""
+        from django.db import connections
+
+        return self.database in connections.settings and connections[self.database].vendor == self.engine
 
     @property
     def timestamp(self):

@@ -235,6 +235,27 @@ class BackupStorage:
         except Exception as exc:
             raise storage_error(exc, f"reading {name}", self) from None
 
+    def missing(self, name):
+        """Why ``name`` cannot be read although the catalog has it, for the ``BackupNotFound``
+        a person reads: with what lies beside it when someone decompressed it by hand."""
+        message = f"The file {name} is missing from the backup storage ({self.named()})."
+        for suffix in (".age", ".gz", ".zst"):
+            if not name.endswith(suffix):
+                continue
+            stem = name.removesuffix(suffix)
+            try:
+                beside = self.exists(stem)
+            except StorageFailed:
+                beside = False
+            if beside:
+                return (
+                    f"{message} {stem} lies beside it: the file was decrypted or decompressed by hand (gunzip "
+                    f"removes the original). Compressing it again makes a file with another checksum, which "
+                    f"no restore accepts: restore {stem} by hand (README, 'Restoring without the app'), or "
+                    f"put the original {name} back."
+                )
+        return message
+
     def read_json(self, name):
         """The parsed JSON file, or None when it does not exist or is not valid JSON."""
         try:

@@ -9,12 +9,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from io import StringIO
 from pathlib import Path
 
 import psycopg2
 import pytest
+from django.core.management import CommandError, call_command
 
-from .conftest import execute, fetch, free_port, require_server, require_tool, server_reachable
+from backups import services
+from backups.models import Backup
+
+from .conftest import execute, fetch, flip_byte, free_port, require_server, require_tool, server_reachable
 
 PROJECT = Path(__file__).resolve().parent.parent
 SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
@@ -325,3 +330,81 @@ def test_a_command_refuses_an_unwritable_directory_in_one_line(unwritable_storag
     result = manage(unwritable_storage["environment"], "backups", "create")
     line = assert_one_line_failure(result)
     assert f"BACKUP_DIR: {unwritable_storage['dir']} is not writable by this user. (backups.E003)" in line
+
+
+# -- texts that told less than the truth ---------------------------------------------------------
+
+
+def run_command(*args):
+    out = StringIO()
+    call_command("backups", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_health_says_when_the_passed_verification_was_of_an_older_backup():
+    older = run_command("create").split()[1]
+    run_command("verify", older)
+    newest = run_command("create").split()[1]
+    out = run_command("health")
+    assert f"newest backup {newest}" in out
+    assert f"not verified yet (the last verification, of the older {older}, passed)" in out
+    assert "its last verification passed" not in out
+    run_command("verify", newest)
+    assert f"newest backup {newest}, 0.0 hours old; its last verification passed" in run_command("health")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verifying_a_damaged_file_does_not_speak_of_a_restore(backup_dir):
+    made = run_command("create").split()[1]
+    flip_byte(backup_dir / made)
+    with pytest.raises(CommandError):
+        run_command("verify", made)
+    message = services.get_backup(made).verification["message"]
+    assert "does not match its manifest" in message and "Nothing was changed" in message
+    assert "restored" not in message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_empty_catalog_beside_a_full_folder_points_to_sync(backup_dir):
+    for _ in range(2):
+        run_command("create")
+    Backup.objects.all().delete()  # as when the site moves to a new database, whose catalog is empty
+    out = run_command("list")
+    assert out.strip() == (
+        f"No backups. But BACKUP_DIR: {backup_dir} holds 2 backup manifests the catalog does not list "
+        "(made with another database, say): run 'manage.py backups sync' to add them."
+    )
+    run_command("sync")
+    assert run_command("list").count("hoppybrew_backup_") == 2
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
+def test_the_list_shows_the_engine_and_marks_backups_of_another_engine(api, extra_alias):
+    from django.db import connections
+
+    alias = extra_alias("moved", base="sqlite")
+    made = run_command("create", "--database", alias).split()[1]
+    assert "  sqlite  " in run_command("list")
+    [row] = api.get("/backups").json()
+    assert (row["engine"], row["engine_matches_database"]) == ("sqlite", True)
+
+    # The alias now points at PostgreSQL: its SQLite backups cannot be restored there.
+    connections[alias].close()
+    del connections[alias]
+    connections.settings[alias] = connections.settings["default"]
+    listing = run_command("list")
+    assert made in listing and "sqlite (not this database's)" in listing
+    [row] = api.get("/backups").json()
+    assert (row["engine"], row["engine_matches_database"]) == ("sqlite", False)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_restore_of_a_file_gunzipped_by_hand_says_what_lies_beside_it(backup_dir):
+    made = run_command("create").split()[1]
+    subprocess.run(["gunzip", str(backup_dir / made)], check=True)
+    with pytest.raises(CommandError) as raised:
+        run_command("restore", made, "--yes")
+    message = str(raised.value)
+    assert f"The file {made} is missing from the backup storage (BACKUP_DIR: {backup_dir})." in message
+    assert f"{made.removesuffix('.gz')} lies beside it: the file was decrypted or decompressed by hand" in message

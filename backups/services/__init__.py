@@ -11,7 +11,7 @@ from .backups import (
     open_backup,
     update_description,
 )
-from .catalog import sync_catalog
+from .catalog import sync_catalog, unlisted_manifests
 from .health import catalog_down_report, check_health, health_for
 from .jobs import get_restore, run_job, start_backup, start_restore
 from .journal import Actor
@@ -41,6 +41,7 @@ __all__ = [
     "start_backup",
     "start_restore",
     "sync_catalog",
+    "unlisted_manifests",
     "update_description",
     "verification_warning",
     "verify_backup",

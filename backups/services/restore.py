@@ -209,7 +209,7 @@ def verified_copy(storage, filename, manifest):
     try:
         source = storage.open(filename)
     except FileNotFoundError:
-        raise BackupNotFound(f"The file {filename} is missing from the backup storage.") from None
+        raise BackupNotFound(storage.missing(filename)) from None
     with source, ExitStack() as stack:
         try:
             if storage.directory is None:
@@ -227,7 +227,7 @@ def verified_copy(storage, filename, manifest):
         if size != manifest.get("size_bytes") or digest != manifest.get("sha256"):
             raise BackupDamaged(
                 f"{filename} does not match its manifest (sha256 or size differs): the file is damaged or "
-                "was changed. It was not restored and the database was not changed."
+                "was changed since it was written. Nothing was changed; use another backup."
             )
         yield source
 

@@ -73,6 +73,27 @@ NEEDS = {
 }
 
 
+def engine_label(backup):
+    if backup.engine_matches_database:
+        return backup.engine
+    return f"{backup.engine} (not this database's)"
+
+
+def unlisted_hint():
+    """When the catalog is empty but the storage is not (the site moved to another database,
+    whose catalog starts empty), where the backups went and how to list them again."""
+    try:
+        count, storage = services.unlisted_manifests()
+    except BackupError:
+        return ""
+    if not count:
+        return ""
+    return (
+        f" But {storage.named()} holds {count} backup manifest{'s' if count != 1 else ''} the catalog does not list "
+        "(made with another database, say): run 'manage.py backups sync' to add them."
+    )
+
+
 def verification_words(facts):
     """The latest verification as health saw it, saying which backup it was of when that is not
     the newest one: a pass on an older file says nothing about the newest."""
@@ -187,6 +208,7 @@ class Command(BaseCommand):
                 local_time(backup.created_at),
                 human_size(backup.size_bytes),
                 backup.database,
+                engine_label(backup),
                 backup.trigger,
                 "+".join(backup.locations) + (" (off-site copy failed)" if backup.offsite_error else ""),
                 verification_label(backup),
@@ -195,9 +217,9 @@ class Command(BaseCommand):
             for backup in backups
         ]
         if not rows:
-            self.stdout.write("No backups.")
+            self.stdout.write("No backups." + unlisted_hint())
             return
-        header = ("FILENAME", "CREATED", "SIZE", "DATABASE", "TRIGGER", "COPIES", "VERIFIED", "DESCRIPTION")
+        header = ("FILENAME", "CREATED", "SIZE", "DATABASE", "ENGINE", "TRIGGER", "COPIES", "VERIFIED", "DESCRIPTION")
         widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
         for row in [header, *rows]:
             self.stdout.write(
