@@ -89,8 +89,8 @@ def advice(exc, storage):
             f" Let the user {current_user()} write to {storage.directory} (or make it writable again), "
             f"or point {storage.setting} at a directory it can write to."
         )
-    if storage.directory is not None and isinstance(exc, FileNotFoundError):
-        return f" Check that {storage.directory} exists, or point {storage.setting} at the right directory."
+    if storage.directory is not None and isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return f" Check that {storage.directory} is a directory, or point {storage.setting} at the right one."
     if storage.directory is None:
         return f" Check {storage.setting}, the S3 credentials and the bucket's permissions."
     return ""
