@@ -2,7 +2,8 @@
 
 They run with ``manage.py check``, ``runserver``, ``migrate`` and ``crontab add``; the
 container runs ``manage.py check`` before it starts serving. ``manage.py backups`` runs only
-these (tag ``backups``), not the whole site's.
+those its subcommand needs (``for_work``): a typo in the schedule must not stand in the way of
+a restore on the day one is needed.
 """
 
 import os
@@ -24,11 +25,11 @@ TAG = "backups"
 
 
 @register(TAG)
-def check_settings(app_configs, **kwargs):
-    """E001: a BACKUP_* value that cannot be parsed."""
+def check_settings(app_configs, variables=None, **kwargs):
+    """E001: a BACKUP_* value that cannot be parsed (of ``variables`` only, when given)."""
     return [
         Error(message, hint=f"Fix {variable} in the environment or .env.", id="backups.E001")
-        for variable, message in backup_settings.errors()
+        for variable, message in backup_settings.errors(variables)
     ]
 
 
@@ -158,6 +159,33 @@ def check_identity_file(app_configs, **kwargs):
     return readable_by_others(path, IDENTITY_SETTING, "it decrypts every backup", "600", "backups.W004")
 
 
+DRILL_HINT = (
+    "Set BACKUP_VERIFY_DATABASE_URL to a server, or a role on this one, that may create databases "
+    "(e.g. postgres://postgres@drill-host:5432/postgres), or grant the site's role CREATEDB."
+)
+
+
+@register(TAG)
+def check_drills(app_configs, **kwargs):
+    """W005: restore drills cannot make their scratch database (the site's role lacks CREATEDB
+    and no BACKUP_VERIFY_DATABASE_URL names a server that allows it). Said once, here, rather
+    than by a drill that fails every day."""
+    try:
+        aliases = [alias for alias in backup_settings.DATABASES if alias in connections.settings]
+    except ImproperlyConfigured:
+        return []  # check_settings names it
+    problems = []
+    for alias in aliases:
+        try:
+            reason = get_engine(alias).drill_blocker()
+        except (BackupError, ImproperlyConfigured):
+            continue  # a bad URL, or a database out of reach: other checks and errors say so
+        if reason:
+            message = f"Restore drills of database {alias!r} cannot run: {reason}."
+            problems.append(Warning(message, hint=DRILL_HINT, id="backups.W005"))
+    return problems
+
+
 def readable_by_others(path, variable, why, private_mode, check_id):
     """A warning when a secret file or directory is open to other users, else none."""
     mode = stat.S_IMODE(path.stat().st_mode)
@@ -170,3 +198,12 @@ def readable_by_others(path, variable, why, private_mode, check_id):
             id=check_id,
         )
     ]
+
+
+def for_work(variables, *checks):
+    """The problems that concern a piece of work: the settings it reads (names without the
+    BACKUP_ prefix) and the other checks it needs, and nothing else."""
+    problems = check_settings(None, variables=variables)
+    for check in checks:
+        problems.extend(check(None))
+    return problems

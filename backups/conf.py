@@ -50,15 +50,18 @@ def int_parser(minimum=0, optional=False):
 
 
 def parse_cron(value):
-    """A standard five-field cron expression, as cron itself and django-crontab take it."""
+    """A standard five-field cron expression, as cron itself and django-crontab take it; a
+    mistake is named field by field."""
     from croniter import croniter
 
+    from .crontab_syntax import FIELD_NAMES, cron_problem
+
     text = " ".join(str(value).split())
-    if len(text.split(" ")) != 5 or not croniter.is_valid(text):
-        raise ValueError(
-            f"{value!r} is not a cron expression; expected five fields "
-            "'minute hour day-of-month month day-of-week', e.g. '0 2 * * *'"
-        )
+    problem = cron_problem(text)
+    if problem:
+        raise ValueError(f"{value!r} is not a valid cron expression: {problem}")
+    if not croniter.is_valid(text):
+        raise ValueError(f"{value!r} is not a cron expression; expected five fields {FIELD_NAMES}, e.g. '0 2 * * *'")
     return text
 
 
@@ -232,6 +235,32 @@ def parse_rate(value):
     return text
 
 
+DRILL_VENDORS = {"django.db.backends.postgresql": "postgresql", "django.db.backends.mysql": "mysql"}
+
+
+def parse_database_url(value):
+    """A database server URL, as DATABASE_URL takes it (postgres:// or mysql://), as Django's
+    HOST, PORT, USER, PASSWORD and NAME plus ``vendor``; or nothing. Errors never repeat the URL,
+    which may hold a password."""
+    text = parse_optional_str(value)
+    if text is None:
+        return None
+    import environ
+
+    scheme = text.split("://", 1)[0] if "://" in text else "(none)"
+    try:
+        config = environ.Env.db_url_config(text)
+    except Exception:
+        config = {}
+    vendor = DRILL_VENDORS.get(config.get("ENGINE"))
+    if vendor is None or not config.get("HOST"):
+        raise ValueError(
+            f"expected postgres://user:password@host:5432/postgres or mysql://user:password@host:3306/ "
+            f"(the scheme given is {scheme!r})"
+        )
+    return {"vendor": vendor, **{key: config[key] for key in ("HOST", "PORT", "USER", "PASSWORD", "NAME")}}
+
+
 @dataclass(frozen=True)
 class Setting:
     default: Any
@@ -294,6 +323,11 @@ SETTINGS = {
     "JOB_LOG": Setting(
         "data/logs/backup-jobs.log", parse_path, "Where the worker processes of asynchronous API requests log."
     ),
+    "VERIFY_DATABASE_URL": Setting(
+        None,
+        parse_database_url,
+        "Server (and a role that may create databases) where restore drills make their scratch databases.",
+    ),
 }
 
 
@@ -329,10 +363,11 @@ class BackupSettings:
         except (TypeError, ValueError) as exc:
             raise ImproperlyConfigured(f"{variable}: {exc}") from None
 
-    def errors(self):
-        """(variable, message) for every setting whose value cannot be parsed."""
+    def errors(self, names=None):
+        """(variable, message) for every setting (of ``names``, when given) whose value cannot
+        be parsed."""
         problems = []
-        for name in SETTINGS:
+        for name in SETTINGS if names is None else names:
             try:
                 getattr(self, name)
             except ImproperlyConfigured as exc:

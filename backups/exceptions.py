@@ -8,11 +8,14 @@ def reason_of(exc):
     """What a person is told about ``exc``: the service's own message, the setting that is
     wrong, or where to look for the rest."""
     from django.core.exceptions import ImproperlyConfigured
+    from django.db import DatabaseError
 
     if isinstance(exc, BackupError):
         return exc.message
     if isinstance(exc, ImproperlyConfigured):
         return f"Configuration error: {exc}"
+    if isinstance(exc, DatabaseError):
+        return catalog_error(exc).message
     return UNEXPECTED
 
 
@@ -141,3 +144,29 @@ class EncryptionKeyError(BackupError):
 
     status_code = 503
     default_message = "The key that decrypts this backup is not available; nothing was changed."
+
+
+class CatalogUnavailable(DatabaseUnavailable):
+    """The site's own database, which holds the backup catalog and the journal, cannot be used."""
+
+    default_message = (
+        "The site's database, which holds the backup catalog, cannot be reached; check DATABASE_URL and "
+        "that its server is running."
+    )
+
+
+def catalog_error(exc):
+    """The error a person reads for ``exc``, a Django ``DatabaseError`` from the catalog's database:
+    unreachable (a stopped server, refused connections), or without the app's tables."""
+    from django.db import ProgrammingError
+
+    first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), exc.__class__.__name__)
+    if isinstance(exc, ProgrammingError):
+        return CatalogUnavailable(
+            f"The backup catalog cannot be read from the site's database ({first_line}); "
+            "run 'manage.py migrate' to create its tables."
+        )
+    return CatalogUnavailable(
+        f"The site's database, which holds the backup catalog, cannot be reached ({first_line}). "
+        "Check DATABASE_URL and that the database server is running and accepts connections."
+    )

@@ -5,7 +5,9 @@ catalog, the journal and the health state) must survive it; the service carries 
 every restore of their own database.
 """
 
+import functools
 import uuid
+from importlib import import_module
 
 from django.db import models
 from django.utils import timezone
@@ -44,15 +46,31 @@ class BackupQuerySet(models.QuerySet):
         return self.restorable().defer("manifest").order_by("-created_at").first()
 
 
+@functools.cache
+def vendor_of(engine):
+    """Django's vendor name ("postgresql", "mysql", "sqlite") of a database ENGINE setting;
+    cached, since a list of 10,000 backups asks for each."""
+    return import_module(f"{engine}.base").DatabaseWrapper.vendor
+
+
 class BackupFigures:
     """What is derived from a backup's columns: shared by the model and by ``BackupRow``."""
 
     #: The columns these figures are computed from.
-    COLUMNS = ("filename", "created_at", "finished_at", "progress_at", "bytes_written")
+    COLUMNS = ("filename", "created_at", "finished_at", "progress_at", "bytes_written", "database", "engine")
 
     @property
     def encrypted(self):
         return self.filename.endswith(".age")
+
+    @property
+    def engine_matches_database(self):
+        """Whether its database alias still uses the engine it was taken from: a site moved from
+        SQLite to PostgreSQL keeps its old backups, and they cannot be restored into it."""
+        from django.db import connections
+
+        configured = connections.settings.get(self.database)
+        return configured is not None and vendor_of(configured["ENGINE"]) == self.engine
 
     @property
     def timestamp(self):

@@ -13,6 +13,7 @@ aborted on any error; reads stream the object's body.
 import errno
 import functools
 import json
+import logging
 import os
 import re
 import socket
@@ -22,12 +23,15 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.files.storage import FileSystemStorage, storages
 from django.utils.functional import cached_property
 
 from .compression import CHUNK_SIZE
 from .conf import backup_settings
 from .exceptions import DiskFull, StorageFailed
+
+logger = logging.getLogger("backups")
 
 PRIMARY = "primary"
 OFFSITE = "offsite"
@@ -52,11 +56,19 @@ def is_storage_failure(exc):
     return isinstance(exc, OSError) or type(exc).__module__.startswith("botocore")
 
 
-def storage_error(exc, doing):
-    """Turn an OSError or an S3 error into the error a person can act on."""
+WRITE_REFUSED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def storage_error(exc, doing, storage=None, written=False):
+    """Turn an OSError or an S3 error into the error a person can act on: what failed, in which
+    storage (the setting that names it, and where it points), and what to do. ``written``: the
+    failure was in a write, which is atomic, so that nothing was left behind."""
+    where = f" ({storage.named()})" if storage is not None else ""
+    outcome = " Nothing was written." if written else ""
     if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
         return DiskFull(
-            f"No space left on the backup storage while {doing}; free space or run cleanup, then try again."
+            f"No space left on the backup storage{where} while {doing}.{outcome} "
+            "Free space or run cleanup, then try again."
         )
     if isinstance(exc, OSError) and exc.strerror:
         reason = exc.strerror
@@ -65,7 +77,32 @@ def storage_error(exc, doing):
         reason = str(exc).rstrip(".")
     else:
         reason = exc.__class__.__name__
-    return StorageFailed(f"The backup storage failed while {doing}: {reason}.")
+    return StorageFailed(f"The backup storage{where} failed while {doing}: {reason}.{outcome}{advice(exc, storage)}")
+
+
+def advice(exc, storage):
+    """What to do about a storage failure, when it can be told."""
+    if storage is None:
+        return ""
+    if storage.directory is not None and isinstance(exc, OSError) and exc.errno in WRITE_REFUSED_ERRNOS:
+        return (
+            f" Let the user {current_user()} write to {storage.directory} (or make it writable again), "
+            f"or point {storage.setting} at a directory it can write to."
+        )
+    if storage.directory is not None and isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return f" Check that {storage.directory} is a directory, or point {storage.setting} at the right one."
+    if storage.directory is None:
+        return f" Check {storage.setting}, the S3 credentials and the bucket's permissions."
+    return ""
+
+
+def current_user():
+    import getpass
+
+    try:
+        return repr(getpass.getuser())
+    except Exception:
+        return f"with uid {os.getuid()}"
 
 
 def stream_size(stream):
@@ -77,9 +114,14 @@ def stream_size(stream):
 class BackupStorage:
     """Backup files and manifests in one Django storage. ``where`` says where, for messages."""
 
-    def __init__(self, storage, where=""):
+    def __init__(self, storage, where="", setting="BACKUP_DIR"):
         self.storage = storage
         self.where = where or (storage.location if isinstance(storage, FileSystemStorage) else "")
+        self.setting = setting  # what names this storage, for messages that say what to fix
+
+    def named(self):
+        """The setting that names this storage, and where it points."""
+        return f"{self.setting}: {self.where}" if self.where and self.where != self.setting else self.setting
 
     @property
     def is_s3(self):
@@ -100,7 +142,7 @@ class BackupStorage:
                 self.directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
                 os.chmod(self.directory, DIRECTORY_MODE)
             except OSError as exc:
-                raise storage_error(exc, f"creating {self.directory}") from None
+                raise storage_error(exc, f"creating {self.directory}", self, written=True) from None
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -120,7 +162,7 @@ class BackupStorage:
         try:
             descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         except OSError as exc:
-            raise storage_error(exc, f"creating {name}") from None
+            raise storage_error(exc, f"creating {name}", self, written=True) from None
         try:
             with os.fdopen(descriptor, "wb", buffering=CHUNK_SIZE) as stream:
                 yield stream
@@ -134,7 +176,7 @@ class BackupStorage:
             self._fsync_directory()
         except OSError as exc:
             _unlink_quietly(partial)
-            raise storage_error(exc, f"writing {name}") from None
+            raise storage_error(exc, f"writing {name}", self, written=True) from None
         except BaseException:
             _unlink_quietly(partial)
             raise
@@ -148,7 +190,7 @@ class BackupStorage:
         try:
             stream = self.storage.open(name, "wb")
         except Exception as exc:
-            raise storage_error(exc, f"creating {name}") from None
+            raise storage_error(exc, f"creating {name}", self, written=True) from None
         try:
             yield stream
             stream.close()
@@ -161,7 +203,7 @@ class BackupStorage:
                 with suppress(Exception):
                     self.storage.delete(name)
             if is_storage_failure(exc):
-                raise storage_error(exc, f"uploading {name}") from None
+                raise storage_error(exc, f"uploading {name}", self, written=True) from None
             raise
 
     def _fsync_directory(self):
@@ -191,7 +233,28 @@ class BackupStorage:
         except FileNotFoundError:
             raise
         except Exception as exc:
-            raise storage_error(exc, f"reading {name}") from None
+            raise storage_error(exc, f"reading {name}", self) from None
+
+    def missing(self, name):
+        """Why ``name`` cannot be read although the catalog has it, for the ``BackupNotFound``
+        a person reads: with what lies beside it when someone decompressed it by hand."""
+        message = f"The file {name} is missing from the backup storage ({self.named()})."
+        for suffix in (".age", ".gz", ".zst"):
+            if not name.endswith(suffix):
+                continue
+            stem = name.removesuffix(suffix)
+            try:
+                beside = self.exists(stem)
+            except StorageFailed:
+                beside = False
+            if beside:
+                return (
+                    f"{message} {stem} lies beside it: the file was decrypted or decompressed by hand (gunzip "
+                    f"removes the original). Compressing it again makes a file with another checksum, which "
+                    f"no restore accepts: restore {stem} by hand (README, 'Restoring without the app'), or "
+                    f"put the original {name} back."
+                )
+        return message
 
     def read_json(self, name):
         """The parsed JSON file, or None when it does not exist or is not valid JSON."""
@@ -207,7 +270,7 @@ class BackupStorage:
         try:
             return self.storage.exists(name)
         except Exception as exc:
-            raise storage_error(exc, f"looking for {name}") from None
+            raise storage_error(exc, f"looking for {name}", self) from None
 
     def delete(self, name):
         try:
@@ -215,7 +278,7 @@ class BackupStorage:
         except FileNotFoundError:
             pass
         except Exception as exc:
-            raise storage_error(exc, f"deleting {name}") from None
+            raise storage_error(exc, f"deleting {name}", self) from None
 
     def names(self):
         """Every file name directly in the storage."""
@@ -225,11 +288,11 @@ class BackupStorage:
             try:
                 return [entry.name for entry in os.scandir(self.directory) if entry.is_file()]
             except OSError as exc:
-                raise storage_error(exc, "listing the backups") from None
+                raise storage_error(exc, "listing the backups", self) from None
         try:
             return self.storage.listdir("")[1]
         except Exception as exc:
-            raise storage_error(exc, "listing the backups") from None
+            raise storage_error(exc, "listing the backups", self) from None
 
     def remove_partial_files(self, older_than_seconds):
         """Delete leftovers of interrupted writes: those of dead processes on this host at once,
@@ -240,7 +303,7 @@ class BackupStorage:
             try:
                 return abort_stale_uploads(self.storage, older_than_seconds)
             except Exception as exc:
-                raise storage_error(exc, "removing unfinished uploads") from None
+                raise storage_error(exc, "removing unfinished uploads", self) from None
         if self.directory is None or not self.directory.is_dir():
             return []
         removed = []
@@ -279,21 +342,30 @@ def _unlink_quietly(path):
 def get_storage():
     """The configured backup storage, resolved when asked for (settings may change in tests)."""
     if "backups" in getattr(settings, "STORAGES", {}):
-        return BackupStorage(storages["backups"], 'STORAGES["backups"]')
+        return BackupStorage(storages["backups"], 'STORAGES["backups"]', 'STORAGES["backups"]')
     location = backup_settings.STORAGE_URL
     if location is not None:
-        return BackupStorage(build_storage(location, *s3_settings()), str(location))
+        return BackupStorage(build_storage(location, *s3_settings()), str(location), "BACKUP_STORAGE_URL")
     return BackupStorage(BackupFileSystemStorage(location=backup_settings.DIR))
 
 
 def get_offsite_storage():
-    """The storage that holds the off-site copies, or None when there is none."""
+    """The storage that holds the off-site copies, or None when there is none.
+
+    A BACKUP_OFFSITE_STORAGE_URL that cannot be parsed counts as none here, with an error in
+    the log: restores, downloads and listings must work whatever is wrong with the second copy.
+    The start-up checks, and the commands that make copies, refuse it by name.
+    """
     if "backups_offsite" in getattr(settings, "STORAGES", {}):
-        return BackupStorage(storages["backups_offsite"], 'STORAGES["backups_offsite"]')
-    location = backup_settings.OFFSITE_STORAGE_URL
+        return BackupStorage(storages["backups_offsite"], 'STORAGES["backups_offsite"]', 'STORAGES["backups_offsite"]')
+    try:
+        location = backup_settings.OFFSITE_STORAGE_URL
+    except ImproperlyConfigured as exc:
+        logger.error("No off-site copy is used or made: %s", exc)
+        return None
     if location is None:
         return None
-    return BackupStorage(build_storage(location, *s3_settings()), str(location))
+    return BackupStorage(build_storage(location, *s3_settings()), str(location), "BACKUP_OFFSITE_STORAGE_URL")
 
 
 def backup_storages():

@@ -293,7 +293,7 @@ def test_a_description_that_cannot_be_saved_says_so_and_claims_nothing(admin, ba
     response = admin.post(url("change", backup), {"description": "lost words"}, follow=True)
     [(level, text)] = messages_of(response)
     assert level == "error"
-    assert text.startswith(f"The description of {backup.filename} was not saved: The backup storage failed")
+    assert text.startswith(f"The description of {backup.filename} was not saved: The backup storage (BACKUP_DIR: ")
     assert Backup.objects.get().description == "first words"
     assert not LogEntry.objects.exists()
 

@@ -38,7 +38,11 @@ def test_values_are_read_when_used(settings):
         ("BACKUP_RETENTION_MIN_COUNT", "0", "at least 1"),  # cleanup could delete the last backup
         ("BACKUP_RETENTION_DAYS", "2.5", "whole number"),
         ("BACKUP_SCHEDULE", "0 2 * *", "five fields"),
-        ("BACKUP_SCHEDULE", "61 2 * * *", "five fields"),
+        ("BACKUP_SCHEDULE", "61 2 * * *", "minute 61 is out of range 0-59"),
+        ("BACKUP_SCHEDULE", "0 25 * * *", "hour 25 is out of range 0-23"),
+        ("BACKUP_SCHEDULE", "0 2 * * mon-frii", "unknown weekday 'frii'"),
+        ("BACKUP_SCHEDULE", "0 2 * 0 *", "month 0 is out of range 1-12"),
+        ("BACKUP_SCHEDULE", "*/0 2 * * *", "step in the minute field '*/0' must be at least 1"),
         ("BACKUP_CLEANUP_SCHEDULE", "every night", "five fields"),
         ("BACKUP_ENABLED", "maybe", "true or false"),
         ("BACKUP_FILENAME_PREFIX", "../evil", "prefix"),
@@ -82,8 +86,8 @@ def test_missing_tools_are_a_warning(monkeypatch, tmp_path):
     assert warnings and warnings[0].id == "backups.W001" and "pg_dump" in warnings[0].msg
 
 
-# manage.py backups runs only the backups app's checks (not the site's), and still these.
-@pytest.mark.parametrize("command", [["check"], ["backups", "list"]])
+# manage.py backups runs only the checks its subcommand needs (not the site's), and still these.
+@pytest.mark.parametrize("command", [["check"], ["backups", "schedule"]])
 def test_manage_py_check_fails_naming_the_variable(tmp_path, command):
     env = {
         "PATH": os.environ["PATH"],

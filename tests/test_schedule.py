@@ -147,7 +147,8 @@ def test_a_job_whose_checks_fail_still_records_and_logs_its_failure(cron_job, tm
     )
     process = cron_job()
     output = process.communicate(timeout=120)[0]
-    assert "Scheduled backup failed: The backup storage failed" in output, output
+    assert "Scheduled backup failed: The backup storage (BACKUP_DIR: " in output, output
+    assert "Not a directory. Nothing was written. Check that" in output, output
     assert Backup.objects.get(trigger="scheduled").status == BackupStatus.FAILED
 
 

@@ -3,13 +3,14 @@
 import logging
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 from django.http import JsonResponse
 from django.views.defaults import page_not_found
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
 
-from ..exceptions import UNEXPECTED, BackupError
+from ..exceptions import UNEXPECTED, BackupError, catalog_error
 
 logger = logging.getLogger("backups")
 
@@ -46,6 +47,12 @@ def exception_handler(exc, context):
     elif isinstance(exc, ImproperlyConfigured):
         logger.error("Backup configuration error: %s", exc)
         code, message = status.HTTP_503_SERVICE_UNAVAILABLE, f"The backup system is misconfigured: {exc}"
+    elif isinstance(exc, DatabaseError):
+        # The site's own database (catalog, journal, users and tokens) is down or not migrated:
+        # the service is unavailable, and the reason is the database's, not a bug.
+        error = catalog_error(exc)
+        logger.error("Backup API: %s", error.message)
+        code, message = error.status_code, error.message
     else:
         logger.exception("Unexpected error in the backup API")
         code, message = status.HTTP_500_INTERNAL_SERVER_ERROR, UNEXPECTED

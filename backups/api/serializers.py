@@ -146,6 +146,9 @@ class HealthSerializer(serializers.Serializer):
     checked_at = serializers.DateTimeField()
     max_age_hours = serializers.IntegerField(allow_null=True)
     problems = serializers.ListField(child=serializers.CharField())
+    warnings = serializers.ListField(
+        child=serializers.CharField(), help_text="Worth knowing without being unhealthy: drills that cannot run"
+    )
     databases = serializers.DictField(child=HealthDatabaseSerializer())
 
 
@@ -219,6 +222,9 @@ class BackupSerializer(serializers.Serializer):
     database_host = serializers.CharField()
     database = serializers.CharField(help_text="Django database alias")
     engine = serializers.CharField()
+    engine_matches_database = serializers.BooleanField(
+        help_text="False when its database alias now uses another engine (or is gone): it cannot be restored there"
+    )
     status = serializers.CharField()
     trigger = serializers.CharField()
     sha256 = serializers.CharField()

@@ -17,6 +17,7 @@ from contextlib import ExitStack, closing, contextmanager
 
 from django.db import connections
 
+from ..conf import backup_settings
 from ..exceptions import DumpFailed, OperationInProgress, ToolMissing
 
 STDERR_LIMIT = 64 * 1024
@@ -44,6 +45,8 @@ class DatabaseEngine:
     #: Lines that differ between two dumps of the same data (random keys, dates); a restore
     #: drill ignores them when it compares its re-dump with the backup.
     volatile_prefixes = ()
+    #: The database a drill server's URL names when it names none (where CREATE DATABASE runs).
+    maintenance_database = ""
 
     def __init__(self, alias, settings_dict=None):
         self.alias = alias
@@ -75,6 +78,14 @@ class DatabaseEngine:
                 f"{', '.join(missing)} not found on PATH; install the {self.vendor} client tools "
                 "on the machine that runs the backups."
             )
+
+    def connection_params(self):
+        """The driver's connection parameters, made by Django from this engine's settings: the
+        alias's own, or a drill's scratch database's (another name, perhaps another server)."""
+        wrapper = connections[self.alias]
+        if self.settings_dict is wrapper.settings_dict:
+            return wrapper.get_connection_params()
+        return type(wrapper)(self.settings_dict, self.alias).get_connection_params()
 
     def connect(self):
         """A DB-API connection of its own, outside Django's (locks and small queries must not
@@ -157,6 +168,30 @@ class DatabaseEngine:
         an engine for it and removes it on exit. Never the live database."""
         raise NotImplementedError("subclasses of DatabaseEngine must provide a scratch() method")
         yield
+
+    def drill_server(self):
+        """Settings for a connection to the server where restore drills make their scratch
+        databases: BACKUP_VERIFY_DATABASE_URL's server, role and database when it is a server of
+        this kind, else this database itself. The site's role then needs no CREATEDB."""
+        if not self.drills_elsewhere():
+            return self.settings_dict
+        server = backup_settings.VERIFY_DATABASE_URL
+        given = {key: server[key] for key in ("HOST", "PORT", "USER", "PASSWORD")}
+        return {**self.settings_dict, **given, "NAME": server["NAME"] or self.maintenance_database}
+
+    def drills_elsewhere(self):
+        """Whether BACKUP_VERIFY_DATABASE_URL names a server for this engine's drills."""
+        server = backup_settings.VERIFY_DATABASE_URL
+        return server is not None and server["vendor"] == self.vendor
+
+    def drill_blocker(self):
+        """Why restore drills of this database cannot make their scratch database, or None
+        (also when that cannot be told beforehand)."""
+        return None if self.drills_elsewhere() else self.cannot_create_databases()
+
+    def cannot_create_databases(self):
+        """Hook: why this database's own connection may not create databases, or None."""
+        return None
 
     def scratch_name(self):
         """A new database's name for a restore drill, recognisably this one's."""

@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from functools import cached_property
 
 import pymysql
-from django.db import connections
 from django.db.backends.mysql.client import DatabaseClient
 
 from ..exceptions import (
@@ -84,7 +83,7 @@ class MySQLEngine(DatabaseEngine):
 
     def connect(self):
         """A separate autocommit connection, outside Django's, for locks and small queries."""
-        params = connections[self.alias].get_connection_params()
+        params = self.connection_params()
         params["database"] = self.database_name  # a drill's scratch database has its own name
         params.setdefault("connect_timeout", 10)
         params["autocommit"] = True
@@ -171,21 +170,23 @@ class MySQLEngine(DatabaseEngine):
     @contextmanager
     def scratch(self):
         name = self.scratch_name()
-        connection = self.connect()
+        server = MySQLEngine(self.alias, self.drill_server())
+        connection = server.connect()
         try:
             with connection.cursor() as cursor:
                 cursor.execute(f"CREATE DATABASE {quote(name)} CHARACTER SET utf8mb4")
         except pymysql.MySQLError as exc:
+            where = "the role in BACKUP_VERIFY_DATABASE_URL" if self.drills_elsewhere() else "the database user"
             raise DatabaseUnavailable(
                 f"Cannot create a scratch database for the restore drill: {reason(exc)}. "
-                "The database user needs the CREATE privilege on new databases."
+                f"{where.capitalize()} needs the CREATE privilege on new databases."
             ) from None
         finally:
             connection.close()
         try:
-            yield MySQLEngine(self.alias, {**self.settings_dict, "NAME": name})
+            yield MySQLEngine(self.alias, {**server.settings_dict, "NAME": name})
         finally:
-            connection = self.connect()
+            connection = server.connect()
             try:
                 with connection.cursor() as cursor:
                     cursor.execute(f"DROP DATABASE IF EXISTS {quote(name)}")

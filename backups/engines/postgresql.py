@@ -4,7 +4,6 @@ import os
 import re
 from contextlib import contextmanager
 
-from django.db import connections
 from django.db.backends.postgresql.client import DatabaseClient
 
 from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, InvalidRequest, RestoreFailed, ToolMissing
@@ -210,6 +209,7 @@ QUALIFIED_NAME = re.compile(r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\.(?:"(?
 class PostgreSQLEngine(DatabaseEngine):
     vendor = "postgresql"
     required_tools = ("pg_dump", "pg_restore", "psql")
+    maintenance_database = "postgres"
     # Each dump carries a random key on these lines (PostgreSQL 15.14+). The comments and blank
     # lines around each object carry no SQL, and differ where the dump had nothing to say: a
     # scratch database's public schema has another owner, so its (empty) entry comes and goes.
@@ -226,7 +226,7 @@ class PostgreSQLEngine(DatabaseEngine):
         """A separate autocommit connection, outside Django's, for locks and small queries."""
         import psycopg2
 
-        params = connections[self.alias].get_connection_params()
+        params = self.connection_params()
         params.pop("cursor_factory", None)
         params.pop("context", None)
         params["dbname"] = self.database_name  # a drill's scratch database has its own name
@@ -340,26 +340,40 @@ class PostgreSQLEngine(DatabaseEngine):
         from psycopg2 import sql
 
         name = self.scratch_name()
-        connection = self.connect()
+        server = PostgreSQLEngine(self.alias, self.drill_server())
+        connection = server.connect()
         try:
             with connection.cursor() as cursor:
                 cursor.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
         except psycopg2.Error as exc:
             raise DatabaseUnavailable(
-                f"Cannot create a scratch database for the restore drill: {str(exc).strip()}. "
-                "The database user needs the CREATEDB privilege."
+                f"Cannot create a scratch database for the restore drill on {server.database_host or 'the server'}: "
+                f"{str(exc).strip()}. {self.scratch_advice()}"
             ) from None
         finally:
             connection.close()
         try:
-            yield PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": name})
+            yield PostgreSQLEngine(self.alias, {**server.settings_dict, "NAME": name})
         finally:
-            connection = self.connect()
+            connection = server.connect()
             try:
                 with connection.cursor() as cursor:
                     cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             finally:
                 connection.close()
+
+    def scratch_advice(self):
+        if self.drills_elsewhere():
+            return "The role in BACKUP_VERIFY_DATABASE_URL needs the CREATEDB privilege there."
+        return (
+            "The site's database role needs the CREATEDB privilege, or set BACKUP_VERIFY_DATABASE_URL to a "
+            "server (or a role on this one) that may create databases."
+        )
+
+    def cannot_create_databases(self):
+        if self.query_value("SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"):
+            return None
+        return f"the database role {self.settings_dict['USER']!r} may not create databases (CREATEDB)"
 
     def count_rows(self, table):
         if not QUALIFIED_NAME.fullmatch(table):

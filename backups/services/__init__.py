@@ -11,8 +11,8 @@ from .backups import (
     open_backup,
     update_description,
 )
-from .catalog import sync_catalog
-from .health import check_health, health_for
+from .catalog import sync_catalog, unlisted_manifests
+from .health import catalog_down_report, check_health, health_for
 from .jobs import forget_restore_progress, get_restore, run_job, start_backup, start_restore
 from .journal import Actor
 from .overview import overview
@@ -24,6 +24,7 @@ from .verification import verify_backup
 
 __all__ = [
     "Actor",
+    "catalog_down_report",
     "check_health",
     "health_for",
     "cleanup_backups",
@@ -46,6 +47,7 @@ __all__ = [
     "start_backup",
     "start_restore",
     "sync_catalog",
+    "unlisted_manifests",
     "update_description",
     "verification_warning",
     "verify_backup",

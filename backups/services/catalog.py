@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from ..models import Action, Backup, BackupStatus, Operation, OperationStatus
 from ..naming import MANIFEST_SUFFIX, is_backup_filename, manifest_name
-from ..storage import backup_storages, process_alive
+from ..storage import backup_storages, get_storage, process_alive
 from .journal import journal
 from .offsite import copy_missing
 
@@ -191,3 +191,14 @@ def mark_operation_interrupted(operation, now):
     operation.finished_at = now
     operation.save(update_fields=["status", "message", "finished_at"])
     logger.warning("Backup %s %s by %s: %s", operation.action, operation.pk, operation.actor, OPERATION_INTERRUPTED)
+
+
+def unlisted_manifests():
+    """(how many manifests in the primary storage have no row in the catalog, that storage)."""
+    storage = get_storage()
+    names = {
+        name.removesuffix(MANIFEST_SUFFIX)
+        for name in storage.names()
+        if name.endswith(MANIFEST_SUFFIX) and is_backup_filename(name.removesuffix(MANIFEST_SUFFIX))
+    }
+    return len(names - set(Backup.objects.filter(filename__in=names).values_list("filename", flat=True))), storage

@@ -5,10 +5,12 @@ import hmac
 import logging
 from dataclasses import dataclass, field
 
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 from django.utils import timezone
 
 from ..conf import backup_settings, max_age_hours
-from ..exceptions import NotAuthenticated
+from ..exceptions import BackupError, NotAuthenticated, catalog_error
 from ..models import Backup, HealthState
 from .notify import notify
 
@@ -23,6 +25,7 @@ class HealthReport:
     databases: dict = field(default_factory=dict)
     # Per database, its own problems and whether it is stale, for the admin's status lights.
     findings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)  # worth knowing, not unhealthy (drills that cannot run)
 
     def as_dict(self, with_filenames):
         return {
@@ -30,6 +33,7 @@ class HealthReport:
             "checked_at": self.checked_at.isoformat(),
             "max_age_hours": max_age_hours(),
             "problems": self.problems,
+            "warnings": self.warnings,
             "databases": self.databases if with_filenames else without_filenames(self.databases),
         }
 
@@ -54,9 +58,30 @@ def health_for(*, actor, token=None):
     return report.healthy, report.as_dict(with_filenames=with_filenames)
 
 
+CATALOG_DOWN = "The backup catalog cannot be read: the site's database cannot be reached or is not migrated."
+
+
+def catalog_down_report(exc, now=None):
+    """Unhealthy, because the catalog's database failed with ``exc``: nothing can be said about
+    the backups, and nothing can be recorded (so no change of state is announced either). The
+    problem stays general, since monitors read it; the log has the database's own words."""
+    logger.error("Backup health cannot be checked: %s", catalog_error(exc).message)
+    return HealthReport(healthy=False, checked_at=now or timezone.now(), problems=[CATALOG_DOWN])
+
+
 def check_health(now=None):
-    """Evaluate every database in BACKUP_DATABASES; announce a change of state."""
+    """Evaluate every database in BACKUP_DATABASES; announce a change of state. Unhealthy, and
+    never an error, when the catalog itself cannot be read."""
     now = now or timezone.now()
+    try:
+        report = evaluate_health(now)
+    except DatabaseError as exc:
+        return catalog_down_report(exc, now)
+    announce_change(report)
+    return report
+
+
+def evaluate_health(now):
     limit = max_age_hours()
     report = HealthReport(healthy=True, checked_at=now)
     for alias in backup_settings.DATABASES:
@@ -94,10 +119,23 @@ def check_health(now=None):
                     f"({timezone.localtime(checked.verified_at):%Y-%m-%d %H:%M})."
                 )
         report.problems.extend(problems)
+        blocker = drill_blocker(alias)
+        if blocker:
+            report.warnings.append(f"Restore drills of database {alias!r} cannot run: {blocker}.")
         report.databases[alias] = facts
     report.healthy = not report.problems
-    announce_change(report)
     return report
+
+
+def drill_blocker(alias):
+    """Why restore drills of ``alias`` cannot run, or None (also when its server cannot be
+    asked: the backups' own age tells about that)."""
+    from ..engines import get_engine
+
+    try:
+        return get_engine(alias).drill_blocker()
+    except (BackupError, ImproperlyConfigured):
+        return None
 
 
 def check_health_quietly():

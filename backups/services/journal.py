@@ -17,7 +17,7 @@ from typing import Any
 from django.db import DatabaseError
 from django.utils import timezone
 
-from ..exceptions import UNEXPECTED, BackupError, PermissionDenied
+from ..exceptions import UNEXPECTED, BackupError, PermissionDenied, catalog_error
 from ..models import Operation, OperationStatus, Origin
 
 logger = logging.getLogger("backups")
@@ -103,21 +103,14 @@ def journal(action, actor, *, permission, filename="", database="", operation=No
     skipped, or pending when it has handed the row to a worker process (``jobs.hand_over``),
     which then owns it. ``operation`` continues a row created earlier (that worker's job).
     """
-    if operation is None:
-        operation = Operation.objects.create(
-            action=action,
-            filename=printable(filename, 255),
-            database=printable(database, 64),
-            actor=actor.name,
-            origin=actor.origin,
-            client_address=actor.client_address,
-            started_at=timezone.now(),
-            # Should this process die midway, sync can tell the operation will never finish.
-            details={"worker": this_worker()},
-        )
-    else:
-        operation.status = OperationStatus.RUNNING
-        operation.save(update_fields=["status"])
+    try:
+        operation = start(action, actor, filename, database, operation)
+    except DatabaseError as exc:
+        # The site's database is down (or not migrated): nothing has started, and nothing can
+        # be recorded. Say so, rather than let a driver's traceback through.
+        error = catalog_error(exc)
+        logger.error("Backup %s not started (%s via %s): %s", action, actor.name, actor.origin, error.message)
+        raise error from None
     logger.info(
         "Backup %s started by %s via %s: %s", action, actor.name, actor.origin, operation.filename or database or "-"
     )
@@ -129,6 +122,11 @@ def journal(action, actor, *, permission, filename="", database="", operation=No
         _finish(operation, OperationStatus.FAILED, exc.message)
         logger.error("Backup %s failed (%s via %s): %s", action, actor.name, actor.origin, exc.message)
         raise
+    except DatabaseError as exc:
+        error = catalog_error(exc)
+        _finish(operation, OperationStatus.FAILED, error.message)
+        logger.error("Backup %s failed (%s via %s): %s", action, actor.name, actor.origin, error.message)
+        raise error from None
     except BaseException:
         _finish(operation, OperationStatus.FAILED, UNEXPECTED)
         logger.exception("Backup %s failed unexpectedly (%s via %s)", action, actor.name, actor.origin)
@@ -151,6 +149,25 @@ def journal(action, actor, *, permission, filename="", database="", operation=No
     )
 
 
+def start(action, actor, filename, database, operation):
+    """The journal's row for an operation starting now: a new one, or ``operation`` resumed."""
+    if operation is not None:
+        operation.status = OperationStatus.RUNNING
+        operation.save(update_fields=["status"])
+        return operation
+    return Operation.objects.create(
+        action=action,
+        filename=printable(filename, 255),
+        database=printable(database, 64),
+        actor=actor.name,
+        origin=actor.origin,
+        client_address=actor.client_address,
+        started_at=timezone.now(),
+        # Should this process die midway, sync can tell the operation will never finish.
+        details={"worker": this_worker()},
+    )
+
+
 def printable(text, limit):
     """Caller-supplied text as it may be stored and logged: no control characters, bounded."""
     text = "".join(ch for ch in str(text) if ch.isprintable())
@@ -166,5 +183,6 @@ def _finish(operation, status, message):
         operation.save()
     except DatabaseError:
         # The journal must not hide the outcome it records: a restore that failed partway may
-        # have left the very database that holds the journal without its tables.
+        # have left the very database that holds the journal without its tables, or the
+        # database may have gone away meanwhile.
         logger.exception("Could not record the end of the %s operation", operation.action)

@@ -110,7 +110,14 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress, s
                         engine, actor=actor, description=f"Before restoring {filename}", trigger=Trigger.PRE_RESTORE
                     )
                     stage("pre-restore backup", undo)
-                    result.pre_restore_backup = write_backup(engine, undo)
+                    try:
+                        result.pre_restore_backup = write_backup(engine, undo)
+                    except StorageFailed as exc:
+                        raise type(exc)(
+                            f"The restore did not start: the pre-restore backup (a backup of the current state, "
+                            f"taken first so that the restore can be undone) could not be stored. {exc.message} "
+                            "The database was not changed."
+                        ) from None
                     record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
                 stage("loading")
                 result.warnings.extend(
@@ -213,7 +220,7 @@ def verified_copy(storage, filename, manifest):
     try:
         source = storage.open(filename)
     except FileNotFoundError:
-        raise BackupNotFound(f"The file {filename} is missing from the backup storage.") from None
+        raise BackupNotFound(storage.missing(filename)) from None
     with source, ExitStack() as stack:
         try:
             if storage.directory is None:
@@ -226,12 +233,12 @@ def verified_copy(storage, filename, manifest):
             source.seek(0)
         except Exception as exc:
             if is_storage_failure(exc):
-                raise storage_error(exc, f"reading {filename}") from None
+                raise storage_error(exc, f"reading {filename}", storage) from None
             raise
         if size != manifest.get("size_bytes") or digest != manifest.get("sha256"):
             raise BackupDamaged(
                 f"{filename} does not match its manifest (sha256 or size differs): the file is damaged or "
-                "was changed. It was not restored and the database was not changed."
+                "was changed since it was written. Nothing was changed; use another backup."
             )
         yield source
 

@@ -12,11 +12,11 @@ from dataclasses import asdict
 from datetime import datetime, timedelta
 
 from croniter import croniter
-from django.db import router
+from django.db import DatabaseError, router
 
 from ..conf import backup_settings
 from ..engines import get_engine
-from ..exceptions import BackupError, OperationInProgress, reason_of
+from ..exceptions import BackupError, OperationInProgress, catalog_error, reason_of
 from ..formatting import human_duration, human_size
 from ..models import Backup, BackupStatus, Trigger
 from .backups import create_backup, record_failed_attempt
@@ -55,13 +55,19 @@ def run_scheduled_backup(alias, now=None):
         except BackupError as exc:
             return scheduled_failure(alias, exc.message, engine=engine)
         run_started = previous_run(backup_settings.SCHEDULE, now)
-        done = (
-            Backup.objects.filter(
-                database=alias, trigger=Trigger.SCHEDULED, status=BackupStatus.SUCCEEDED, created_at__gte=run_started
+        try:
+            done = (
+                Backup.objects.filter(
+                    database=alias,
+                    trigger=Trigger.SCHEDULED,
+                    status=BackupStatus.SUCCEEDED,
+                    created_at__gte=run_started,
+                )
+                .order_by("-created_at")
+                .first()
             )
-            .order_by("-created_at")
-            .first()
-        )
+        except DatabaseError as exc:  # the catalog's database is down: said, not a traceback
+            return scheduled_failure(alias, catalog_error(exc).message)
         if done is not None:
             logger.info("Scheduled backup of %r skipped: %s was already made for this run", alias, done.filename)
             return None

@@ -15,6 +15,7 @@ restores share: a drill never touches the live database, so it never holds up it
 import io
 import itertools
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest, Operatio
 from ..models import Action, Backup, OperationStatus
 from ..streams import ChunkStream, ReadableStream
 from .backups import get_restorable_backup
-from .health import check_health_quietly
+from .health import check_health_quietly, drill_blocker
 from .journal import Actor, journal
 from .notify import notify
 from .offsite import usable_manifest, write_manifest
@@ -86,7 +87,7 @@ def verify_backup(filename, *, actor, level="checksum"):
             result = Verification(filename, level, True, timezone.now(), f"{level} verification passed", details)
         except (VerificationFailed, BackupDamaged, BackupNotFound, RestoreFailed) as exc:
             details = getattr(exc, "details", {})
-            result = Verification(filename, level, False, timezone.now(), exc.message, details)
+            result = Verification(filename, level, False, timezone.now(), finding(exc), details)
         result.details["duration_seconds"] = round(time.monotonic() - started, 3)
         record(backup, manifest, result)
         operation.message = result.message
@@ -128,6 +129,24 @@ def run_checks(engine, filename, manifest, level):
                 "scratch_database": "dropped",
                 "warnings": warnings,
             }
+
+
+MISSING_ROLE = re.compile(r'role "[^"]+" does not exist')
+
+
+def finding(exc):
+    """What a failed check says. A restore's error speaks of the live database; a drill's
+    never touches it, and a drill on another server may lack the roles the backup grants to."""
+    if not isinstance(exc, RestoreFailed):
+        return exc.message
+    said = exc.message.removeprefix(RestoreFailed.default_message).strip()
+    message = f"The backup could not be restored into the drill's scratch database: {said}"
+    if MISSING_ROLE.search(said):
+        message += (
+            " The drill's server lacks a role that the backup's GRANTs name: create it there, or point "
+            "BACKUP_VERIFY_DATABASE_URL at a server that has the site's roles."
+        )
+    return message
 
 
 def compare_row_counts(scratch, expected):
@@ -198,6 +217,10 @@ def run_scheduled_verification(now=None):
             continue
         if newest.verification and newest.verification.get("level") == "restore":
             logger.info("Scheduled backup verification skipped: %s was already drilled", newest.filename)
+            continue
+        blocker = drill_blocker(alias)
+        if blocker:  # said at start-up (backups.W005) and by health, not by a failure every day
+            logger.warning("Scheduled restore drill of %r skipped: it cannot run: %s", alias, blocker)
             continue
         try:
             result = verify_backup(newest.filename, actor=Actor.cron(), level="restore")
