@@ -63,10 +63,16 @@ def app_user(settings, extra_alias):
         f"DROP USER IF EXISTS '{user}'@'%'",
         f"CREATE USER '{user}'@'%' IDENTIFIED BY '{quoted}'",
         f"GRANT ALL PRIVILEGES ON `{database}`.* TO '{user}'@'%'",
+        # The scratch databases where a restore proves its dumps load, as the README says.
+        f"GRANT ALL PRIVILEGES ON `{scratch_pattern(database)}`.* TO '{user}'@'%'",
     )
     extra_alias("app", base="mariadb", USER=user, PASSWORD=password)
     yield user, password
     execute("mariadb", f"DROP USER IF EXISTS '{user}'@'%'")
+
+
+def scratch_pattern(database):
+    return database.replace("_", "\\_") + "\\_drill\\_%"
 
 
 # -- row counts ---------------------------------------------------------------------------------
