@@ -140,7 +140,7 @@ def test_a_file_that_does_not_match_its_manifest_is_refused_before_anything_runs
     assert {name for _, name, _ in rows(alias)} == {"changed"}
 
 
-def test_a_truncated_file_is_stopped_or_undone_even_with_a_matching_manifest(brew, backup_dir):
+def test_a_truncated_file_is_stopped_or_refused_even_with_a_matching_manifest(brew, backup_dir):
     alias = brew
     made = backup(alias)
     truncate_and_resign(backup_dir, made.filename)

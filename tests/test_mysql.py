@@ -17,7 +17,7 @@ from django.db import connections
 
 from backups import services
 from backups.engines import get_engine
-from backups.engines.mysql import SHARED_LOCK_SLOTS, InsertRowCounter, mysql_only_dump_options
+from backups.engines.mysql import SHARED_LOCK_SLOTS, InsertRowCounter, history_options, mysql_only_dump_options
 from backups.exceptions import DumpFailed, InvalidRequest, OperationInProgress
 from backups.models import Backup, BackupStatus, Operation, Trigger
 
@@ -175,6 +175,17 @@ def test_gtid_purged_off_is_added_only_for_mysqls_own_mysqldump():
     mysql = "mysqldump  Ver 8.0.36 for Linux on x86_64 (MySQL Community Server - GPL)"
     assert mysql_only_dump_options(mariadb) == []
     assert mysql_only_dump_options(mysql) == ["--set-gtid-purged=OFF"]
+
+
+def test_history_is_dumped_where_mysqldump_can():
+    assert history_options("mysqldump  Ver 10.19 Distrib 10.11.19-MariaDB, for debian-linux-gnu (x86_64)") == [
+        "--dump-history"
+    ]
+    assert history_options("mysqldump from 11.4.2-MariaDB, client 10.19 for debian-linux-gnu (x86_64)") == [
+        "--dump-history"
+    ]
+    assert history_options("mysqldump  Ver 10.19 Distrib 10.6.18-MariaDB, for debian-linux-gnu (x86_64)") == []
+    assert history_options("mysqldump  Ver 8.0.36 for Linux on x86_64 (MySQL Community Server - GPL)") == []
 
 
 def test_size_is_read_from_information_schema(brew):

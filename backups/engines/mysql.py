@@ -56,8 +56,6 @@ DATA_OPTIONS = [
     "--events",
     # Binary columns as hex literals: exact bytes whatever the character set of the restore.
     "--hex-blob",
-    # The past rows of system-versioned tables too (MariaDB 10.11+), with their timestamps.
-    "--dump-history",
 ]
 VIEW_OPTIONS = STRUCTURE_OPTIONS
 RESTORE_OPTIONS = [
@@ -126,7 +124,10 @@ class MySQLEngine(DatabaseEngine):
         others = [f"--ignore-table={self.database_name}.{name}" for name in views]
         structure = repair_definitions(self.capture(STRUCTURE_OPTIONS + others), repairs)
         view_sql = self.capture(VIEW_OPTIONS + views) if views else b""
-        args, env = self.command("mysqldump", DATA_OPTIONS + others + mysql_only_dump_options(self.dump_tool_version))
+        history = history_options(self.dump_tool_version)
+        args, env = self.command(
+            "mysqldump", DATA_OPTIONS + history + others + mysql_only_dump_options(self.dump_tool_version)
+        )
         with ProcessDump(args, env, "mysqldump").run() as stdout:
             yield DumpStream(ConcatenatedStream(structure, stdout, view_sql), InsertRowCounter())
 
@@ -260,6 +261,13 @@ def mysql_only_dump_options(dump_tool_version):
     # A dump from a server with GTIDs would otherwise set GTID_PURGED, which fails on any server
     # that has GTIDs of its own: the very server it came from, among others.
     return ["--set-gtid-purged=OFF"]
+
+
+def history_options(dump_tool_version):
+    """The past rows of system-versioned tables, with their timestamps: MariaDB's mysqldump
+    writes them from 10.11 on (and sets system_versioning_insert_history for their restore)."""
+    version = re.search(r"(\d+)\.(\d+)\.\d+-MariaDB", dump_tool_version)
+    return ["--dump-history"] if version and (int(version[1]), int(version[2])) >= (10, 11) else []
 
 
 def client_error(stderr):
