@@ -2,9 +2,10 @@
 
 MySQL cannot roll back DDL, so a restore cannot be all or nothing: it locks every table (giving
 up, with nothing changed, when other sessions keep them busy), drops everything the database
-holds, then replays the dump statement by statement. A failure after that point raises
-``RestoreIncomplete``; ``restore_is_transactional = False`` makes the service take a pre-restore
-backup before every restore and put it back automatically when that happens.
+holds, then replays the dump statement by statement. ``restore_is_transactional = False`` makes
+the service prove first that the dump and the pre-restore backup both load (into scratch
+databases), and put the pre-restore backup back when the live restore still stops partway
+(raising ``RestoreIncomplete``: a lost connection, a killed client).
 
 Locks are named locks (``GET_LOCK``) held by a connection of their own, so they vanish with it.
 MySQL and MariaDB have exclusive named locks only. Shared holders (backups) each take one of
@@ -13,6 +14,7 @@ backups of one database run side by side, and a restore runs alone.
 """
 
 import hashlib
+import io
 import logging
 import os
 import re
@@ -26,24 +28,35 @@ from ..exceptions import (
     BackupError,
     DatabaseBusy,
     DatabaseUnavailable,
+    DumpFailed,
     RestoreFailed,
     RestoreIncomplete,
 )
 from .base import DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, run_fed, run_tool
 
-DUMP_OPTIONS = [
-    # One consistent snapshot of InnoDB tables, without locking them. mysqldump's defaults
-    # (--opt) already write DROP ... IF EXISTS before every table, routine and event.
+COMMON_DUMP_OPTIONS = [
+    "--default-character-set=utf8mb4",
+    # Tablespace statements need the PROCESS privilege and do not carry over to another server.
+    "--no-tablespaces",
+]
+# A dump is three mysqldump runs, written one after the other: the tables and sequences, then
+# the rows with the triggers, routines and events, then the views in the order they depend on
+# each other. mysqldump itself writes views in name order over placeholders, and a view WITH
+# CHECK OPTION over a view still a placeholder fails to load (ERROR 1368). mysqldump's defaults
+# (--opt) write DROP ... IF EXISTS before every table, view, routine and event.
+STRUCTURE_OPTIONS = [*COMMON_DUMP_OPTIONS, "--no-data", "--skip-triggers"]
+DATA_OPTIONS = [
+    *COMMON_DUMP_OPTIONS,
+    # One consistent snapshot of InnoDB tables, without locking them.
     "--single-transaction",
+    "--no-create-info",
     "--routines",
     "--triggers",
     "--events",
     # Binary columns as hex literals: exact bytes whatever the character set of the restore.
     "--hex-blob",
-    "--default-character-set=utf8mb4",
-    # Tablespace statements need the PROCESS privilege and do not carry over to another server.
-    "--no-tablespaces",
 ]
+VIEW_OPTIONS = STRUCTURE_OPTIONS
 RESTORE_OPTIONS = [
     "--default-character-set=utf8mb4",
     # The client's own limit; the dump's longest statement (one big row) fits the server's.
@@ -87,6 +100,7 @@ class MySQLEngine(DatabaseEngine):
         params["database"] = self.database_name  # a drill's scratch database has its own name
         params.setdefault("connect_timeout", 10)
         params["autocommit"] = True
+        params["charset"] = "utf8mb4"  # names and definitions with 4-byte characters (emoji)
         try:
             return pymysql.connect(**params)
         except pymysql.MySQLError as exc:
@@ -105,9 +119,38 @@ class MySQLEngine(DatabaseEngine):
 
     @contextmanager
     def dump(self):
-        args, env = self.command("mysqldump", DUMP_OPTIONS + mysql_only_dump_options(self.dump_tool_version))
+        views, repairs = self.inspect_schema()
+        others = [f"--ignore-table={self.database_name}.{name}" for name in views]
+        structure = repair_definitions(self.capture(STRUCTURE_OPTIONS + others), repairs)
+        view_sql = self.capture(VIEW_OPTIONS + views) if views else b""
+        history = history_options(self.dump_tool_version)
+        args, env = self.command(
+            "mysqldump", DATA_OPTIONS + history + others + mysql_only_dump_options(self.dump_tool_version)
+        )
         with ProcessDump(args, env, "mysqldump").run() as stdout:
-            yield DumpStream(stdout, InsertRowCounter())
+            yield DumpStream(ConcatenatedStream(structure, stdout, view_sql), InsertRowCounter())
+
+    def capture(self, options):
+        """The whole output of a small mysqldump run (one without rows)."""
+        args, env = self.command("mysqldump", options + mysql_only_dump_options(self.dump_tool_version))
+        with ProcessDump(args, env, "mysqldump").run() as stdout:
+            return stdout.read()
+
+    def inspect_schema(self):
+        """The database's views, each after the views it reads, and the repairs its table
+        definitions need (see ``find_repairs``)."""
+        connection = self.connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS WHERE TABLE_SCHEMA = DATABASE()"
+                )
+                views = views_in_dependency_order(dict(cursor.fetchall()))
+                return views, find_repairs(cursor)
+        except pymysql.MySQLError as exc:
+            raise DumpFailed(f"Reading the schema of {self.describe()} failed: {reason(exc)}") from None
+        finally:
+            connection.close()
 
     def restore(self, stream, lock_timeout):
         connection = self.connect()
@@ -177,9 +220,12 @@ class MySQLEngine(DatabaseEngine):
                 cursor.execute(f"CREATE DATABASE {quote(name)} CHARACTER SET utf8mb4")
         except pymysql.MySQLError as exc:
             where = "the role in BACKUP_VERIFY_DATABASE_URL" if self.drills_elsewhere() else "the database user"
+            pattern = self.scratch_name().rsplit("_", 1)[0].replace("_", r"\_") + r"\_%"
             raise DatabaseUnavailable(
-                f"Cannot create a scratch database for the restore drill: {reason(exc)}. "
-                f"{where.capitalize()} needs the CREATE privilege on new databases."
+                f"Cannot create the scratch database {name} (restore drills load backups there, and a restore "
+                f"proves there that its dump loads before it touches the live database): {reason(exc)}. "
+                f"Nothing was changed. Let {where} create such databases, e.g. "
+                f"GRANT ALL ON `{pattern}`.* TO that user."
             ) from None
         finally:
             connection.close()
@@ -194,7 +240,12 @@ class MySQLEngine(DatabaseEngine):
                 connection.close()
 
     def count_rows(self, table):
-        return self.query_value(f"SELECT COUNT(*) FROM {quote(table)}")
+        """Past rows of a system-versioned table count too: the dump has them."""
+        versioned = self.query_value(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+            f"AND TABLE_TYPE = 'SYSTEM VERSIONED' AND TABLE_NAME = {literal(table)}"
+        )
+        return self.query_value(f"SELECT COUNT(*) FROM {quote(table)}{' FOR SYSTEM_TIME ALL' if versioned else ''}")
 
     def size_bytes(self):
         total = self.query_value(
@@ -213,6 +264,13 @@ def mysql_only_dump_options(dump_tool_version):
     return ["--set-gtid-purged=OFF"]
 
 
+def history_options(dump_tool_version):
+    """The past rows of system-versioned tables, with their timestamps: MariaDB's mysqldump
+    writes them from 10.11 on (and sets system_versioning_insert_history for their restore)."""
+    version = re.search(r"(\d+)\.(\d+)\.\d+-MariaDB", dump_tool_version)
+    return ["--dump-history"] if version and (int(version[1]), int(version[2])) >= (10, 11) else []
+
+
 def client_error(stderr):
     """The client's error, without the failing statement that MariaDB's client prints before it
     (at times a whole INSERT of row data)."""
@@ -227,6 +285,113 @@ def reason(exc):
 
 def quote(name):
     return "`" + name.replace("`", "``") + "`"
+
+
+def literal(text):
+    """A string literal, escaped as SHOW CREATE TABLE writes them."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def views_in_dependency_order(definitions):
+    """View names, each after every view whose quoted name its definition mentions; ties (and a
+    cycle, which only a false mention can make) in name order, so that every dump of the same
+    schema lists them alike (restore drills compare dumps line by line)."""
+    mentions = {
+        name: {other for other in definitions if other != name and quote(other) in definition}
+        for name, definition in definitions.items()
+    }
+    ordered, remaining = [], sorted(definitions)
+    while remaining:
+        ready = next((name for name in remaining if not mentions[name] & set(remaining)), remaining[0])
+        ordered.append(ready)
+        remaining.remove(ready)
+    return ordered
+
+
+MEMBERS = re.compile(r"'(?:[^']|'')*'")
+SCRATCH_TABLE = "`hoppybrew_backups_column`"
+
+
+def find_repairs(cursor):
+    """What SHOW CREATE TABLE gets wrong: MariaDB passes ENUM and SET members and string
+    defaults through its utf8mb3 metadata, so each 4-byte character (an emoji) comes out as '?'
+    though the table holds it, and a column loaded as written loses its values. The true text
+    is read back through a temporary copy of the column: its members by their numbers, its
+    default from an empty row.
+
+    Returns ``{table: [(column, [(wrong, right), ...])]}``: replacements in the column's line.
+    """
+    cursor.execute(
+        "SELECT c.TABLE_NAME, c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, c.COLUMN_DEFAULT "
+        "FROM information_schema.COLUMNS c JOIN information_schema.TABLES t "
+        "ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME "
+        "WHERE c.TABLE_SCHEMA = DATABASE() AND t.TABLE_TYPE IN ('BASE TABLE', 'SYSTEM VERSIONED') "
+        "AND ((c.DATA_TYPE IN ('enum', 'set') AND c.COLUMN_TYPE LIKE '%?%') OR c.COLUMN_DEFAULT LIKE '''%?%''') "
+        "ORDER BY c.TABLE_NAME, c.ORDINAL_POSITION"
+    )
+    repairs = {}
+    for table, column, data_type, column_type, default in cursor.fetchall():
+        cursor.execute(f"CREATE TEMPORARY TABLE {SCRATCH_TABLE} SELECT {quote(column)} FROM {quote(table)} LIMIT 0")
+        try:
+            changes = []
+            if data_type in ("enum", "set") and "?" in column_type:
+                count = len(MEMBERS.findall(column_type))
+                numbers = range(1, count + 1) if data_type == "enum" else (1 << bit for bit in range(count))
+                cursor.execute(f"INSERT INTO {SCRATCH_TABLE} VALUES " + ", ".join(f"({number})" for number in numbers))
+                cursor.execute(f"SELECT {quote(column)} FROM {SCRATCH_TABLE} ORDER BY {quote(column)} + 0")
+                members = ",".join(literal(member) for (member,) in cursor.fetchall())
+                changes.append((column_type, f"{data_type}({members})"))
+                cursor.execute(f"DELETE FROM {SCRATCH_TABLE}")
+            if default and default.startswith("'") and "?" in default:
+                cursor.execute(f"INSERT INTO {SCRATCH_TABLE} () VALUES ()")
+                cursor.execute(f"SELECT {quote(column)} FROM {SCRATCH_TABLE}")
+                changes.append((f"DEFAULT {default}", f"DEFAULT {literal(cursor.fetchone()[0])}"))
+        finally:
+            cursor.execute(f"DROP TEMPORARY TABLE {SCRATCH_TABLE}")
+        repairs.setdefault(table, []).append((column, changes))
+    return repairs
+
+
+def repair_definitions(structure, repairs):
+    """``structure`` (mysqldump's CREATE TABLE statements) with the ``find_repairs`` made, each
+    in its own table's statement and column's line."""
+    for table, columns in repairs.items():
+        start = structure.find(f"\nCREATE TABLE {quote(table)} (\n".encode())
+        end = structure.find(b"\n)", start)
+        if start < 0 or end < 0:
+            continue  # dropped since it was inspected
+        lines = structure[start:end].split(b"\n")
+        for column, changes in columns:
+            prefix = f"  {quote(column)} ".encode()
+            for number, line in enumerate(lines):
+                if line.startswith(prefix):
+                    for wrong, right in changes:
+                        line = line.replace(wrong.encode(), right.encode(), 1)
+                    lines[number] = line
+        structure = structure[:start] + b"\n".join(lines) + structure[end:]
+    return structure
+
+
+class ConcatenatedStream:
+    """The three mysqldump runs as one stream: the two small outputs, read whole, around the
+    pipe of the run that streams the rows (whose descriptor ``DumpStream`` may enlarge)."""
+
+    def __init__(self, head, pipe, tail):
+        self.pipe = pipe
+        self.parts = [io.BytesIO(head), pipe, io.BytesIO(tail)]
+
+    def fileno(self):
+        return self.pipe.fileno()
+
+    def read1(self, size=-1):
+        while self.parts:
+            data = self.parts[0].read1(size)
+            if data:
+                return data
+            self.parts.pop(0)
+        return b""
+
+    read = read1
 
 
 def take_lock(cursor, name):
@@ -339,7 +504,9 @@ class InsertRowCounter(RowCounter):
             elif data.endswith(b");", match.end(), line_end):
                 self._add(table, count_row_separators(data[match.end() : line_end]) + 1)
             else:
-                self.table, self._rows, self._previous = table, 0, b""
+                # With a column list (invisible columns, history), the first row shares the line.
+                first_row_here = not data.endswith(b" VALUES", match.end(), line_end)
+                self.table, self._rows, self._previous = table, int(first_row_here), b""
 
     def pass_rows(self, chunk, position):
         boundary = self._previous + chunk[position : position + len(self.ROWS_END) - 1]

@@ -19,6 +19,8 @@ from ..streams import ReadableStream
 from .base import CHUNK_SIZE, DatabaseEngine
 
 DUMP_WRAPPER_STATEMENTS = {"BEGIN TRANSACTION;", "COMMIT;"}
+# Numbers in the database file's header that applications set and iterdump leaves out.
+HEADER_VALUES = ("user_version", "application_id")
 
 
 class SQLiteEngine(DatabaseEngine):
@@ -51,7 +53,9 @@ class SQLiteEngine(DatabaseEngine):
         try:
             connection.execute("BEGIN")
             connection.execute("SELECT count(*) FROM sqlite_master").fetchone()  # pins the snapshot
-            yield SQLiteDumpStream(connection)
+            values = {name: connection.execute(f"PRAGMA {name}").fetchone()[0] for name in HEADER_VALUES}
+            header = [f"PRAGMA {name} = {value};" for name, value in values.items()]
+            yield SQLiteDumpStream(connection, header)
         except sqlite3.Error as exc:
             raise DumpFailed(f"Reading the SQLite database {self.path} failed: {exc}") from None
         finally:
@@ -130,19 +134,22 @@ class SQLiteEngine(DatabaseEngine):
 
 
 class SQLiteDumpStream:
-    """The SQL of ``iterdump``, in chunks of ``CHUNK_SIZE``, counting INSERTs per table."""
+    """The SQL of ``iterdump``, in chunks of ``CHUNK_SIZE``, counting INSERTs per table; the
+    ``header`` statements (PRAGMAs that set the file header's numbers) go in before its final
+    COMMIT, so that they are part of the same transaction."""
 
     restore_requirements = None  # a SQLite dump needs nothing outside its file
 
-    def __init__(self, connection):
+    def __init__(self, connection, header=()):
         self.connection = connection
+        self.header = list(header)
         self.row_counts = {}
 
     def __iter__(self):
         buffer = []
         size = 0
         counts = self.row_counts
-        for line in self.connection.iterdump():
+        for line in self.lines():
             if line.startswith('INSERT INTO "'):
                 table = line[13 : line.index('" VALUES(', 13)].replace('""', '"')
                 counts[table] = counts.get(table, 0) + 1
@@ -153,6 +160,12 @@ class SQLiteDumpStream:
                 buffer, size = [], 0
         if buffer:
             yield ("\n".join(buffer) + "\n").encode()
+
+    def lines(self):
+        for line in self.connection.iterdump():
+            if line == "COMMIT;":
+                yield from self.header
+            yield line
 
 
 def drop_everything(connection):

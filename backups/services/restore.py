@@ -105,6 +105,7 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress, s
         with engine.lock(exclusive=True):
             stage("checking")
             with verified_copy_anywhere(filename, manifest, result.warnings) as source:
+                prove_loadable(engine, source, filename, manifest.get("uncompressed_bytes"))
                 if pre_restore_backup:
                     undo = reserve_backup(
                         engine, actor=actor, description=f"Before restoring {filename}", trigger=Trigger.PRE_RESTORE
@@ -119,6 +120,8 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress, s
                             "The database was not changed."
                         ) from None
                     record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
+                    with verified_copy(get_storage(), undo.filename, undo.manifest) as undo_source:
+                        prove_loadable(engine, undo_source, undo.filename, undo.manifest.get("uncompressed_bytes"))
                 stage("loading")
                 result.warnings.extend(
                     replace_database(
@@ -309,6 +312,27 @@ def load_dump(engine, source, filename, expected_size=None):
         engine.restore(GuardedReader(reader, filename, expected_size), backup_settings.RESTORE_LOCK_TIMEOUT)
     finally:
         reader.close()
+
+
+def prove_loadable(engine, source, filename, expected_size):
+    """Where a failed restore cannot be rolled back (MySQL's DDL), load the dump into a scratch
+    database first, before the live one is touched: a dump that does not load there (bad SQL, a
+    damaged file, an object the user may not create) is refused with nothing changed. The
+    service proves the pre-restore backup the same way, so that the undo of a restore that
+    still fails in the live database (a lost connection, a killed client) is known to load."""
+    if engine.restore_is_transactional:
+        return
+    with engine.scratch() as scratch:
+        try:
+            load_dump(scratch, source, filename, expected_size)
+        except BackupError as exc:
+            refusal = RestoreFailed(
+                f"{filename} does not load into a scratch database ({exc.message.rstrip('.')}), so it was not "
+                f"restored: the database {engine.describe()} was not touched and nothing was changed."
+            )
+            refusal.status_code = exc.status_code
+            raise refusal from None
+    source.seek(0)
 
 
 def undo_incomplete_restore(engine, filename, incomplete, undo):
