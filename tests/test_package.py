@@ -151,8 +151,8 @@ def test_site_backups_list_imports_only_what_it_needs(tmp_path):
     # manifests it does not know, which does need the S3 client.
     listed = (
         "from django.utils import timezone; from backups.models import Backup; Backup.objects.create("
-        "filename='hoppybrew_backup_20260101_000000.sql.gz', engine='sqlite', database_name='site', status='succeeded', "
-        "created_at=timezone.now())"
+        "filename='hoppybrew_backup_20260101_000000.sql.gz', engine='sqlite', database_name='site', "
+        "status='succeeded', created_at=timezone.now())"
     )
     run([sys.executable, "manage.py", "shell", "-c", listed], cwd=REPOSITORY, env=site)
     # The site has drf_spectacular in INSTALLED_APPS, so its package is loaded; its utils are not.
