@@ -272,6 +272,7 @@ SETTINGS = {
     "JOB_LOG": Setting(
         "data/logs/backup-jobs.log", parse_path, "Where the worker processes of asynchronous API requests log."
     ),
+    "METRICS_PUBLIC": Setting(False, parse_bool, "Let anyone read /backups/metrics (no label names a file)."),
 }
 
 

@@ -21,6 +21,11 @@ class HealthReport:
     checked_at: object
     problems: list = field(default_factory=list)  # never names a file: monitors may read them
     databases: dict = field(default_factory=dict)
+    database_problems: dict = field(default_factory=dict)  # alias -> its own problems
+
+    def problem(self, alias, text):
+        self.problems.append(text)
+        self.database_problems.setdefault(alias, []).append(text)
 
     def as_dict(self, with_filenames):
         return {
@@ -43,17 +48,31 @@ def health_for(*, actor, token=None):
     """The health report as ``actor`` may see it: staff with ``backups.view_backup`` see file
     names; an uptime monitor with BACKUP_HEALTH_TOKEN, or anyone when BACKUP_HEALTH_PUBLIC is
     on, sees the rest. Returns (healthy, report)."""
-    with_filenames = actor.allowed("view_backup")
-    expected = backup_settings.HEALTH_TOKEN
-    token_matches = bool(expected and token) and hmac.compare_digest(token, expected)
-    if not (with_filenames or backup_settings.HEALTH_PUBLIC or token_matches):
-        raise NotAuthenticated("Give a staff user's credentials or the health token (Authorization: Bearer ...).")
+    with_filenames = require_monitor(actor, token, public=backup_settings.HEALTH_PUBLIC)
     report = check_health()
     return report.healthy, report.as_dict(with_filenames=with_filenames)
 
 
+def require_monitor(actor, token, *, public):
+    """Let in staff with ``backups.view_backup``, a monitor that gives BACKUP_HEALTH_TOKEN, or
+    anyone when ``public``; returns whether the caller may also see file names."""
+    with_filenames = actor.allowed("view_backup")
+    expected = backup_settings.HEALTH_TOKEN
+    token_matches = bool(expected and token) and hmac.compare_digest(token, expected)
+    if not (with_filenames or public or token_matches):
+        raise NotAuthenticated("Give a staff user's credentials or the health token (Authorization: Bearer ...).")
+    return with_filenames
+
+
 def check_health(now=None):
     """Evaluate every database in BACKUP_DATABASES; announce a change of state."""
+    report = evaluate_health(now)
+    announce_change(report)
+    return report
+
+
+def evaluate_health(now=None):
+    """The health of every database in BACKUP_DATABASES, announcing nothing."""
     now = now or timezone.now()
     limit = max_age_hours()
     report = HealthReport(healthy=True, checked_at=now)
@@ -63,7 +82,7 @@ def check_health(now=None):
         checked = backups.filter(verified_at__isnull=False).order_by("-verified_at").first()
         facts = {"newest_backup_filename": None, "newest_backup_at": None, "age_hours": None, "verification": None}
         if newest is None:
-            report.problems.append(f"Database {alias!r} has no successful backup.")
+            report.problem(alias, f"Database {alias!r} has no successful backup.")
         else:
             age = (now - newest.created_at).total_seconds() / 3600
             facts.update(
@@ -72,8 +91,8 @@ def check_health(now=None):
                 age_hours=round(age, 1),
             )
             if limit is not None and age > limit:
-                report.problems.append(
-                    f"The newest backup of database {alias!r} is {age:.0f} hours old (limit {limit} hours)."
+                report.problem(
+                    alias, f"The newest backup of database {alias!r} is {age:.0f} hours old (limit {limit} hours)."
                 )
         if checked is not None:
             passed = checked.verification.get("passed", False)
@@ -84,13 +103,13 @@ def check_health(now=None):
                 "checked_filename": checked.filename,
             }
             if not passed:
-                report.problems.append(
+                report.problem(
+                    alias,
                     f"The latest verification of a backup of database {alias!r} failed "
-                    f"({timezone.localtime(checked.verified_at):%Y-%m-%d %H:%M})."
+                    f"({timezone.localtime(checked.verified_at):%Y-%m-%d %H:%M}).",
                 )
         report.databases[alias] = facts
     report.healthy = not report.problems
-    announce_change(report)
     return report
 
 
