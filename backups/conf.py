@@ -273,6 +273,9 @@ SETTINGS = {
         "data/logs/backup-jobs.log", parse_path, "Where the worker processes of asynchronous API requests log."
     ),
     "METRICS_PUBLIC": Setting(False, parse_bool, "Let anyone read /backups/metrics (no label names a file)."),
+    "PING_URL": Setting(
+        None, parse_url, "Dead-man ping URL of the scheduled backup: BASE/start, BASE on success, BASE/fail."
+    ),
 }
 
 
