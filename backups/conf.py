@@ -187,6 +187,28 @@ def parse_recipients(value):
     return list(dict.fromkeys(recipients))
 
 
+def parse_apprise_urls(value):
+    """Apprise URLs (``slack://...``, ``mailtos://...``, ``ntfy://...``), separated by commas or
+    white space as Apprise itself takes them. An error names the entry, never the URL: it holds
+    the service's token or password."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    text = " ".join(str(item) for item in items if item is not None).strip()
+    if not text:
+        return []
+    from apprise import Apprise
+    from apprise.utils.parse import parse_urls
+
+    urls = parse_urls(text)
+    for position, url in enumerate(urls, 1):
+        if Apprise.instantiate(url) is None:
+            scheme = url.partition("://")[0] if "://" in url else "(none)"
+            raise ValueError(
+                f"entry {position} (scheme {scheme!r}) is not a URL Apprise can send to; "
+                "see https://github.com/caronc/apprise/wiki for each service's URL"
+            )
+    return urls
+
+
 def choice_parser(*choices):
     def parse(value):
         text = str(value).strip().lower()
@@ -248,7 +270,11 @@ SETTINGS = {
     ),
     "NOTIFY_EMAILS": Setting([], parse_list, "Addresses that receive notifications, comma separated."),
     "NOTIFY_WEBHOOK_URL": Setting(None, parse_url, "URL that receives notifications as a JSON POST with 'text'."),
-    "NOTIFY_ON_SUCCESS": Setting(False, parse_bool, "Also notify each successful scheduled backup."),
+    "NOTIFY_ON_SUCCESS": Setting(
+        False,
+        parse_bool,
+        "Notify every outcome of the scheduled jobs, not only failures: each backup, cleanup and drill that succeeds.",
+    ),
     "NOTIFY_ON_RESTORE": Setting(True, parse_bool, "Notify every restore of a live database."),
     "MAX_AGE_HOURS": Setting(
         None,
@@ -273,6 +299,9 @@ SETTINGS = {
         "data/logs/backup-jobs.log", parse_path, "Where the worker processes of asynchronous API requests log."
     ),
     "METRICS_PUBLIC": Setting(False, parse_bool, "Let anyone read /backups/metrics (no label names a file)."),
+    "NOTIFY_URLS": Setting(
+        [], parse_apprise_urls, "Apprise URLs that receive notifications (Slack, Teams, ntfy, mailto, json ...)."
+    ),
     "PING_URL": Setting(
         None, parse_url, "Dead-man ping URL of the scheduled backup: BASE/start, BASE on success, BASE/fail."
     ),

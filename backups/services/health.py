@@ -135,7 +135,11 @@ def announce_change(report):
         return
     if report.healthy:
         logger.info("Backups are healthy again")
-        notify("Backups are healthy again", "Every covered database has a recent backup, and verification passes.")
+        notify(
+            "Backups are healthy again",
+            "Every covered database has a recent backup, and verification passes.",
+            outcome="success",
+        )
     else:
         logger.error("Backups are unhealthy: %s", " ".join(report.problems))
-        notify("Backups are unhealthy", "\n".join(report.problems))
+        notify("Backups are unhealthy", "\n".join(report.problems), outcome="failure")

@@ -102,7 +102,9 @@ def run_scheduled_backup(alias, now=None):
     logger.info("Scheduled backup completed: %s", summary(backup))
     if backup_settings.NOTIFY_ON_SUCCESS:
         notify(
-            f"Scheduled backup completed: {alias}", f"Scheduled backup of database {alias} completed: {summary(backup)}"
+            f"Scheduled backup completed: {alias}",
+            f"Scheduled backup of database {alias} completed: {summary(backup)}",
+            outcome="success",
         )
     return ScheduledRun(backup=backup)
 
@@ -111,7 +113,11 @@ def scheduled_failure(alias, reason, engine=None):
     """Log and announce the failure; with ``engine``, also leave the failed row nothing else
     has written."""
     logger.error("Scheduled backup failed: %s", reason)
-    notify(f"Scheduled backup failed: {alias}", f"The scheduled backup of database {alias} failed:\n{reason}")
+    notify(
+        f"Scheduled backup failed: {alias}",
+        f"The scheduled backup of database {alias} failed:\n{reason}",
+        outcome="failure",
+    )
     if engine is not None:
         try:
             record_failed_attempt(engine, actor=Actor.cron(), trigger=Trigger.SCHEDULED, reason=reason)
@@ -132,16 +138,14 @@ def run_scheduled_cleanup():
     except Exception as exc:
         message = reason_of(exc)
         logger.error("Scheduled backup cleanup failed: %s", message, exc_info=not isinstance(exc, BackupError))
-        notify("Scheduled backup cleanup failed", f"The scheduled cleanup failed:\n{message}")
+        notify("Scheduled backup cleanup failed", f"The scheduled cleanup failed:\n{message}", outcome="failure")
         return None
     finally:
         check_health_quietly()
-    logger.info(
-        "Scheduled backup cleanup completed: deleted %d backups (%s), kept %d",
-        len(result.deleted),
-        human_size(result.total_size_freed),
-        len(result.kept),
-    )
+    outcome = f"deleted {len(result.deleted)} backups ({human_size(result.total_size_freed)}), kept {len(result.kept)}"
+    logger.info("Scheduled backup cleanup completed: %s", outcome)
+    if backup_settings.NOTIFY_ON_SUCCESS:
+        notify("Scheduled backup cleanup completed", f"The scheduled cleanup {outcome}.", outcome="success")
     return result
 
 

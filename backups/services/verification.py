@@ -96,7 +96,9 @@ def verify_backup(filename, *, actor, level="checksum"):
     if not result.passed:
         logger.error("Backup verification of %s failed: %s", filename, result.message)
         notify(
-            f"Backup verification failed: {filename}", f"{level} verification of {filename} failed:\n{result.message}"
+            f"Backup verification failed: {filename}",
+            f"{level} verification of {filename} failed:\n{result.message}",
+            outcome="failure",
         )
     return result
 
@@ -210,10 +212,17 @@ def run_scheduled_verification(now=None):
             notify(
                 "Scheduled backup verification failed",
                 f"The restore drill of {newest.filename} could not run: {message}",
+                outcome="failure",
             )
             continue
         if result.passed:
             logger.info("Scheduled backup verification passed: %s", newest.filename)
+            if backup_settings.NOTIFY_ON_SUCCESS:
+                notify(
+                    f"Scheduled restore drill passed: {alias}",
+                    f"The restore drill of {newest.filename} passed.",
+                    outcome="success",
+                )
         results.append(result)
     check_health_quietly()
     return results
