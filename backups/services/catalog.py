@@ -10,8 +10,8 @@ from django.utils import timezone
 from ..models import Action, Backup, BackupStatus, Operation, OperationStatus
 from ..naming import MANIFEST_SUFFIX, is_backup_filename, manifest_name
 from ..storage import backup_storages, process_alive
+from .copies import copy_missing
 from .journal import journal
-from .offsite import copy_missing
 
 logger = logging.getLogger("backups")
 

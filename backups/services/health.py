@@ -10,6 +10,7 @@ from django.utils import timezone
 from ..conf import backup_settings, max_age_hours
 from ..exceptions import NotAuthenticated
 from ..models import Backup, HealthState
+from ..storage import destinations
 from .notify import notify
 
 logger = logging.getLogger("backups")
@@ -75,6 +76,7 @@ def evaluate_health(now=None):
     """The health of every database in BACKUP_DATABASES, announcing nothing."""
     now = now or timezone.now()
     limit = max_age_hours()
+    targets = destinations()
     report = HealthReport(healthy=True, checked_at=now)
     for alias in backup_settings.DATABASES:
         backups = Backup.objects.filter(database=alias).defer("manifest")
@@ -94,6 +96,8 @@ def evaluate_health(now=None):
                 report.problem(
                     alias, f"The newest backup of database {alias!r} is {age:.0f} hours old (limit {limit} hours)."
                 )
+            for problem in copy_problems(alias, newest, targets):
+                report.problem(alias, problem)
         if checked is not None:
             passed = checked.verification.get("passed", False)
             facts["verification"] = {
@@ -111,6 +115,28 @@ def evaluate_health(now=None):
         report.databases[alias] = facts
     report.healthy = not report.problems
     return report
+
+
+def copy_problems(alias, newest, targets):
+    """Where the newest backup of ``alias`` is missing: a destination without a copy (out of
+    reach, or failing: its copies go stale), fewer copies than BACKUP_MIN_COPIES, or none
+    off-site when BACKUP_REQUIRE_OFFSITE asks for one."""
+    held = [destination for destination in targets if destination.name in newest.locations]
+    problems = [
+        f"The newest backup of database {alias!r} has no copy in {destination.name}; "
+        "see its copy error and run 'manage.py backups sync'."
+        for destination in targets
+        if destination not in held
+    ]
+    wanted = backup_settings.MIN_COPIES
+    if len(held) < wanted:
+        problems.append(
+            f"The newest backup of database {alias!r} has {len(held)} of the {wanted} copies "
+            "BACKUP_MIN_COPIES asks for."
+        )
+    if backup_settings.REQUIRE_OFFSITE and not any(destination.offsite for destination in held):
+        problems.append(f"The newest backup of database {alias!r} has no off-site copy (BACKUP_REQUIRE_OFFSITE).")
+    return problems
 
 
 def check_health_quietly():

@@ -27,10 +27,10 @@ from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest, Operatio
 from ..models import Action, Backup, OperationStatus
 from ..streams import ChunkStream, ReadableStream
 from .backups import get_restorable_backup
+from .copies import usable_manifest, write_manifest
 from .health import check_health_quietly
 from .journal import Actor, journal
 from .notify import notify
-from .offsite import usable_manifest, write_manifest
 from .restore import GuardedReader, verified_copy_anywhere
 
 logger = logging.getLogger("backups")
