@@ -147,3 +147,16 @@ def test_bad_destinations_fail_the_settings_check_by_name(settings, value, messa
     settings.BACKUP_DESTINATIONS = value
     problems = [problem for problem in checks.check_settings(None) if "BACKUP_DESTINATIONS" in problem.msg]
     assert len(problems) == 1 and problems[0].id == "backups.E001" and message in problems[0].msg
+
+
+def test_destinations_that_are_one_place_or_an_unknown_storage_are_refused(settings):
+    settings.BACKUP_DESTINATIONS = {
+        "local": {"url": "file:///srv/backups"},
+        "again": {"url": "file:///srv/backups"},
+        "azure": {"storage": "nowhere"},
+    }
+    messages = [problem.msg for problem in checks.check_destinations(None)]
+    assert messages == [
+        "BACKUP_DESTINATIONS: 'again' and 'local' are the same place; each copy must live elsewhere.",
+        "BACKUP_DESTINATIONS: destination 'azure' names STORAGES['nowhere'], which is not defined.",
+    ]
