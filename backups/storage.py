@@ -296,6 +296,14 @@ class FanOutWriter:
         self.require_one()
         return len(data)
 
+    def flush(self):
+        for name, (_context, stream) in list(self.open.items()):
+            try:
+                stream.flush()
+            except Exception as exc:
+                self.drop(name, exc)
+        self.require_one()
+
     def drop(self, name, exc):
         context, _stream = self.open.pop(name)
         try:

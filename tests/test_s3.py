@@ -323,7 +323,7 @@ def test_after_losing_the_local_disk_sync_lists_the_off_site_backups(offsite, ba
     result = services.sync_catalog(actor=COMMAND)
     assert sorted(result.added) == sorted(made)
     # Listed from the off-site copies, and copied back to the new local disk from there.
-    assert result.copied_offsite == sorted(made)
+    assert sorted(result.copied_offsite) == sorted(made)
     assert [backup.locations for backup in services.list_backups(actor=COMMAND)] == [["primary", "offsite"]] * 2
     for filename in made:
         assert read_manifest(backup_dir, filename)["locations"] == ["primary", "offsite"]

@@ -94,7 +94,7 @@ class CatalogCollector:
 
     def destination_metrics(self):
         """Bytes per destination, and whether the newest backup reached each one: a destination
-        that the newest backup is missing from could not be written or is being written now."""
+        that the newest backup is missing from failed to take its copy (and no sync has made it since)."""
         labels = [label for label, _storage in backup_storages()]
         stored = gauge(
             "stored_bytes", "Bytes of restorable backups held by a destination.", ["database", "destination"]
