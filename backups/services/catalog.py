@@ -40,7 +40,7 @@ class SyncResult:
             f"{len(self.interrupted)} interrupted, {len(self.removed_partials)} temporary files removed"
         )
         if self.copied_offsite or self.offsite_failed:
-            text += f", {len(self.copied_offsite)} copied off-site, {len(self.offsite_failed)} off-site copies failed"
+            text += f", {len(self.copied_offsite)} copied where copies were missing, {len(self.offsite_failed)} failed"
         return text
 
 

@@ -145,7 +145,7 @@ class Command(BaseCommand):
                 human_size(backup.size_bytes),
                 backup.database,
                 backup.trigger,
-                "+".join(backup.locations) + (" (off-site copy failed)" if backup.offsite_error else ""),
+                "+".join(backup.locations) + (" (a copy failed)" if backup.offsite_error else ""),
                 verification_label(backup),
                 backup.description.replace("\n", " ")[:50],
             )
