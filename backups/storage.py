@@ -14,6 +14,7 @@ aborted on any error; reads stream the object's body.
 import errno
 import functools
 import json
+import logging
 import os
 import re
 import socket
@@ -29,7 +30,9 @@ from django.utils.functional import cached_property
 
 from .compression import CHUNK_SIZE
 from .conf import backup_settings
-from .exceptions import DiskFull, StorageFailed, reason_of
+from .exceptions import BackupError, DiskFull, StorageFailed, reason_of
+
+logger = logging.getLogger("backups")
 
 PRIMARY = "primary"
 OFFSITE = "offsite"
@@ -343,9 +346,11 @@ class FanOutWriter:
 
 
 def failure_reason(exc):
-    """What a person is told about a destination's error."""
+    """What a person is told about a destination's error; one nobody expected is logged whole."""
     if is_storage_failure(exc):
         exc = storage_error(exc, "writing")
+    elif not isinstance(exc, BackupError):
+        logger.error("Unexpected error of a backup destination", exc_info=exc)
     return reason_of(exc)
 
 

@@ -101,7 +101,8 @@ def test_each_destination_keeps_copies_by_its_own_policy(s3, settings, tmp_path)
         "s3": {"url": f"s3://{bucket}/hoppybrew", "offsite": True},
     }
     made = [services.create_backup(actor=COMMAND) for _ in range(3)]
-    Backup.objects.filter(pk__in=[b.pk for b in made[:2]]).update(created_at="2020-01-01T00:00:00Z")
+    for day, backup in enumerate(made[:2], 1):  # two old ones, the first the oldest
+        Backup.objects.filter(pk=backup.pk).update(created_at=f"2020-01-0{day}T00:00:00Z")
     settings.BACKUP_RETENTION_DAYS = "1"
     settings.BACKUP_RETENTION_MIN_COUNT = "2"  # s3 follows these: it keeps the newest two
     result = services.cleanup_backups(actor=COMMAND)

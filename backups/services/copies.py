@@ -40,21 +40,20 @@ def settle_copies(backup, written, failures):
         try:
             if destination.verify:
                 check_copy(destination.storage, backup)
-        except BackupError as exc:
-            failures[destination.name] = exc.message
+        except Exception as exc:  # an S3 error while reading back is as much this copy's failure
+            failures[destination.name] = failure_reason(exc)
             continue
         good.append(destination.name)
-    stored = []
-    for name in list(good):
+    listed = list(good)  # what the first manifests say, before any manifest write fails
+    for name in listed:
         try:
-            write_manifest_to(name, backup, good, overwrite=False)
-            stored.append(name)
-        except BackupError as exc:
-            failures[name] = exc.message
+            write_manifest_to(name, backup, listed, overwrite=False)
+        except Exception as exc:
+            failures[name] = failure_reason(exc)
             good.remove(name)
     if not good:
         raise StorageFailed("No copy of the backup could be stored: " + "; ".join(failures.values()))
-    if len(stored) > len(good):  # a manifest failed after others were written: they name it
+    if good != listed:  # the manifests written name a copy that does not count
         for name in good:
             write_manifest_to(name, backup, good, overwrite=True)
     storages = dict(backup_storages())
