@@ -207,3 +207,38 @@ def for_work(variables, *checks):
     for check in checks:
         problems.extend(check(None))
     return problems
+
+
+@register(TAG)
+def check_destinations(app_configs, **kwargs):
+    """E005: BACKUP_DESTINATIONS names a STORAGES alias the site lacks, or two destinations that
+    are one place (one copy would overwrite the other)."""
+    from django.conf import settings
+
+    try:
+        specs = backup_settings.DESTINATIONS
+    except ImproperlyConfigured:
+        return []
+    problems, seen = [], {}
+    for spec in specs or ():
+        if spec.storage_alias is not None and spec.storage_alias not in getattr(settings, "STORAGES", {}):
+            problems.append(
+                Error(
+                    f"BACKUP_DESTINATIONS: destination {spec.name!r} names STORAGES[{spec.storage_alias!r}], "
+                    "which is not defined.",
+                    hint="Define it in the site's STORAGES or give the destination a url.",
+                    id="backups.E005",
+                )
+            )
+        place = spec.location or spec.storage_alias
+        if place in seen:
+            problems.append(
+                Error(
+                    f"BACKUP_DESTINATIONS: {spec.name!r} and {seen[place]!r} are the same place; "
+                    "each copy must live elsewhere.",
+                    hint="Point one of them at another bucket, prefix or disk, or remove it.",
+                    id="backups.E005",
+                )
+            )
+        seen.setdefault(place, spec.name)
+    return problems

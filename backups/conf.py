@@ -7,6 +7,7 @@ name at the moment it matters. ``backups.checks`` parses all of them at start-up
 """
 
 import importlib.util
+import json
 import os
 import re
 from collections.abc import Callable
@@ -186,6 +187,79 @@ def require_extra(extra, *modules):
         )
 
 
+DESTINATION_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+RETENTION_OPTIONS = {
+    "retention_days": int_parser(0),
+    "min_count": int_parser(1),
+    "keep_daily": int_parser(0, optional=True),
+    "keep_weekly": int_parser(0, optional=True),
+    "keep_monthly": int_parser(0, optional=True),
+}
+DESTINATION_OPTIONS = {"url", "storage", "verify", "offsite", *RETENTION_OPTIONS}
+
+
+@dataclass(frozen=True)
+class DestinationSpec:
+    """One entry of BACKUP_DESTINATIONS: where (a storage URL or a STORAGES alias), whether each
+    copy is read back and checked, whether it is off-site, and its own retention, if any."""
+
+    name: str
+    location: StorageLocation | None = None
+    storage_alias: str | None = None
+    verify: bool = True
+    offsite: bool = False
+    retention: tuple = ()  # (option, value) pairs that replace the BACKUP_RETENTION_* defaults
+
+
+def parse_destinations(value):
+    """A JSON object (or a dict, in settings.py) of destinations in the order restores try them:
+    ``{"local": {"url": "file:///srv/backups"}, "s3": {"url": "s3://bucket/hb", "offsite": true,
+    "retention_days": 90}, "archive": {"storage": "archive"}}``. Unset: BACKUP_STORAGE_URL (or
+    BACKUP_DIR) and BACKUP_OFFSITE_STORAGE_URL."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise ValueError('expected a JSON object such as {"local": {"url": "file:///srv/backups"}}')
+    specs = []
+    for name, options in value.items():
+        if not isinstance(name, str) or not DESTINATION_NAME_PATTERN.fullmatch(name):
+            raise ValueError(f"{name!r} is not a destination name; use lower-case letters, digits, '_' and '-'")
+        if not isinstance(options, dict):
+            raise ValueError(f"destination {name!r}: expected an object of options")
+        unknown = sorted(set(options) - DESTINATION_OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"destination {name!r}: unknown option {unknown[0]!r}; known: {', '.join(sorted(DESTINATION_OPTIONS))}"
+            )
+        if ("url" in options) == ("storage" in options):
+            raise ValueError(f"destination {name!r}: give either 'url' (s3://... or file:///...) or 'storage'")
+        try:
+            location = parse_storage_url(options["url"]) if "url" in options else None
+            retention = tuple(
+                (option, parse(options[option])) for option, parse in RETENTION_OPTIONS.items() if option in options
+            )
+            specs.append(
+                DestinationSpec(
+                    name=name,
+                    location=location,
+                    storage_alias=str(options["storage"]) if "storage" in options else None,
+                    verify=parse_bool(options.get("verify", True)),
+                    offsite=parse_bool(options.get("offsite", False)),
+                    retention=retention,
+                )
+            )
+        except ValueError as exc:
+            raise ValueError(f"destination {name!r}: {exc}") from None
+    if not specs:
+        raise ValueError("name at least one destination, or leave BACKUP_DESTINATIONS unset")
+    return tuple(specs)
+
+
 def parse_recipients(value):
     """age X25519 public keys (``age1...``), separated by commas or white space."""
     items = value if isinstance(value, (list, tuple)) else re.split(r"[\s,]+", str(value or ""))
@@ -210,6 +284,28 @@ def parse_recipients(value):
             raise ValueError(f"{shown!r} is not an age X25519 public key (age1...)") from None
         recipients.append(item)
     return list(dict.fromkeys(recipients))
+
+
+def parse_apprise_urls(value):
+    """Apprise URLs (``slack://...``, ``mailtos://...``, ``ntfy://...``), separated by commas or
+    white space as Apprise itself takes them. An error names the entry, never the URL: it holds
+    the service's token or password."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    text = " ".join(str(item) for item in items if item is not None).strip()
+    if not text:
+        return []
+    from apprise import Apprise
+    from apprise.utils.parse import parse_urls
+
+    urls = parse_urls(text)
+    for position, url in enumerate(urls, 1):
+        if Apprise.instantiate(url) is None:
+            scheme = url.partition("://")[0] if "://" in url else "(none)"
+            raise ValueError(
+                f"entry {position} (scheme {scheme!r}) is not a URL Apprise can send to; "
+                "see https://github.com/caronc/apprise/wiki for each service's URL"
+            )
+    return urls
 
 
 def choice_parser(*choices):
@@ -299,7 +395,11 @@ SETTINGS = {
     ),
     "NOTIFY_EMAILS": Setting([], parse_list, "Addresses that receive notifications, comma separated."),
     "NOTIFY_WEBHOOK_URL": Setting(None, parse_url, "URL that receives notifications as a JSON POST with 'text'."),
-    "NOTIFY_ON_SUCCESS": Setting(False, parse_bool, "Also notify each successful scheduled backup."),
+    "NOTIFY_ON_SUCCESS": Setting(
+        False,
+        parse_bool,
+        "Notify every outcome of the scheduled jobs, not only failures: each backup, cleanup and drill that succeeds.",
+    ),
     "NOTIFY_ON_RESTORE": Setting(True, parse_bool, "Notify every restore of a live database."),
     "MAX_AGE_HOURS": Setting(
         None,
@@ -314,6 +414,15 @@ SETTINGS = {
     "OFFSITE_STORAGE_URL": Setting(
         None, parse_storage_url, "A second storage (s3://... or file:///...) every backup is copied to."
     ),
+    "DESTINATIONS": Setting(
+        None,
+        parse_destinations,
+        "JSON object of the storages every backup is written to, in restore order; unset: STORAGE_URL and OFFSITE.",
+    ),
+    "MIN_COPIES": Setting(1, int_parser(1), "Health fails when a database's newest backup has fewer copies."),
+    "REQUIRE_OFFSITE": Setting(
+        False, parse_bool, "Health fails when a database's newest backup has no copy in an off-site destination."
+    ),
     "ENCRYPTION_RECIPIENTS": Setting(
         [], parse_recipients, "age public keys (age1...); when set, backups are encrypted to them."
     ),
@@ -327,6 +436,13 @@ SETTINGS = {
         None,
         parse_database_url,
         "Server (and a role that may create databases) where restore drills make their scratch databases.",
+    ),
+    "METRICS_PUBLIC": Setting(False, parse_bool, "Let anyone read /backups/metrics (no label names a file)."),
+    "NOTIFY_URLS": Setting(
+        [], parse_apprise_urls, "Apprise URLs that receive notifications (Slack, Teams, ntfy, mailto, json ...)."
+    ),
+    "PING_URL": Setting(
+        None, parse_url, "Dead-man ping URL of the scheduled backup: BASE/start, BASE on success, BASE/fail."
     ),
 }
 

@@ -1,9 +1,10 @@
 """Where backup files and their manifests live, behind one small interface.
 
-The files go through a Django storage: ``STORAGES["backups"]`` when the site defines it, else
-the one ``BACKUP_STORAGE_URL`` names (``s3://bucket/prefix`` through django-storages' S3
-backend, or ``file:///path``), else a local directory (``BACKUP_DIR``). An off-site storage
-(``STORAGES["backups_offsite"]`` or ``BACKUP_OFFSITE_STORAGE_URL``) can hold a second copy.
+Every backup is written to each destination (``BACKUP_DESTINATIONS``: storage URLs or STORAGES
+aliases). Unset, there are one or two: the primary storage (``STORAGES["backups"]`` when the
+site defines it, else the one ``BACKUP_STORAGE_URL`` names: ``s3://bucket/prefix`` through
+django-storages' S3 backend, or ``file:///path``; else a local directory, ``BACKUP_DIR``) and an
+off-site one (``STORAGES["backups_offsite"]`` or ``BACKUP_OFFSITE_STORAGE_URL``).
 
 Local writes are atomic (temporary name, fsync, rename) and private (directory 0700, files
 0600). S3 writes are multipart uploads that become an object only when complete, and are
@@ -20,6 +21,7 @@ import socket
 import sys
 import time
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -29,7 +31,9 @@ from django.utils.functional import cached_property
 
 from .compression import CHUNK_SIZE
 from .conf import backup_settings
-from .exceptions import DiskFull, StorageFailed
+from .exceptions import BackupError, DiskFull, StorageFailed, reason_of
+
+logger = logging.getLogger("backups")
 
 logger = logging.getLogger("backups")
 
@@ -322,6 +326,96 @@ class BackupStorage:
         return removed
 
 
+class FanOutWriter:
+    """One stream written to every destination at once: each chunk goes to each destination's
+    ``writer``, so the dump runs once and nothing waits in a temporary copy. A destination that
+    fails is dropped (its write abandoned, leaving nothing behind) and its error kept in
+    ``failures``; the others go on. Only when none is left does the write fail.
+
+    Use as a context manager; afterwards ``written`` names the destinations that hold the file.
+    """
+
+    def __init__(self, destinations, name):
+        self.destinations = destinations
+        self.name = name
+        self.open = {}  # destination name -> (writer context, stream)
+        self.failures = {}  # destination name -> the error
+        self.written = []
+
+    def __enter__(self):
+        for destination in self.destinations:
+            context = destination.storage.writer(self.name)
+            try:
+                self.open[destination.name] = (context, context.__enter__())
+            except Exception as exc:
+                self.failures[destination.name] = exc
+        self.require_one()
+        return self
+
+    def write(self, data):
+        for name, (_context, stream) in list(self.open.items()):
+            try:
+                stream.write(data)
+            except Exception as exc:
+                self.drop(name, exc)
+        self.require_one()
+        return len(data)
+
+    def flush(self):
+        for name, (_context, stream) in list(self.open.items()):
+            try:
+                stream.flush()
+            except Exception as exc:
+                self.drop(name, exc)
+        self.require_one()
+
+    def drop(self, name, exc):
+        context, _stream = self.open.pop(name)
+        try:
+            context.__exit__(type(exc), exc, exc.__traceback__)  # abandons the write
+        except Exception as raised:  # the writer's own account of it (StorageFailed, DiskFull)
+            exc = raised
+        self.failures[name] = exc
+
+    def require_one(self):
+        if not self.open:
+            errors = list(self.failures.values())
+            raise (
+                errors[0]
+                if len(errors) == 1
+                else StorageFailed(
+                    "Every backup destination failed: "
+                    + "; ".join(f"{name}: {failure_reason(exc)}" for name, exc in self.failures.items())
+                )
+            )
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is not None:  # the dump failed: no destination keeps anything
+            for context, _stream in self.open.values():
+                with suppress(Exception):
+                    context.__exit__(exc_type, exc, traceback)
+            self.open.clear()
+            return False
+        for name, (context, _stream) in list(self.open.items()):
+            try:
+                context.__exit__(None, None, None)  # completes the file (rename, upload)
+            except Exception as failure:
+                self.open.pop(name)
+                self.failures[name] = failure
+        self.require_one()
+        self.written = list(self.open)
+        return False
+
+
+def failure_reason(exc):
+    """What a person is told about a destination's error; one nobody expected is logged whole."""
+    if is_storage_failure(exc):
+        exc = storage_error(exc, "writing")
+    elif not isinstance(exc, BackupError):
+        logger.error("Unexpected error of a backup destination", exc_info=exc)
+    return reason_of(exc)
+
+
 def process_alive(pid):
     try:
         os.kill(pid, 0)
@@ -339,8 +433,49 @@ def _unlink_quietly(path):
         pass
 
 
+@dataclass(frozen=True)
+class Destination:
+    """A storage every backup is written to. ``verify``: each copy is read back and its sha256
+    checked before it counts. ``retention``: (option, value) pairs of its own policy."""
+
+    name: str
+    storage: BackupStorage
+    verify: bool = True
+    offsite: bool = False
+    retention: tuple = ()
+
+
+def destinations():
+    """Every destination, in the order restores and downloads try them. Without
+    BACKUP_DESTINATIONS: the primary storage, and the off-site one when there is one (the
+    primary's copy is checked as it is written, so it is not read back)."""
+    specs = backup_settings.DESTINATIONS
+    if not specs:
+        found = [Destination(PRIMARY, primary_storage(), verify=False)]
+        offsite = get_offsite_storage()
+        if offsite is not None:
+            found.append(Destination(OFFSITE, offsite, offsite=True))
+        return found
+    return [
+        Destination(spec.name, storage_of(spec), verify=spec.verify, offsite=spec.offsite, retention=spec.retention)
+        for spec in specs
+    ]
+
+
+def storage_of(spec):
+    if spec.storage_alias is not None:
+        return BackupStorage(storages[spec.storage_alias], f'STORAGES["{spec.storage_alias}"]')
+    return BackupStorage(build_storage(spec.location, *s3_settings()), str(spec.location))
+
+
 def get_storage():
-    """The configured backup storage, resolved when asked for (settings may change in tests)."""
+    """The first destination: where new backups reserve their names and restores look first."""
+    return destinations()[0].storage
+
+
+def primary_storage():
+    """The storage of BACKUP_STORAGE_URL or BACKUP_DIR, resolved when asked for (settings may
+    change in tests)."""
     if "backups" in getattr(settings, "STORAGES", {}):
         return BackupStorage(storages["backups"], 'STORAGES["backups"]', 'STORAGES["backups"]')
     location = backup_settings.STORAGE_URL
@@ -369,9 +504,8 @@ def get_offsite_storage():
 
 
 def backup_storages():
-    """(label, storage) of every storage a backup may live in, the primary first."""
-    offsite = get_offsite_storage()
-    return [(PRIMARY, get_storage())] + ([(OFFSITE, offsite)] if offsite is not None else [])
+    """(name, storage) of every destination, in restore order."""
+    return [(destination.name, destination.storage) for destination in destinations()]
 
 
 def s3_settings():

@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from backups import services
+from backups import checks, services
 from backups.models import Backup
 from backups.services.schedule import run_scheduled_backups, run_scheduled_cleanup
 
@@ -225,3 +225,86 @@ def test_the_health_command_exits_non_zero_when_unhealthy(monitored):
     out = StringIO()
     call_command("backups", "health", stdout=out)
     assert "Backups are healthy." in out.getvalue()
+
+
+# -- Apprise ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def apprise_channels(settings):
+    """A real SMTP server and a real JSON webhook, reached through Apprise URLs only."""
+    inbox = Inbox()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    webhook = Webhook()
+    thread = threading.Thread(target=webhook.serve_forever, daemon=True)
+    thread.start()
+    settings.BACKUP_NOTIFY_URLS = (
+        f"mailto://127.0.0.1:{smtp.port}?from=backups@example.com&to=ops@example.com, "
+        f"json://127.0.0.1:{webhook.server_port}/hooks/apprise"
+    )
+    yield inbox, webhook
+    smtp.stop()
+    webhook.shutdown()
+    webhook.server_close()
+
+
+def apprise_events(apprise_channels):
+    """(title, type) of each JSON notification, checked against the emails."""
+    inbox, webhook = apprise_channels
+    events = [(body["title"].split(": ", 1)[1], body["type"]) for _, body in webhook.posts]
+    emails = [message["Subject"].split(": ", 1)[1] for _, message in inbox.messages]
+    assert emails == [title for title, _type in events], "email and webhook carry the same events"
+    return events
+
+
+def test_apprise_urls_receive_the_same_events(apprise_channels, settings, extra_alias):
+    settings.BACKUP_DATABASES = extra_alias("unreachable", PORT="1")
+    run_scheduled_backups()
+    assert apprise_events(apprise_channels) == [
+        ("Scheduled backup failed: unreachable", "failure"),
+        ("Backups are unhealthy", "failure"),
+    ]
+    inbox, webhook = apprise_channels
+    recipients, message = inbox.messages[0]
+    text = message.get_body(preferencelist=("plain",)).get_content()
+    assert recipients == ["ops@example.com"] and "Cannot connect to the PostgreSQL database" in text
+    assert webhook.posts[0][0].startswith("application/json")
+    assert "Cannot connect to the PostgreSQL database" in webhook.posts[0][1]["message"]
+
+
+def test_failures_only_or_every_outcome(apprise_channels, settings):
+    run_scheduled_backups()
+    run_scheduled_cleanup()
+    assert apprise_events(apprise_channels) == []
+    settings.BACKUP_NOTIFY_ON_SUCCESS = "true"
+    settings.BACKUP_SCHEDULE = "* * * * *"
+    Backup.objects.update(created_at=timezone.now() - timedelta(minutes=5))  # a new run
+    run_scheduled_backups()
+    run_scheduled_cleanup()
+    assert apprise_events(apprise_channels) == [
+        ("Scheduled backup completed: default", "success"),
+        ("Scheduled backup cleanup completed", "success"),
+    ]
+
+
+def test_the_old_channels_and_apprise_work_side_by_side(channels, apprise_channels, settings, extra_alias):
+    settings.BACKUP_DATABASES = extra_alias("unreachable", PORT="1")
+    run_scheduled_backups()
+    expected = ["Scheduled backup failed: unreachable", "Backups are unhealthy"]
+    assert subjects(channels) == expected
+    assert [title for title, _type in apprise_events(apprise_channels)] == expected
+
+
+def test_a_bad_or_failing_apprise_url_is_named_without_its_secret(settings, caplog):
+    settings.BACKUP_NOTIFY_URLS = "json://127.0.0.1:1/hook, nosuchservice://s3cret-token@example.com"
+    [problem] = checks.check_settings(None)
+    assert problem.id == "backups.E001" and "BACKUP_NOTIFY_URLS: entry 2 (scheme 'nosuchservice')" in problem.msg
+    assert "s3cret-token" not in problem.msg
+    settings.BACKUP_NOTIFY_URLS = f"json://127.0.0.1:{free_port()}/s3cret-path"  # nobody listens
+    settings.BACKUP_NOTIFY_ON_SUCCESS = "true"
+    with caplog.at_level(logging.INFO, logger="backups"):
+        [backup] = run_scheduled_backups()
+    assert backup.status == "succeeded"
+    assert "BACKUP_NOTIFY_URLS entry 1 (json://) failed" in caplog.text
+    assert "s3cret-path" not in "\n".join(record.getMessage() for record in caplog.records if record.name == "backups")

@@ -21,7 +21,7 @@ from backups.exceptions import BackupDamaged, DumpFailed
 from backups.models import Backup, BackupStatus
 from backups.storage import get_storage
 
-from .conftest import execute, fetch, flip_byte
+from .conftest import execute, fetch, flip_byte, read_manifest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 VERIFY_ADVICE = "consider 'manage.py backups verify --level restore' first."
@@ -268,7 +268,7 @@ def test_a_restore_uses_the_off_site_copy_when_the_local_one_is_unusable(api, of
     [unverified, warning] = response.json()["warnings"]
     assert "never been verified" in unverified
     reason = "is missing" if damage == "deleted" else "does not match its checksum"
-    assert f"The primary copy of {filename} {reason}" in warning and f"s3://{offsite}/offsite" in warning
+    assert f"the copy in primary {reason}" in warning and f"copy in offsite (s3://{offsite}/offsite)" in warning
     assert names() == ORIGINAL
 
 
@@ -290,7 +290,7 @@ def test_a_failed_off_site_copy_keeps_the_backup_shows_the_failure_and_sync_retr
     assert response.status_code == 201
     filename = response.json()["filename"]
     [warning] = response.json()["warnings"]
-    assert warning.startswith("The off-site copy failed:") and "NoSuchBucket" in warning
+    assert warning.startswith("The copy to offsite failed:") and "NoSuchBucket" in warning
     [listed] = api.get("/backups").json()
     assert listed["filename"] == filename and listed["locations"] == ["primary"] and listed["offsite_error"] == warning
     assert (backup_dir / filename).exists()
@@ -322,7 +322,12 @@ def test_after_losing_the_local_disk_sync_lists_the_off_site_backups(offsite, ba
     Backup.objects.all().delete()
     result = services.sync_catalog(actor=COMMAND)
     assert sorted(result.added) == sorted(made)
-    assert [backup.locations for backup in services.list_backups(actor=COMMAND)] == [["offsite"], ["offsite"]]
+    # Listed from the off-site copies, and copied back to the new local disk from there.
+    assert sorted(result.copied_offsite) == sorted(made)
+    assert [backup.locations for backup in services.list_backups(actor=COMMAND)] == [["primary", "offsite"]] * 2
+    for filename in made:
+        assert read_manifest(backup_dir, filename)["locations"] == ["primary", "offsite"]
+    (backup_dir / made[0]).unlink()
     backup, stream = services.open_backup(made[0], actor=COMMAND)  # downloads come from there too
     with stream:
         assert hashlib.sha256(stream.read()).hexdigest() == backup.sha256

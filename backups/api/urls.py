@@ -1,7 +1,9 @@
 """Routes of the REST API, without trailing slashes (with one they work too)."""
 
+from django.urls import re_path
 from rest_framework.routers import SimpleRouter
 
+from .metrics import MetricsView
 from .views import BackupViewSet
 
 
@@ -16,4 +18,5 @@ class OptionalSlashRouter(SimpleRouter):
 router = OptionalSlashRouter()
 router.register("backups", BackupViewSet, basename="backup")
 
-urlpatterns = router.urls
+# Before the router's routes, whose detail route would take "metrics" for a filename.
+urlpatterns = [re_path(r"^backups/metrics/?$", MetricsView.as_view(), name="backup-metrics"), *router.urls]

@@ -144,6 +144,12 @@ def actor_for(request):
     return services.Actor.for_request(request, Origin.API)
 
 
+def bearer_token(request):
+    """The monitor's token from ``Authorization: Bearer ...``, or None."""
+    scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 def status_body(message, filename, timestamp=None, state="success"):
     return {
         "status": state,
@@ -381,10 +387,7 @@ class BackupViewSet(viewsets.ViewSet):
     )
     @action(detail=False, methods=["get"], permission_classes=[AllowAny], throttle_classes=[])
     def health(self, request):
-        scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
-        healthy, report = services.health_for(
-            actor=actor_for(request), token=token.strip() if scheme.lower() == "bearer" else None
-        )
+        healthy, report = services.health_for(actor=actor_for(request), token=bearer_token(request))
         return Response(report, status=200 if healthy else 503)
 
     @extend_schema(

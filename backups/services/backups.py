@@ -14,10 +14,10 @@ from ..engines import get_engine
 from ..exceptions import BackupError, BackupNotFound, InvalidRequest, OperationInProgress, reason_of
 from ..models import Action, Backup, BackupStatus, Trigger
 from ..naming import candidate_names, manifest_name, validate_filename
-from ..storage import PRIMARY, backup_storages, get_storage
+from ..storage import FanOutWriter, backup_storages, destinations, get_storage
 from .catalog import INTERRUPTED, worker_gone
+from .copies import open_stored, settle_copies, write_manifest
 from .journal import journal, printable, this_worker
-from .offsite import copy_offsite, open_stored, write_manifest
 
 logger = logging.getLogger("backups")
 
@@ -75,9 +75,11 @@ def create_backup(
 
 
 def write_backup(engine, backup, progress=None):
-    """Dump, compress and store into the reserved ``backup``; the caller holds the lock.
+    """Dump, compress and store into the reserved ``backup``, in every destination at once; the
+    caller holds the lock.
 
-    A failure leaves no file behind and marks the catalog row failed with the reason.
+    A failure leaves no file behind and marks the catalog row failed with the reason. A
+    destination that fails while others succeed is recorded on the row (``offsite_error``).
     """
     written = None
     backup.status = BackupStatus.RUNNING
@@ -94,7 +96,7 @@ def write_backup(engine, backup, progress=None):
         backup.sha256 = written["sha256"]
         backup.status = BackupStatus.SUCCEEDED
         backup.bytes_written = written["size_bytes"]
-        backup.locations = [PRIMARY]
+        backup.locations = written["destinations"]
         backup.manifest = build_manifest(
             backup,
             versions=versions,
@@ -102,18 +104,24 @@ def write_backup(engine, backup, progress=None):
             table_rows=written["table_rows"],
             restore_requirements=written["restore_requirements"],
         )
-        get_storage().write_json(manifest_name(backup.filename), backup.manifest, overwrite=False)
+        settle_copies(backup, written["destinations"], written["failures"])
     except BaseException as exc:
-        if written is not None:  # the file was stored, its manifest was not: nobody would list it
-            with suppress(Exception):
-                get_storage().delete(backup.filename)
+        if written is not None:  # files were stored, their manifests were not: nobody would list them
+            for name, storage in backup_storages():
+                if name in written["destinations"]:
+                    with suppress(Exception):
+                        storage.delete(backup.filename)
         mark_failed(backup, reason_of(exc))
         raise
     backup.save()
     logger.info(
-        "Backup %s written: %s bytes in %.1f s", backup.filename, backup.size_bytes, backup.manifest["duration_seconds"]
+        "Backup %s written: %s bytes in %.1f s to %s",
+        backup.filename,
+        backup.size_bytes,
+        backup.manifest["duration_seconds"],
+        ", ".join(backup.locations),
     )
-    return copy_offsite(backup)
+    return backup
 
 
 def record_failed_attempt(engine, *, actor, trigger, reason):
@@ -155,15 +163,15 @@ def reserve_backup(engine, *, actor, description, trigger):
 
 
 def stream_dump(engine, backup, progress=None):
-    """pg_dump (or the engine's dump) -> compressor -> checksum -> storage, in chunks.
+    """pg_dump (or the engine's dump) -> compressor -> checksum -> every destination, in chunks.
 
     Nothing uncompressed touches the disk and memory holds a few chunks at a time.
     """
     codec = codec_for(backup.filename)
     reporter = ProgressReporter(backup, progress)
     uncompressed = 0
-    with get_storage().writer(backup.filename) as raw:
-        counted = CountingWriter(raw)
+    with FanOutWriter(destinations(), backup.filename) as fan_out:
+        counted = CountingWriter(fan_out)
         compressor = codec.compressor(counted)
         try:
             with engine.dump() as dump:
@@ -185,6 +193,8 @@ def stream_dump(engine, backup, progress=None):
         "uncompressed_bytes": uncompressed,
         "table_rows": table_rows,
         "restore_requirements": requirements,
+        "destinations": fan_out.written,
+        "failures": fan_out.failures,
     }
 
 

@@ -10,8 +10,8 @@ from django.utils import timezone
 from ..models import Action, Backup, BackupStatus, Operation, OperationStatus
 from ..naming import MANIFEST_SUFFIX, is_backup_filename, manifest_name
 from ..storage import backup_storages, get_storage, process_alive
+from .copies import copy_missing
 from .journal import journal
-from .offsite import copy_missing
 
 logger = logging.getLogger("backups")
 
@@ -40,7 +40,7 @@ class SyncResult:
             f"{len(self.interrupted)} interrupted, {len(self.removed_partials)} temporary files removed"
         )
         if self.copied_offsite or self.offsite_failed:
-            text += f", {len(self.copied_offsite)} copied off-site, {len(self.offsite_failed)} off-site copies failed"
+            text += f", {len(self.copied_offsite)} copied where copies were missing, {len(self.offsite_failed)} failed"
         return text
 
 

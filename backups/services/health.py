@@ -12,6 +12,7 @@ from django.utils import timezone
 from ..conf import backup_settings, max_age_hours
 from ..exceptions import BackupError, NotAuthenticated, catalog_error
 from ..models import Backup, HealthState
+from ..storage import destinations
 from .notify import notify
 
 logger = logging.getLogger("backups")
@@ -26,6 +27,11 @@ class HealthReport:
     # Per database, its own problems and whether it is stale, for the admin's status lights.
     findings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)  # worth knowing, not unhealthy (drills that cannot run)
+
+    @property
+    def database_problems(self):
+        """alias -> its own problems."""
+        return {alias: found["problems"] for alias, found in self.findings.items()}
 
     def as_dict(self, with_filenames):
         return {
@@ -49,13 +55,20 @@ def health_for(*, actor, token=None):
     """The health report as ``actor`` may see it: staff with ``backups.view_backup`` see file
     names; an uptime monitor with BACKUP_HEALTH_TOKEN, or anyone when BACKUP_HEALTH_PUBLIC is
     on, sees the rest. Returns (healthy, report)."""
+    with_filenames = require_monitor(actor, token, public=backup_settings.HEALTH_PUBLIC)
+    report = check_health()
+    return report.healthy, report.as_dict(with_filenames=with_filenames)
+
+
+def require_monitor(actor, token, *, public):
+    """Let in staff with ``backups.view_backup``, a monitor that gives BACKUP_HEALTH_TOKEN, or
+    anyone when ``public``; returns whether the caller may also see file names."""
     with_filenames = actor.allowed("view_backup")
     expected = backup_settings.HEALTH_TOKEN
     token_matches = bool(expected and token) and hmac.compare_digest(token, expected)
-    if not (with_filenames or backup_settings.HEALTH_PUBLIC or token_matches):
+    if not (with_filenames or public or token_matches):
         raise NotAuthenticated("Give a staff user's credentials or the health token (Authorization: Bearer ...).")
-    report = check_health()
-    return report.healthy, report.as_dict(with_filenames=with_filenames)
+    return with_filenames
 
 
 CATALOG_DOWN = "The backup catalog cannot be read: the site's database cannot be reached or is not migrated."
@@ -81,9 +94,12 @@ def check_health(now=None):
     return report
 
 
-def evaluate_health(now):
+def evaluate_health(now=None):
+    """The health of every database in BACKUP_DATABASES, announcing nothing."""
+    now = now or timezone.now()
     limit = max_age_hours()
     report = HealthReport(healthy=True, checked_at=now)
+    targets = destinations()
     for alias in backup_settings.DATABASES:
         backups = Backup.objects.filter(database=alias).defer("manifest")
         newest = backups.newest()
@@ -105,6 +121,7 @@ def evaluate_health(now):
                 problems.append(
                     f"The newest backup of database {alias!r} is {age:.0f} hours old (limit {limit} hours)."
                 )
+            problems.extend(copy_problems(alias, newest, targets))
         if checked is not None:
             passed = checked.verification.get("passed", False)
             facts["verification"] = {
@@ -138,6 +155,28 @@ def drill_blocker(alias):
         return None
 
 
+def copy_problems(alias, newest, targets):
+    """Where the newest backup of ``alias`` is missing: a destination without a copy (out of
+    reach, or failing: its copies go stale), fewer copies than BACKUP_MIN_COPIES, or none
+    off-site when BACKUP_REQUIRE_OFFSITE asks for one."""
+    held = [destination for destination in targets if destination.name in newest.locations]
+    problems = [
+        f"The newest backup of database {alias!r} has no copy in {destination.name}; "
+        "see its copy error and run 'manage.py backups sync'."
+        for destination in targets
+        if destination not in held
+    ]
+    wanted = backup_settings.MIN_COPIES
+    if len(held) < wanted:
+        problems.append(
+            f"The newest backup of database {alias!r} has {len(held)} of the {wanted} copies "
+            "BACKUP_MIN_COPIES asks for."
+        )
+    if backup_settings.REQUIRE_OFFSITE and not any(destination.offsite for destination in held):
+        problems.append(f"The newest backup of database {alias!r} has no off-site copy (BACKUP_REQUIRE_OFFSITE).")
+    return problems
+
+
 def check_health_quietly():
     """After each scheduled job, so that a change of health is announced even when no monitor
     polls /backups/health."""
@@ -160,7 +199,11 @@ def announce_change(report):
         return
     if report.healthy:
         logger.info("Backups are healthy again")
-        notify("Backups are healthy again", "Every covered database has a recent backup, and verification passes.")
+        notify(
+            "Backups are healthy again",
+            "Every covered database has a recent backup, and verification passes.",
+            outcome="success",
+        )
     else:
         logger.error("Backups are unhealthy: %s", " ".join(report.problems))
-        notify("Backups are unhealthy", "\n".join(report.problems))
+        notify("Backups are unhealthy", "\n".join(report.problems), outcome="failure")

@@ -26,13 +26,13 @@ from ..exceptions import (
     StorageFailed,
 )
 from ..models import Action, Backup, HealthState, Operation, Trigger
-from ..storage import get_offsite_storage, get_storage, is_storage_failure, storage_error
+from ..storage import backup_storages, get_storage, is_storage_failure, storage_error
 from ..streams import RawReader
 from .backups import PROGRESS_INTERVAL, describe_database, get_restorable_backup, reserve_backup, write_backup
 from .catalog import sync_catalog
+from .copies import usable_manifest
 from .journal import journal
 from .notify import notify
-from .offsite import usable_manifest
 
 logger = logging.getLogger("backups")
 
@@ -248,29 +248,32 @@ def verified_copy(storage, filename, manifest):
 
 @contextmanager
 def verified_copy_anywhere(filename, manifest, warnings):
-    """``verified_copy`` from the primary storage or, when that copy is missing, damaged or out
-    of reach, from the off-site copy; a warning then says so."""
-    offsite = get_offsite_storage()
+    """``verified_copy`` from the first destination whose copy is there, intact and in reach, in
+    destination order; a warning says so when it is not the first."""
+    problems = []
     with ExitStack() as stack:
-        try:
-            source = stack.enter_context(verified_copy(get_storage(), filename, manifest))
-        except (BackupNotFound, BackupDamaged, StorageFailed) as primary_problem:
-            if offsite is None:
-                raise
+        for name, storage in backup_storages():
             try:
-                source = stack.enter_context(verified_copy(offsite, filename, manifest))
-            except (BackupNotFound, BackupDamaged, StorageFailed) as offsite_problem:
-                raise type(offsite_problem)(
-                    f"No copy of {filename} can be used: the primary copy {unusable(primary_problem)}, the "
-                    f"off-site copy {unusable(offsite_problem)}. Nothing was changed."
-                ) from None
-            warnings.append(
-                f"The primary copy of {filename} {unusable(primary_problem)}; "
-                f"it was restored from the off-site copy in {offsite.where}."
-            )
-            logger.warning(
-                "Restoring %s from the off-site copy: the primary copy %s", filename, unusable(primary_problem)
-            )
+                source = stack.enter_context(verified_copy(storage, filename, manifest))
+            except (BackupNotFound, BackupDamaged, StorageFailed) as problem:
+                problems.append((name, problem))
+                continue
+            if problems:
+                unusable_copies = ", ".join(f"the copy in {other} {unusable(problem)}" for other, problem in problems)
+                warnings.append(
+                    f"Of {filename}, {unusable_copies}; it was restored from the copy in {name} ({storage.where})."
+                )
+                logger.warning("Restoring %s from the copy in %s: %s", filename, name, unusable_copies)
+            break
+        else:
+            name, last = problems[-1]
+            if len(problems) == 1:
+                raise last
+            raise type(last)(
+                f"No copy of {filename} can be used: "
+                + ", ".join(f"the copy in {other} {unusable(problem)}" for other, problem in problems)
+                + ". Nothing was changed."
+            ) from None
         yield source
 
 

@@ -5,17 +5,23 @@ BACKUP_RETENTION_MIN_COUNT successful ones however old (if backups stop, cleanup
 the last good ones); optionally the newest of each of the last N days, weeks and months that
 have backups (BACKUP_KEEP_DAILY/WEEKLY/MONTHLY). Failed attempts and rows whose file vanished
 never count as kept backups; their rows go once they are past the retention period.
+
+A destination of BACKUP_DESTINATIONS may have a policy of its own (any of those options, e.g. a
+year of monthly copies off-site and a week on the local disk): each destination's copies are
+kept by its policy, and a backup goes only when no destination keeps it.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from django.utils import timezone
 
 from ..conf import backup_settings
 from ..models import Action, Backup, BackupStatus
+from ..storage import destinations
 from .backups import remove_backup_files
 from .catalog import sync_catalog
+from .copies import remove_copies
 from .journal import journal
 
 FINISHED = (BackupStatus.SUCCEEDED, BackupStatus.FAILED, BackupStatus.MISSING)
@@ -30,6 +36,7 @@ class CleanupResult:
     kept: dict = field(default_factory=dict)  # filename -> reasons
     deleted_attempts: list = field(default_factory=list)
     removed_partials: list = field(default_factory=list)
+    removed_copies: list = field(default_factory=list)  # (backup, [destination]) kept elsewhere
 
     @property
     def total_size_freed(self):
@@ -53,6 +60,10 @@ class Policy:
             keep_weekly=backup_settings.KEEP_WEEKLY,
             keep_monthly=backup_settings.KEEP_MONTHLY,
         )
+
+    def with_overrides(self, overrides):
+        """This policy with a destination's own (option, value) pairs in place."""
+        return replace(self, **dict(overrides))
 
 
 def plan(backups, policy, now):
@@ -96,27 +107,58 @@ def plan(backups, policy, now):
 
 
 def cleanup_backups(*, actor, dry_run=False, now=None):
-    """Apply the retention policy to every database's backups (or only report, on a dry run)."""
+    """Apply the retention policies to every database's backups (or only report, on a dry run)."""
     now = now or timezone.now()
     policy = Policy.from_settings()
+    targets = [(destination, policy.with_overrides(destination.retention)) for destination in destinations()]
     result = CleanupResult(cleanup_date=now, retention_days=policy.retention_days, dry_run=dry_run)
     with journal(Action.CLEANUP, actor, permission="delete_backup") as operation:
         result.removed_partials = sync_catalog(remove_partials=not dry_run).removed_partials
         finished = list(Backup.objects.filter(status__in=FINISHED).defer("manifest"))
         for database in sorted({backup.database for backup in finished}):
-            kept, deleted = plan([b for b in finished if b.database == database], policy, now)
-            result.kept.update(kept)
-            for backup in deleted:
-                if backup.status == BackupStatus.SUCCEEDED:
-                    result.deleted.append(backup)
-                else:
-                    result.deleted_attempts.append(backup)
+            plan_database([b for b in finished if b.database == database], policy, targets, now, result)
         if not dry_run:
             for backup in result.deleted + result.deleted_attempts:
-                remove_backup_files(backup)  # an attempt may have left a manifest, off-site too
+                remove_backup_files(backup)  # an attempt may have left a manifest, in any destination
+            for backup, names in result.removed_copies:
+                remove_copies(backup, names)
         operation.message = (
             f"{'Would delete' if dry_run else 'Deleted'} {len(result.deleted)} backups "
             f"({result.total_size_freed} bytes), kept {len(result.kept)}"
         )
-        operation.details = {"deleted_files": [b.filename for b in result.deleted], "dry_run": dry_run}
+        if result.removed_copies:
+            operation.message += f", {len(result.removed_copies)} copies past their destination's retention"
+        operation.details = {
+            "deleted_files": [b.filename for b in result.deleted],
+            "removed_copies": {backup.filename: names for backup, names in result.removed_copies},
+            "dry_run": dry_run,
+        }
     return result
+
+
+def plan_database(backups, policy, targets, now, result):
+    """Fill ``result`` for one database: failed attempts by the default policy, successful
+    backups by each destination's policy over the copies it holds."""
+    _kept, deleted = plan(backups, policy, now)
+    result.deleted_attempts += [backup for backup in deleted if backup.status != BackupStatus.SUCCEEDED]
+    succeeded = [backup for backup in backups if backup.status == BackupStatus.SUCCEEDED]
+    names = {destination.name for destination, _policy in targets}
+    dropped = {}
+    for destination, own_policy in targets:
+        # A copy the catalog places nowhere known (older rows) counts as held by every destination.
+        held = [b for b in succeeded if destination.name in b.locations or not names & set(b.locations)]
+        kept, deleted = plan(held, own_policy, now)
+        for filename, reasons in kept.items():
+            listed = result.kept.setdefault(filename, [])
+            for reason in reasons:
+                reason = f"{destination.name}: {reason}" if destination.retention else reason
+                if reason not in listed:
+                    listed.append(reason)
+        for backup in deleted:
+            if destination.name in backup.locations:
+                dropped.setdefault(backup.filename, []).append(destination.name)
+    for backup in succeeded:
+        if backup.filename not in result.kept:
+            result.deleted.append(backup)
+        elif backup.filename in dropped:
+            result.removed_copies.append((backup, dropped[backup.filename]))

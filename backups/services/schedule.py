@@ -8,7 +8,7 @@ and a check for a backup already made in this run let exactly one of them do the
 
 import logging
 from contextlib import ExitStack
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 from croniter import croniter
@@ -23,26 +23,51 @@ from .backups import create_backup, record_failed_attempt
 from .health import check_health_quietly
 from .journal import Actor
 from .notify import notify
+from .pings import ping
 from .retention import Policy, cleanup_backups
 
 logger = logging.getLogger("backups")
 
 
 def run_scheduled_backups(now=None):
-    """The backup job: one backup of each database in BACKUP_DATABASES. Returns the new rows."""
+    """The backup job: one backup of each database in BACKUP_DATABASES. Returns the new rows.
+    The dead-man ping hears of the start and of the outcome of the whole run."""
     logger.info("Running scheduled backup")
-    made = []
-    for alias in backup_settings.DATABASES:
-        backup = run_scheduled_backup(alias, now=now)
-        if backup is not None:
-            made.append(backup)
+    ping("start")
+    made, failures = [], []
+    try:
+        for alias in backup_settings.DATABASES:
+            outcome = run_scheduled_backup(alias, now=now)
+            if outcome.backup is not None:
+                made.append(outcome.backup)
+            if outcome.failure is not None:
+                failures.append(f"{alias}: {outcome.failure}")
+    except Exception as exc:
+        logger.exception("Scheduled backup: unexpected error")
+        failures.append(reason_of(exc))
+    if failures:
+        ping("fail", "\n".join(failures))
+    else:
+        ping("success", "\n".join(f"{backup.database}: {summary(backup)}" for backup in made) or "nothing to do")
     check_health_quietly()
     return made
 
 
+@dataclass(frozen=True)
+class ScheduledRun:
+    """What one database's scheduled backup came to: a backup, a failure, or neither (skipped)."""
+
+    backup: Backup | None = None
+    failure: str | None = None
+
+
+def summary(backup):
+    return f"{backup.filename}, {human_size(backup.size_bytes)} in {human_duration(backup.duration_seconds)}"
+
+
 def run_scheduled_backup(alias, now=None):
     """Back up ``alias`` unless another host is doing it or has done it for this run.
-    Returns the new backup, or None when skipped or failed (and then logged and recorded)."""
+    Failures are logged, announced and recorded before they are returned."""
     actor = Actor.cron()
     engine = None
     with ExitStack() as stack:
@@ -51,7 +76,7 @@ def run_scheduled_backup(alias, now=None):
             stack.enter_context(engine.lock(exclusive=True, purpose="schedule"))
         except OperationInProgress:
             logger.info("Scheduled backup of %r skipped: another host or process is running it", alias)
-            return None
+            return ScheduledRun()
         except BackupError as exc:
             return scheduled_failure(alias, exc.message, engine=engine)
         run_started = previous_run(backup_settings.SCHEDULE, now)
@@ -70,7 +95,7 @@ def run_scheduled_backup(alias, now=None):
             return scheduled_failure(alias, catalog_error(exc).message)
         if done is not None:
             logger.info("Scheduled backup of %r skipped: %s was already made for this run", alias, done.filename)
-            return None
+            return ScheduledRun()
         try:
             backup = create_backup(actor=actor, database=alias, trigger=Trigger.SCHEDULED)
         except OperationInProgress as exc:  # a restore holds the database: this run is lost
@@ -80,24 +105,31 @@ def run_scheduled_backup(alias, now=None):
         except Exception as exc:
             logger.exception("Scheduled backup of %r: unexpected error", alias)
             return scheduled_failure(alias, reason_of(exc))
-    summary = f"{backup.filename}, {human_size(backup.size_bytes)} in {human_duration(backup.duration_seconds)}"
-    logger.info("Scheduled backup completed: %s", summary)
+    logger.info("Scheduled backup completed: %s", summary(backup))
     if backup_settings.NOTIFY_ON_SUCCESS:
-        notify(f"Scheduled backup completed: {alias}", f"Scheduled backup of database {alias} completed: {summary}")
-    return backup
+        notify(
+            f"Scheduled backup completed: {alias}",
+            f"Scheduled backup of database {alias} completed: {summary(backup)}",
+            outcome="success",
+        )
+    return ScheduledRun(backup=backup)
 
 
 def scheduled_failure(alias, reason, engine=None):
     """Log and announce the failure; with ``engine``, also leave the failed row nothing else
     has written."""
     logger.error("Scheduled backup failed: %s", reason)
-    notify(f"Scheduled backup failed: {alias}", f"The scheduled backup of database {alias} failed:\n{reason}")
+    notify(
+        f"Scheduled backup failed: {alias}",
+        f"The scheduled backup of database {alias} failed:\n{reason}",
+        outcome="failure",
+    )
     if engine is not None:
         try:
             record_failed_attempt(engine, actor=Actor.cron(), trigger=Trigger.SCHEDULED, reason=reason)
         except Exception:
             logger.exception("Could not record the failed scheduled backup of %r", alias)
-    return None
+    return ScheduledRun(failure=reason)
 
 
 def run_scheduled_cleanup():
@@ -112,16 +144,14 @@ def run_scheduled_cleanup():
     except Exception as exc:
         message = reason_of(exc)
         logger.error("Scheduled backup cleanup failed: %s", message, exc_info=not isinstance(exc, BackupError))
-        notify("Scheduled backup cleanup failed", f"The scheduled cleanup failed:\n{message}")
+        notify("Scheduled backup cleanup failed", f"The scheduled cleanup failed:\n{message}", outcome="failure")
         return None
     finally:
         check_health_quietly()
-    logger.info(
-        "Scheduled backup cleanup completed: deleted %d backups (%s), kept %d",
-        len(result.deleted),
-        human_size(result.total_size_freed),
-        len(result.kept),
-    )
+    outcome = f"deleted {len(result.deleted)} backups ({human_size(result.total_size_freed)}), kept {len(result.kept)}"
+    logger.info("Scheduled backup cleanup completed: %s", outcome)
+    if backup_settings.NOTIFY_ON_SUCCESS:
+        notify("Scheduled backup cleanup completed", f"The scheduled cleanup {outcome}.", outcome="success")
     return result
 
 

@@ -28,10 +28,10 @@ from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest, Operatio
 from ..models import Action, Backup, OperationStatus
 from ..streams import ChunkStream, ReadableStream
 from .backups import get_restorable_backup
+from .copies import usable_manifest, write_manifest
 from .health import check_health_quietly, drill_blocker
 from .journal import Actor, journal
 from .notify import notify
-from .offsite import usable_manifest, write_manifest
 from .restore import GuardedReader, verified_copy_anywhere
 
 logger = logging.getLogger("backups")
@@ -97,7 +97,9 @@ def verify_backup(filename, *, actor, level="checksum"):
     if not result.passed:
         logger.error("Backup verification of %s failed: %s", filename, result.message)
         notify(
-            f"Backup verification failed: {filename}", f"{level} verification of {filename} failed:\n{result.message}"
+            f"Backup verification failed: {filename}",
+            f"{level} verification of {filename} failed:\n{result.message}",
+            outcome="failure",
         )
     return result
 
@@ -233,10 +235,17 @@ def run_scheduled_verification(now=None):
             notify(
                 "Scheduled backup verification failed",
                 f"The restore drill of {newest.filename} could not run: {message}",
+                outcome="failure",
             )
             continue
         if result.passed:
             logger.info("Scheduled backup verification passed: %s", newest.filename)
+            if backup_settings.NOTIFY_ON_SUCCESS:
+                notify(
+                    f"Scheduled restore drill passed: {alias}",
+                    f"The restore drill of {newest.filename} passed.",
+                    outcome="success",
+                )
         results.append(result)
     check_health_quietly()
     return results

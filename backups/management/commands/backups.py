@@ -211,7 +211,7 @@ class Command(BaseCommand):
                 backup.database,
                 engine_label(backup),
                 backup.trigger,
-                "+".join(backup.locations) + (" (off-site copy failed)" if backup.offsite_error else ""),
+                "+".join(backup.locations) + (" (a copy failed)" if backup.offsite_error else ""),
                 verification_label(backup),
                 backup.description.replace("\n", " ")[:50],
             )
