@@ -469,8 +469,10 @@ def storage_of(spec):
 
 
 def get_storage():
-    """The first destination: where new backups reserve their names and restores look first."""
-    return destinations()[0].storage
+    """The first destination: where new backups reserve their names and restores look first.
+    Built alone: what is wrong with a later destination must not stop work on the first."""
+    specs = backup_settings.DESTINATIONS
+    return storage_of(specs[0]) if specs else primary_storage()
 
 
 def primary_storage():

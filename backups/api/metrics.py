@@ -9,11 +9,12 @@ from rest_framework.views import APIView
 from ..services.metrics import CONTENT_TYPE, metrics_for
 from .errors import exception_handler
 from .serializers import ErrorSerializer
-from .views import actor_for, bearer_token
+from .views import AUTHENTICATION_CLASSES, actor_for, bearer_token
 
 
 class MetricsView(APIView):
     # Who may read is the service's decision: staff, the health token, or anyone when public.
+    authentication_classes = AUTHENTICATION_CLASSES
     permission_classes = [AllowAny]
     throttle_classes = []
 

@@ -112,6 +112,10 @@ class BackupPagination(LimitOffsetPagination):
         raise ValidationError({name: [f"Expected one whole number of at least {minimum}."]})
 
 
+# The app's own, so that a project needs no REST_FRAMEWORK settings for it.
+AUTHENTICATION_CLASSES = [TokenAuthentication, SessionAuthentication]
+
+
 class BackupThrottle(ScopedRateThrottle):
     """Rate limits for creating and restoring, per user, from BACKUP_THROTTLE_* (or off)."""
 
@@ -194,7 +198,7 @@ def status_body(message, filename, timestamp=None, state="success"):
 class BackupViewSet(viewsets.ViewSet):
     # The API's contract does not depend on the project's REST_FRAMEWORK settings: JSON in and
     # out, a token (rest_framework.authtoken) or the admin's session.
-    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    authentication_classes = AUTHENTICATION_CLASSES
     renderer_classes = [JSONRenderer]
     parser_classes = [JSONParser]
     # Who may do what is the service's decision (staff, and the action's permission), so that
