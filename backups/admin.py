@@ -71,6 +71,7 @@ class BackupAdmin(admin.ModelAdmin):
         ("File", {"fields": ("created", "finished", "size", "uncompressed_size", "sha256")}),
         ("Origin", {"fields": ("trigger", "origin", "created_by")}),
         ("Verification", {"fields": ("verified", "verification_message")}),
+        ("Schema", {"fields": ("applied_migrations", "django_version", "app_version")}),
         ("Manifest", {"classes": ("collapse",), "fields": ("manifest_json",)}),
     )
     readonly_fields = (
@@ -91,6 +92,9 @@ class BackupAdmin(admin.ModelAdmin):
         "created_by",
         "verified",
         "verification_message",
+        "applied_migrations",
+        "django_version",
+        "app_version",
         "manifest_json",
     )
 
@@ -125,6 +129,14 @@ class BackupAdmin(admin.ModelAdmin):
     @admin.display(description="verification result")
     def verification_message(self, backup):
         return (backup.verification or {}).get("message", "-")
+
+    @admin.display(description="applied migrations")
+    def applied_migrations(self, backup):
+        if backup.migrations is None:
+            return "-"
+        return format_html(
+            "<pre>{}</pre>", "\n".join(f"{app}: {', '.join(names)}" for app, names in backup.migrations.items())
+        )
 
     @admin.display(description="manifest")
     def manifest_json(self, backup):

@@ -106,6 +106,17 @@ class RestoreRequestSerializer(AsyncRequestSerializer):
     target_database = DatabaseAliasField(
         required=False, allow_null=True, default=None, help_text="Restore into this alias instead (same engine)"
     )
+    force_ahead = StrictBooleanField(
+        required=False,
+        default=False,
+        help_text="Restore even a backup that holds migrations this code does not know (from a newer release)",
+    )
+    migrate = StrictBooleanField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Run migrate afterwards when the backup is behind the code (default: BACKUP_MIGRATE_AFTER_RESTORE)",
+    )
 
 
 class CleanupRequestSerializer(RequestSerializer):
@@ -242,6 +253,13 @@ class BackupSerializer(serializers.Serializer):
     elapsed_seconds = serializers.FloatField(help_text="Time since the start, up to the end once ended")
     bytes_per_second = serializers.FloatField(allow_null=True, help_text="Average rate at which the file was written")
     error = serializers.CharField(help_text="Why it failed, when it did")
+    migrations = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        allow_null=True,
+        help_text="Applied migrations per app when it was taken; null: none recorded",
+    )
+    django_version = serializers.CharField(help_text="Django's version when it was taken")
+    app_version = serializers.CharField(help_text="The project's version (BACKUP_APP_VERSION or git commit)")
 
 
 class BackupSummarySerializer(BackupSerializer):
@@ -254,6 +272,9 @@ class BackupSummarySerializer(BackupSerializer):
     elapsed_seconds = None
     bytes_per_second = None
     error = None
+    migrations = None
+    django_version = None
+    app_version = None
 
 
 class PagedBackupsSerializer(serializers.Serializer):
@@ -279,7 +300,37 @@ class CreateResponseSerializer(StatusSerializer):
 class RestoreResponseSerializer(StatusSerializer):
     pre_restore_backup = serializers.CharField(allow_null=True)
     warnings = serializers.ListField(child=serializers.CharField())
+    migrations_applied = serializers.ListField(
+        child=serializers.CharField(), help_text="What migrate applied after the restore (app.migration, in order)"
+    )
     job_id = serializers.UUIDField(help_text="The restore's id: GET /backups/restores/{job_id} shows it")
+
+
+class MigrationDiffSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(choices=["equal", "behind", "ahead", "unknown"])
+    behind = serializers.ListField(child=serializers.CharField(), help_text="What migrate applies after the restore")
+    ahead = serializers.ListField(child=serializers.CharField(), help_text="Migrations this code does not know")
+    message = serializers.CharField()
+
+
+class DatabaseDescriptionSerializer(serializers.Serializer):
+    alias = serializers.CharField()
+    engine = serializers.CharField()
+    name = serializers.CharField()
+    host = serializers.CharField()
+    size_bytes = serializers.IntegerField(allow_null=True)
+
+
+class RestorePreviewSerializer(serializers.Serializer):
+    """What a restore would do, before it runs."""
+
+    filename = serializers.CharField()
+    database = DatabaseDescriptionSerializer(help_text="The database it would overwrite")
+    pre_restore_backup = serializers.BooleanField(help_text="Whether the current state is backed up first")
+    all_or_nothing = serializers.BooleanField(help_text="False where a failed restore is undone by that backup")
+    warning = serializers.CharField(allow_null=True, help_text="About the backup's verification")
+    migrations = MigrationDiffSerializer()
+    refused = serializers.CharField(allow_null=True, help_text="Why a restore would be refused unless forced")
 
 
 class AcceptedSerializer(StatusSerializer):
@@ -307,6 +358,9 @@ class RestoreJobSerializer(serializers.Serializer):
         source="details.pre_restore_backup", allow_null=True, default=None, help_text="The backup that undoes it"
     )
     warnings = serializers.ListField(child=serializers.CharField(), source="details.warnings", default=list)
+    migrations_applied = serializers.ListField(
+        child=serializers.CharField(), source="details.migrations_applied", default=list
+    )
 
 
 class KeptSerializer(serializers.Serializer):

@@ -287,6 +287,8 @@ class BackupViewSet(viewsets.ViewSet):
                 actor=actor_for(request),
                 target=data["target_database"],
                 pre_restore_backup=data["pre_restore_backup"],
+                force_ahead=data["force_ahead"],
+                migrate=data["migrate"],
             )
             body = status_body("Restore started", job.filename, job.started_at, state="pending")
             body["job_id"] = str(job.pk)
@@ -296,12 +298,39 @@ class BackupViewSet(viewsets.ViewSet):
             actor=actor_for(request),
             target=data["target_database"],
             pre_restore_backup=data["pre_restore_backup"],
+            force_ahead=data["force_ahead"],
+            migrate=data["migrate"],
         )
         body = status_body("Database restored successfully", result.backup.filename, result.finished_at)
         body["pre_restore_backup"] = result.pre_restore_backup.filename if result.pre_restore_backup else None
         body["warnings"] = result.warnings
+        body["migrations_applied"] = result.migrations_applied
         body["job_id"] = str(result.operation.pk)  # GET /backups/restores/{job_id} shows it again
         return Response(body)
+
+    @extend_schema(
+        summary="What a restore of this backup would do: the database it overwrites and the migration difference",
+        parameters=[
+            FILENAME_PARAMETER,
+            OpenApiParameter("target_database", str, enum=sorted(connections), description="Restore into this alias"),
+        ],
+        responses={200: serializers.RestorePreviewSerializer, **errors(404)},
+    )
+    @action(detail=True, methods=["get"], url_path="restore-preview", url_name="restore-preview")
+    def restore_preview(self, request, filename=None):
+        target = request.query_params.get("target_database") or None
+        preview = services.restore_preview(filename, actor=actor_for(request), target=target)
+        return Response(
+            {
+                "filename": preview.backup.filename,
+                "database": preview.database,
+                "pre_restore_backup": preview.pre_restore_backup,
+                "all_or_nothing": preview.all_or_nothing,
+                "warning": preview.warning,
+                "migrations": preview.migrations.as_dict(),
+                "refused": preview.refused,
+            }
+        )
 
     @extend_schema(
         summary="A restore: its status, timing and outcome (where an asynchronous restore is polled)",

@@ -15,6 +15,7 @@ from .catalog import sync_catalog
 from .health import check_health, health_for
 from .jobs import get_restore, run_job, start_backup, start_restore
 from .journal import Actor
+from .premigrate import migrate_with_backup
 from .restore import restore_backup, restore_preview, verification_warning
 from .retention import cleanup_backups
 from .schedule import schedule_status
@@ -31,6 +32,7 @@ __all__ = [
     "get_backup",
     "get_restore",
     "list_backups",
+    "migrate_with_backup",
     "newest_backups",
     "open_backup",
     "restore_backup",

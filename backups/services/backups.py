@@ -17,6 +17,7 @@ from ..naming import candidate_names, manifest_name, validate_filename
 from ..storage import PRIMARY, backup_storages, get_storage
 from .catalog import INTERRUPTED, worker_gone
 from .journal import journal, printable, this_worker
+from .migrations import migration_state
 from .offsite import copy_offsite, open_stored, write_manifest
 
 logger = logging.getLogger("backups")
@@ -87,6 +88,7 @@ def write_backup(engine, backup, progress=None):
     try:
         engine.check_tools()
         versions = engine.versions()
+        schema = migration_state(engine.alias)
         written = stream_dump(engine, backup, progress)
         backup.finished_at = timezone.now()
         backup.size_bytes = written["size_bytes"]
@@ -100,6 +102,7 @@ def write_backup(engine, backup, progress=None):
             versions=versions,
             duration=time.monotonic() - started,
             table_rows=written["table_rows"],
+            schema=schema,
         )
         get_storage().write_json(manifest_name(backup.filename), backup.manifest, overwrite=False)
     except BaseException as exc:
@@ -211,7 +214,7 @@ class ProgressReporter:
             logger.debug("Could not record progress of %s", self.backup.filename, exc_info=True)
 
 
-def build_manifest(backup, *, versions, duration, table_rows):
+def build_manifest(backup, *, versions, duration, table_rows, schema):
     manifest = {field: _json_value(getattr(backup, field)) for field in LIST_FIELDS}
     manifest.update(
         {
@@ -232,6 +235,8 @@ def build_manifest(backup, *, versions, duration, table_rows):
             "table_rows": table_rows,
             "encryption": manifest_entry(backup.filename),
             "locations": backup.locations,
+            # Applied migrations per app, Django's and the project's versions (services.migrations).
+            **schema,
         }
     )
     return manifest

@@ -21,16 +21,18 @@ from ..exceptions import (
     BackupNotFound,
     DatabaseBusy,
     InvalidRequest,
+    MigrateFailed,
     RestoreFailed,
     RestoreIncomplete,
     StorageFailed,
 )
-from ..models import Action, Backup, HealthState, Operation, Trigger
+from ..models import Action, Backup, DatabaseCopy, HealthState, Operation, Trigger
 from ..storage import get_offsite_storage, get_storage, is_storage_failure, storage_error
 from ..streams import RawReader
 from .backups import PROGRESS_INTERVAL, describe_database, get_restorable_backup, reserve_backup, write_backup
 from .catalog import sync_catalog
 from .journal import journal
+from .migrations import MigrationDiff, ahead_refusal, migrate_database, migration_diff, refuse_ahead, wants_migrate
 from .notify import notify
 from .offsite import usable_manifest
 
@@ -39,7 +41,7 @@ logger = logging.getLogger("backups")
 # Rows that must outlive a restore of the database that holds them: the catalog (rebuilt from
 # storage afterwards anyway), the audit trail, which records the very restore, and the health
 # state, so that a restore does not announce a change of health that did not happen.
-CARRIED_MODELS = (Backup, Operation, HealthState)
+CARRIED_MODELS = (Backup, Operation, HealthState, DatabaseCopy)
 
 
 @dataclass
@@ -50,9 +52,20 @@ class RestoreResult:
     pre_restore_backup: Backup | None = None
     warnings: list = field(default_factory=list)
     operation: Operation | None = None
+    migrations_applied: list = field(default_factory=list)  # by the migrate that followed the restore
 
 
-def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, operation=None, progress=None):
+def restore_backup(
+    filename,
+    *,
+    actor,
+    target=None,
+    pre_restore_backup=None,
+    operation=None,
+    progress=None,
+    force_ahead=False,
+    migrate=None,
+):
     """Replace the content of the backup's database (or ``target``) with the backup.
 
     Before anything changes: the file's sha256 must match its manifest, and (unless turned off)
@@ -61,10 +74,14 @@ def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, ope
     automatically when the restore fails. A restore is a major event: people are told how it went
     (BACKUP_NOTIFY_ON_RESTORE). ``progress(read=, total=, elapsed=, final=)`` hears how much of
     the stored file has been replayed, about once a second.
+
+    A backup that holds migrations this code does not know is refused unless ``force_ahead``;
+    one that is behind is migrated forward afterwards (``migrate``, else
+    BACKUP_MIGRATE_AFTER_RESTORE), and ``migrations_applied`` lists what ran.
     """
     try:
-        result = _restore(filename, actor, target, pre_restore_backup, operation, progress)
-    except (RestoreFailed, DatabaseBusy) as exc:  # it was attempted; refusals are not announced
+        result = _restore(filename, actor, target, pre_restore_backup, operation, progress, force_ahead, migrate)
+    except (RestoreFailed, DatabaseBusy, MigrateFailed) as exc:  # it was attempted; refusals are not announced
         announce_restore(f"Restore of {filename} failed", actor, target, f"failed: {exc.message}")
         raise
     undo = f" To undo it, restore {result.pre_restore_backup.filename}." if result.pre_restore_backup else ""
@@ -79,7 +96,7 @@ def announce_restore(subject, actor, database, outcome):
         notify(subject, f"{actor.name} (via {actor.origin}) restored database {database or 'default'}: {outcome}")
 
 
-def _restore(filename, actor, target, pre_restore_backup, operation, progress):
+def _restore(filename, actor, target, pre_restore_backup, operation, progress, force_ahead, migrate):
     refuse_inside_transaction()
     with journal(
         Action.RESTORE,
@@ -92,6 +109,8 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress):
         backup = get_restorable_backup(filename)
         alias = record.database = target or backup.database
         engine, manifest = check_restore(backup, alias)
+        migrations = migration_diff(manifest)
+        refuse_ahead(migrations, force_ahead)
         pre_restore_backup = wants_pre_restore_backup(engine, pre_restore_backup)
         warning = verification_warning(backup)
         result = RestoreResult(backup=backup, database=alias, finished_at=None, operation=record)
@@ -100,11 +119,16 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress):
         with engine.lock(exclusive=True):
             with verified_copy_anywhere(filename, manifest, result.warnings) as source:
                 if pre_restore_backup:
-                    undo = reserve_backup(
-                        engine, actor=actor, description=f"Before restoring {filename}", trigger=Trigger.PRE_RESTORE
-                    )
-                    result.pre_restore_backup = write_backup(engine, undo)
+                    result.pre_restore_backup = take_pre_restore_backup(engine, actor, f"Before restoring {filename}")
                     record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
+                after_load = None
+                if migrations.behind and wants_migrate(migrate):
+
+                    def after_load():
+                        undo = result.pre_restore_backup.filename if result.pre_restore_backup else None
+                        result.migrations_applied = migrate_database(alias, restored_from=filename, undo=undo)
+                        record.details = {**record.details, "migrations_applied": result.migrations_applied}
+
                 result.warnings.extend(
                     replace_database(
                         engine,
@@ -113,6 +137,7 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress):
                         expected_size=manifest.get("uncompressed_bytes"),
                         undo=result.pre_restore_backup,
                         progress=progress,
+                        after_load=after_load,
                     )
                 )
         result.finished_at = timezone.now()
@@ -130,11 +155,17 @@ class RestorePreview:
     pre_restore_backup: bool  # whether the current state is backed up first
     all_or_nothing: bool  # False where a failed restore is undone by the pre-restore backup instead
     warning: str | None  # about the backup's verification
+    migrations: MigrationDiff  # the backup's migrations against the code's: what migrate will do after
+
+    @property
+    def refused(self):
+        """Why the restore would be refused unless forced (a backup from newer code), or None."""
+        return ahead_refusal(self.migrations)
 
 
-def restore_preview(filename, *, actor, target=None):
+def restore_preview(filename, *, actor, target=None, permission="restore_backup"):
     """What restoring ``filename`` (into ``target``) would overwrite and how, before it runs."""
-    actor.require("restore_backup")
+    actor.require(permission)
     backup = get_restorable_backup(filename)
     alias = target or backup.database
     engine = get_engine(alias)
@@ -144,7 +175,14 @@ def restore_preview(filename, *, actor, target=None):
         pre_restore_backup=wants_pre_restore_backup(engine, None),
         all_or_nothing=engine.restore_is_transactional,
         warning=verification_warning(backup),
+        migrations=migration_diff(backup.manifest),
     )
+
+
+def take_pre_restore_backup(engine, actor, description):
+    """A backup of the current state, taken by a restore before it changes anything: its undo."""
+    undo = reserve_backup(engine, actor=actor, description=description, trigger=Trigger.PRE_RESTORE)
+    return write_backup(engine, undo)
 
 
 def check_restore(backup, alias):
@@ -261,9 +299,13 @@ def unusable(problem):
     return f"cannot be read ({problem.message})"
 
 
-def replace_database(engine, source, filename, expected_size=None, undo=None, progress=None):
+def replace_database(engine, source, filename, expected_size=None, undo=None, progress=None, after_load=None):
     """Feed the decompressed dump to the engine, carrying the catalog tables across.
     Returns warnings about the catalog; the restore itself either happened or raised.
+
+    ``after_load()`` (the migrate after a restore) runs before the catalog is carried back, so
+    that the catalog's rows go into tables of the code's schema; they are carried back even when
+    it fails.
 
     A restore that stopped partway (``RestoreIncomplete``, from engines that cannot roll back)
     is undone by restoring ``undo``, the pre-restore backup.
@@ -282,7 +324,12 @@ def replace_database(engine, source, filename, expected_size=None, undo=None, pr
         raise failure from incomplete
     if progress is not None:
         source.finish()
-    return carry_back(carried)
+    try:
+        if after_load is not None:
+            after_load()
+    finally:
+        warnings = carry_back(carried)
+    return warnings
 
 
 def load_dump(engine, source, filename, expected_size=None):

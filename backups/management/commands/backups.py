@@ -76,6 +76,23 @@ class Command(BaseCommand):
             default=None,
             help="Skip the backup of the current state that is taken first.",
         )
+        restore.add_argument(
+            "--force-ahead",
+            action="store_true",
+            help="Restore even a backup that holds migrations this code does not know (from a newer release).",
+        )
+        restore.add_argument(
+            "--no-migrate",
+            dest="migrate",
+            action="store_false",
+            default=None,
+            help="Do not run migrate afterwards, even when the backup is behind the code's migrations.",
+        )
+
+        migrate = commands.add_parser(
+            "migrate", help="Back up the database (trigger pre-migrate) when migrations are pending, then migrate."
+        )
+        migrate.add_argument("--database", default="default", help="Database alias (default: default).")
 
         delete = commands.add_parser("delete", help="Delete a backup, its file and its manifest.")
         delete.add_argument("filename")
@@ -167,10 +184,13 @@ class Command(BaseCommand):
         data["size"] = human_size(backup.size_bytes)
         self.write_json(data)
 
-    def handle_restore(self, filename, yes, target, pre_restore_backup, **options):
+    def handle_restore(self, filename, yes, target, pre_restore_backup, force_ahead, migrate, **options):
         preview = services.restore_preview(filename, actor=self.actor, target=target)
         database = preview.database
         warning = f" {preview.warning}" if preview.warning else ""
+        if preview.refused and not force_ahead:
+            raise CommandError(f"{preview.refused} Nothing was changed.")
+        self.stdout.write(f"Migrations: {preview.migrations.message}")
         self.confirm(
             yes,
             f"This replaces ALL data in database '{database['alias']}' ({database['name']}) with the backup "
@@ -184,13 +204,35 @@ class Command(BaseCommand):
                     bar.show(read, elapsed, total=total)
 
             result = services.restore_backup(
-                filename, actor=self.actor, target=target, pre_restore_backup=pre_restore_backup, progress=report
+                filename,
+                actor=self.actor,
+                target=target,
+                pre_restore_backup=pre_restore_backup,
+                progress=report,
+                force_ahead=force_ahead,
+                migrate=migrate,
             )
         self.stdout.write(f"Restored database '{result.database}' from {filename}.")
+        if result.migrations_applied:
+            self.stdout.write(
+                f"Then migrated: {len(result.migrations_applied)} migrations applied: "
+                f"{', '.join(result.migrations_applied)}."
+            )
         if result.pre_restore_backup:
             self.stdout.write(f"To undo, restore {result.pre_restore_backup.filename} (taken just before).")
         for warning in result.warnings:
             self.stderr.write(f"Warning: {warning}")
+
+    def handle_migrate(self, database, **options):
+        result = services.migrate_with_backup(actor=self.actor, database=database)
+        if result.backup is not None:
+            self.stdout.write(f"Backed up '{database}' before migrating: {result.backup.filename}")
+        elif result.skipped_backup:
+            self.stdout.write(f"No backup before migrating: {result.skipped_backup}.")
+        if result.applied:
+            self.stdout.write(f"Applied {len(result.applied)} migrations: {', '.join(result.applied)}.")
+        else:
+            self.stdout.write(f"No migrations to apply to '{database}'; no backup taken.")
 
     def handle_delete(self, filename, yes, **options):
         services.get_backup(filename, actor=self.actor)
