@@ -117,6 +117,31 @@ class RestoreRequestSerializer(AsyncRequestSerializer):
         default=None,
         help_text="Run migrate afterwards when the backup is behind the code (default: BACKUP_MIGRATE_AFTER_RESTORE)",
     )
+    into = StrictCharField(
+        required=False,
+        allow_null=True,
+        default=None,
+        max_length=63,
+        help_text="Restore as a copy into this new database (SQLite: NAME.sqlite3 next to the live file)",
+    )
+    models = serializers.ListField(
+        child=StrictCharField(max_length=200),
+        required=False,
+        allow_null=True,
+        default=None,
+        allow_empty=False,
+        help_text='Replace only these models\' rows, e.g. ["recipes.Recipe"] (or an app label)',
+    )
+    include_related = StrictBooleanField(
+        required=False, default=False, help_text="With models: also restore models whose foreign keys would dangle"
+    )
+
+    def validate(self, data):
+        if data["into"] and (data["models"] or data["target_database"]):
+            raise serializers.ValidationError({"into": ["A copy does not go with models or target_database."]})
+        if data["async"] and (data["into"] or data["models"]):
+            raise serializers.ValidationError({"async": ["Copies and model restores run synchronously."]})
+        return data
 
 
 class CleanupRequestSerializer(RequestSerializer):
@@ -331,6 +356,29 @@ class RestorePreviewSerializer(serializers.Serializer):
     warning = serializers.CharField(allow_null=True, help_text="About the backup's verification")
     migrations = MigrationDiffSerializer()
     refused = serializers.CharField(allow_null=True, help_text="Why a restore would be refused unless forced")
+
+
+class DatabaseCopySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField(help_text="The copy's database (SQLite: its file)")
+    database = serializers.CharField(help_text="The alias whose backup it holds")
+    engine = serializers.CharField()
+    host = serializers.CharField()
+    filename = serializers.CharField(help_text="The backup restored into it")
+    created_at = serializers.DateTimeField()
+    created_by = serializers.CharField()
+
+
+class CopyResponseSerializer(StatusSerializer):
+    copy = DatabaseCopySerializer()
+    warnings = serializers.ListField(child=serializers.CharField())
+
+
+class ModelRestoreResponseSerializer(StatusSerializer):
+    models = serializers.ListField(child=serializers.CharField(), help_text="Models whose rows were replaced")
+    rows = serializers.DictField(child=serializers.IntegerField(), help_text="Rows copied per table")
+    pre_restore_backup = serializers.CharField(allow_null=True)
+    warnings = serializers.ListField(child=serializers.CharField())
 
 
 class AcceptedSerializer(StatusSerializer):

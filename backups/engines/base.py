@@ -146,12 +146,25 @@ class DatabaseEngine:
         """The database's current size on disk, for confirmation pages."""
         raise NotImplementedError("subclasses of DatabaseEngine must provide a size_bytes() method")
 
+    def create_database(self, name):
+        """Create a new, empty database ``name`` next to this one (the same server; SQLite: a
+        file path) and return an engine for it. Raise ``DatabaseUnavailable`` when it cannot be
+        created (no privilege, the name is taken): never reuse a database that exists."""
+        raise NotImplementedError("subclasses of DatabaseEngine must provide a create_database() method")
+
+    def drop_database(self, name):
+        """Remove the database ``name`` that ``create_database()`` made; nothing when it is gone."""
+        raise NotImplementedError("subclasses of DatabaseEngine must provide a drop_database() method")
+
     @contextmanager
     def scratch(self):
-        """A new, empty database of the same kind, next to this one, for restore drills: yields
-        an engine for it and removes it on exit. Never the live database."""
-        raise NotImplementedError("subclasses of DatabaseEngine must provide a scratch() method")
-        yield
+        """A new, empty database of the same kind, next to this one, for restore drills and
+        model restores: yields an engine for it and removes it on exit. Never the live database."""
+        engine = self.create_database(self.scratch_name())
+        try:
+            yield engine
+        finally:
+            self.drop_database(engine.database_name)
 
     def scratch_name(self):
         """A new database's name for a restore drill, recognisably this one's."""

@@ -168,29 +168,27 @@ class MySQLEngine(DatabaseEngine):
             name = f"hoppybrew-backups.{purpose}.{slot}.{hashlib.sha256(self.database_name.encode()).hexdigest()[:32]}"
         return name
 
-    @contextmanager
-    def scratch(self):
-        name = self.scratch_name()
+    def create_database(self, name):
         connection = self.connect()
         try:
             with connection.cursor() as cursor:
                 cursor.execute(f"CREATE DATABASE {quote(name)} CHARACTER SET utf8mb4")
         except pymysql.MySQLError as exc:
             raise DatabaseUnavailable(
-                f"Cannot create a scratch database for the restore drill: {reason(exc)}. "
+                f"Cannot create the database {name}: {reason(exc)}. "
                 "The database user needs the CREATE privilege on new databases."
             ) from None
         finally:
             connection.close()
+        return MySQLEngine(self.alias, {**self.settings_dict, "NAME": name})
+
+    def drop_database(self, name):
+        connection = self.connect()
         try:
-            yield MySQLEngine(self.alias, {**self.settings_dict, "NAME": name})
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS {quote(name)}")
         finally:
-            connection = self.connect()
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute(f"DROP DATABASE IF EXISTS {quote(name)}")
-            finally:
-                connection.close()
+            connection.close()
 
     def count_rows(self, table):
         return self.query_value(f"SELECT COUNT(*) FROM {quote(table)}")

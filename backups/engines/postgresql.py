@@ -185,32 +185,32 @@ class PostgreSQLEngine(DatabaseEngine):
     def size_bytes(self):
         return self.query_value("SELECT pg_database_size(current_database())")
 
-    @contextmanager
-    def scratch(self):
+    def create_database(self, name):
         import psycopg2
         from psycopg2 import sql
 
-        name = self.scratch_name()
         connection = self.connect()
         try:
             with connection.cursor() as cursor:
                 cursor.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
         except psycopg2.Error as exc:
             raise DatabaseUnavailable(
-                f"Cannot create a scratch database for the restore drill: {str(exc).strip()}. "
+                f"Cannot create the database {name}: {str(exc).strip()}. "
                 "The database user needs the CREATEDB privilege."
             ) from None
         finally:
             connection.close()
+        return PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": name})
+
+    def drop_database(self, name):
+        from psycopg2 import sql
+
+        connection = self.connect()
         try:
-            yield PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": name})
+            with connection.cursor() as cursor:
+                cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         finally:
-            connection = self.connect()
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            finally:
-                connection.close()
+            connection.close()
 
     def count_rows(self, table):
         if not QUALIFIED_NAME.fullmatch(table):

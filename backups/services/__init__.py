@@ -12,9 +12,11 @@ from .backups import (
     update_description,
 )
 from .catalog import sync_catalog
+from .copies import drop_copy, list_copies, restore_copy
 from .health import check_health, health_for
 from .jobs import get_restore, run_job, start_backup, start_restore
 from .journal import Actor
+from .model_restore import restore_models
 from .premigrate import migrate_with_backup
 from .restore import restore_backup, restore_preview, verification_warning
 from .retention import cleanup_backups
@@ -28,6 +30,10 @@ __all__ = [
     "cleanup_backups",
     "create_backup",
     "delete_backup",
+    "drop_copy",
+    "list_copies",
+    "restore_copy",
+    "restore_models",
     "describe_database",
     "get_backup",
     "get_restore",

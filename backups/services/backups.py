@@ -88,7 +88,7 @@ def write_backup(engine, backup, progress=None):
     try:
         engine.check_tools()
         versions = engine.versions()
-        schema = migration_state(engine.alias)
+        schema = migration_state(engine)
         written = stream_dump(engine, backup, progress)
         backup.finished_at = timezone.now()
         backup.size_bytes = written["size_bytes"]

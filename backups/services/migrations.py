@@ -10,6 +10,7 @@ the code would then run against a schema it does not know and cannot migrate bac
 import functools
 import logging
 import subprocess
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,16 +30,32 @@ logger = logging.getLogger("backups")
 EQUAL, BEHIND, AHEAD, UNKNOWN = "equal", "behind", "ahead", "unknown"
 
 
-def migration_state(alias):
+def migration_state(engine):
     """The manifest's record of the schema: applied migrations per app (None when the database
-    has no ``django_migrations`` table), Django's version and the project's."""
-    recorder = MigrationRecorder(connections[alias])
-    applied = None
-    if recorder.has_table():
-        applied = {}
-        for app, name in sorted(recorder.applied_migrations()):
-            applied.setdefault(app, []).append(name)
-    return {"migrations": applied, "django_version": django.get_version(), "app_version": app_version()}
+    has no ``django_migrations`` table), Django's version and the project's. Read on the
+    engine's own connection, like everything else a backup reads from the database."""
+    return {
+        "migrations": applied_migrations(engine),
+        "django_version": django.get_version(),
+        "app_version": app_version(),
+    }
+
+
+def applied_migrations(engine):
+    connection = engine.connect()
+    try:
+        with closing(connection.cursor()) as cursor:
+            try:
+                cursor.execute("SELECT app, name FROM django_migrations")
+            except Exception:  # no such table; the drivers' errors share no base class
+                return None
+            rows = cursor.fetchall()
+    finally:
+        connection.close()
+    applied = {}
+    for app, name in sorted(rows):
+        applied.setdefault(app, []).append(name)
+    return applied
 
 
 def app_version():
