@@ -17,7 +17,7 @@ from . import services
 from .downloads import download_response
 from .exceptions import BackupError, RestoreIncomplete
 from .formatting import human_size, local_time, verification_label
-from .models import Backup, BackupStatus, Operation, Origin, RestoreHistory
+from .models import Backup, BackupStatus, DatabaseCopy, Operation, Origin, RestoreHistory
 
 # Set on the request when an operation was refused or failed; see BackupAdmin.report_failure.
 FAILED_ON_REQUEST = "_backups_failed"
@@ -483,3 +483,42 @@ class AuditLogAdmin(OperationAdmin):
     @admin.display(description="details")
     def details_json(self, operation):
         return format_html("<pre>{}</pre>", json.dumps(operation.details, indent=2, sort_keys=True))
+
+
+@admin.register(DatabaseCopy)
+class DatabaseCopyAdmin(admin.ModelAdmin):
+    """Copies made by 'restore --into' (or the API's "into"): listed, and dropped by the service."""
+
+    list_display = ("name", "database", "engine", "host", "filename", "created", "created_by")
+    readonly_fields = ("name", "database", "engine", "host", "filename", "created", "created_by")
+    fields = readonly_fields
+    actions = ["drop_copies"]
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, copy):
+        return local_time(copy.created_at)
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("backups.view_backup") or super().has_view_permission(request, obj)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_drop_permission(self, request):
+        return request.user.has_perm("backups.restore_copy")
+
+    @admin.action(permissions=["drop"], description="Drop the selected copies' databases")
+    def drop_copies(self, request, queryset):
+        for copy in queryset:
+            try:
+                services.drop_copy(str(copy.pk), actor=actor_for(request))
+            except BackupError as error:
+                self.message_user(request, error.message, messages.ERROR)
+            else:
+                self.message_user(request, f"Dropped the copy {copy.name}.", messages.SUCCESS)

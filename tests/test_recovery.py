@@ -5,11 +5,13 @@ backup from newer code, and the backup before migrations."""
 
 import importlib
 import io
+import json
 
 import django
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connections
+from django.urls import reverse
 
 from backups import services
 from backups.exceptions import InvalidRequest, MigrateFailed
@@ -61,7 +63,7 @@ def backup(alias):
 
 
 @pytest.mark.parametrize("alias", ENGINES, indirect=True)
-def test_an_old_backup_is_previewed_restored_and_migrated_forward(alias, api, settings):
+def test_an_old_backup_is_previewed_restored_and_migrated_forward(alias, api, admin_client, settings):
     settings.BACKUP_APP_VERSION = "2.0.3"
     at_first_migration(alias)
     old = backup(alias)
@@ -81,6 +83,12 @@ def test_an_old_backup_is_previewed_restored_and_migrated_forward(alias, api, se
     assert "3 migrations will be applied after the restore" in preview.migrations.message
     body = api.get(f"/backups/{old.filename}/restore-preview").json()
     assert body["migrations"] == preview.migrations.as_dict()
+    page = admin_client.get(reverse("admin:backups_backup_restore", args=[old.pk]))
+    assert b"3 migrations will be applied after the restore" in page.content
+    assert b"recoveryapp.0004_tasting" in page.content
+    output = io.StringIO()
+    call_command("backups", "show", old.filename, stdout=output)
+    assert json.loads(output.getvalue())["migrations"]["recoveryapp"] == ["0001_initial"]
 
     result = services.restore_backup(old.filename, actor=COMMAND)
     assert result.migrations_applied == LATER
@@ -120,6 +128,7 @@ def test_a_backup_from_newer_code_is_refused_unless_forced(alias, api):
         services.restore_backup(newer.filename, actor=COMMAND)
     assert "recoveryapp.0901_future" in refused.value.message and "--force-ahead" in refused.value.message
     assert fetch(alias, "SELECT name FROM recoveryapp_brewery") == [("after the backup",)]
+    assert api.get(f"/backups/{newer.filename}/restore-preview").json()["refused"] == preview.refused
     with pytest.raises(CommandError, match="0901_future"):
         call_command("backups", "restore", newer.filename, "--yes", stdout=io.StringIO())
 
