@@ -251,7 +251,7 @@ class DatabaseCopy(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=255, help_text="The copy's database name (SQLite: its file)")
-    database = models.CharField("copied alias", max_length=64, help_text="The alias whose backup it holds")
+    database = models.CharField("server alias", max_length=64, help_text="The alias on whose server it lives")
     engine = models.CharField(max_length=32)
     host = models.CharField(max_length=255, blank=True)
     filename = models.CharField("backup", max_length=255)

@@ -171,7 +171,7 @@ def test_a_failing_migration_after_a_restore_says_which_and_keeps_the_restored_s
 def test_backups_migrate_backs_up_first_only_when_there_is_something_to_migrate(alias):
     migrate(alias, "0003")
     output = io.StringIO()
-    call_command("backups", "migrate", "--database", alias, stdout=output)
+    call_command("backups", "migrate", "--database", alias, "--noinput", stdout=output)
     before = Backup.objects.get(trigger=Trigger.PRE_MIGRATE)
     assert before.database == alias and "recoveryapp.0004_tasting" in before.description
     assert "0004_tasting" not in before.manifest["migrations"]["recoveryapp"]

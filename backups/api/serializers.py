@@ -15,6 +15,7 @@ from rest_framework import serializers
 from ..models import Backup, BackupRow
 from ..naming import FILENAME_REGEX, MAX_LENGTH, NOT_A_FILENAME
 from ..services.backups import DESCRIPTION_MAX_LENGTH
+from ..services.copies import COPY_NAME
 from ..services.verification import LEVELS
 
 ZERO = timedelta(0)
@@ -121,27 +122,23 @@ class RestoreRequestSerializer(AsyncRequestSerializer):
         required=False,
         allow_null=True,
         default=None,
+        min_length=1,
         max_length=63,
-        help_text="Restore as a copy into this new database (SQLite: NAME.sqlite3 next to the live file)",
+        validators=[RegexValidator(f"^{COPY_NAME.pattern}$", message="Letters, digits and '_', not first a digit.")],
+        help_text="Restore as a copy into this new database (SQLite: NAME.sqlite3 next to the live file), on the "
+        "server of target_database if given",
     )
     models = serializers.ListField(
-        child=StrictCharField(max_length=200),
+        child=StrictCharField(min_length=1, max_length=200),
         required=False,
         allow_null=True,
         default=None,
-        allow_empty=False,
-        help_text='Replace only these models\' rows, e.g. ["recipes.Recipe"] (or an app label)',
+        min_length=1,
+        help_text='Replace only these models\' rows, e.g. ["recipes.Recipe"] (or an app label); not with into',
     )
     include_related = StrictBooleanField(
         required=False, default=False, help_text="With models: also restore models whose foreign keys would dangle"
     )
-
-    def validate(self, data):
-        if data["into"] and (data["models"] or data["target_database"]):
-            raise serializers.ValidationError({"into": ["A copy does not go with models or target_database."]})
-        if data["async"] and (data["into"] or data["models"]):
-            raise serializers.ValidationError({"async": ["Copies and model restores run synchronously."]})
-        return data
 
 
 class CleanupRequestSerializer(RequestSerializer):
@@ -361,7 +358,7 @@ class RestorePreviewSerializer(serializers.Serializer):
 class DatabaseCopySerializer(serializers.Serializer):
     id = serializers.UUIDField()
     name = serializers.CharField(help_text="The copy's database (SQLite: its file)")
-    database = serializers.CharField(help_text="The alias whose backup it holds")
+    database = serializers.CharField(help_text="The alias on whose server it lives")
     engine = serializers.CharField()
     host = serializers.CharField()
     filename = serializers.CharField(help_text="The backup restored into it")
@@ -475,8 +472,17 @@ class ErrorSerializer(serializers.Serializer):
     status = serializers.CharField(help_text='Always "error"')
     message = serializers.CharField()
     pre_restore_backup = serializers.CharField(
-        required=False, help_text="A restore that stopped partway (MySQL): the backup restored to undo it"
+        required=False,
+        allow_null=True,
+        help_text="A restore that stopped partway (MySQL): the backup restored to undo it; "
+        "a restore whose migrate failed: the backup that undoes it",
     )
     undone = serializers.BooleanField(
         required=False, help_text="Whether that undo brought the database back as it was before the restore"
+    )
+    failed_migration = serializers.CharField(
+        required=False, allow_null=True, help_text="A migrate after a restore failed: the migration that failed"
+    )
+    migrations_applied = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="What that migrate applied before it failed"
     )

@@ -269,19 +269,16 @@ class BackupViewSet(viewsets.ViewSet):
         return download_response(*services.open_backup(filename, actor=actor_for(request)))
 
     @extend_schema(
-        summary="Restore the database from a backup (overwrites all current data)",
+        summary='Restore the database from a backup (all of it; chosen models with "models"; a copy with "into")',
         request=serializers.RestoreRequestSerializer,
         parameters=[LOCATION_HEADER],
         responses={
             200: PolymorphicProxySerializer(
                 component_name="RestoreOutcome",
-                serializers=[
-                    serializers.RestoreResponseSerializer,
-                    serializers.CopyResponseSerializer,
-                    serializers.ModelRestoreResponseSerializer,
-                ],
+                serializers=[serializers.RestoreResponseSerializer, serializers.ModelRestoreResponseSerializer],
                 resource_type_field_name=None,
             ),
+            201: OpenApiResponse(serializers.CopyResponseSerializer, description='Restored as a copy ("into")'),
             202: OpenApiResponse(serializers.RestoreAcceptedSerializer, description="Started; poll the Location"),
             **errors(404, 409, 422),
         },
@@ -289,6 +286,15 @@ class BackupViewSet(viewsets.ViewSet):
     @action(detail=False, methods=["post"])
     def restore(self, request):
         data = self.parse(serializers.RestoreRequestSerializer, request)
+        if (data["into"] or data["models"]) and (data["async"] or (data["into"] and data["models"])):
+            services.get_backup(data["filename"], actor=actor_for(request))  # a missing backup is a 404 first
+            raise ValidationError(
+                {
+                    "into": [
+                        "A copy takes the whole backup (not models), and copies and model restores run synchronously."
+                    ]
+                }
+            )
         if data["into"]:
             return self.restore_copy(request, data)
         if data["models"]:
@@ -321,7 +327,9 @@ class BackupViewSet(viewsets.ViewSet):
         return Response(body)
 
     def restore_copy(self, request, data):
-        result = services.restore_copy(data["filename"], actor=actor_for(request), into=data["into"])
+        result = services.restore_copy(
+            data["filename"], actor=actor_for(request), into=data["into"], target=data["target_database"]
+        )
         body = status_body(f"Restored into the new database {result.copy.name}", data["filename"])
         body["copy"] = serializers.DatabaseCopySerializer(result.copy).data
         body["warnings"] = result.warnings

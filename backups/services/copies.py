@@ -48,13 +48,14 @@ def copy_location(engine, into):
     return name
 
 
-def restore_copy(filename, *, actor, into):
-    """Restore ``filename`` into the new database ``into``, created for it; returns the copy.
-    A restore that fails leaves no database behind."""
+def restore_copy(filename, *, actor, into, target=None):
+    """Restore ``filename`` into the new database ``into``, created for it on the server of its
+    alias (or of ``target``, of the same engine); returns the copy. A restore that fails leaves no
+    database behind."""
     with journal(Action.RESTORE_COPY, actor, filename=filename, permission="restore_copy") as record:
         backup = get_restorable_backup(filename)
-        record.database = backup.database
-        engine, manifest = check_restore(backup, backup.database)
+        record.database = target or backup.database
+        engine, manifest = check_restore(backup, record.database)
         name = copy_location(engine, into)
         warnings = []
         with verified_copy_anywhere(filename, manifest, warnings) as source:
@@ -66,7 +67,7 @@ def restore_copy(filename, *, actor, into):
                 raise
         copy = DatabaseCopy.objects.create(
             name=name,
-            database=backup.database,
+            database=record.database,
             engine=engine.vendor,
             host=engine.database_host,
             filename=filename,

@@ -82,8 +82,8 @@ def restore_models(filename, *, actor, models, include_related=False, target=Non
     with journal(
         Action.RESTORE_MODELS, actor, filename=filename, database=target or "", permission="restore_models"
     ) as record:
-        chosen = resolve_models(models)
         backup = get_restorable_backup(filename)
+        chosen = resolve_models(models)
         alias = record.database = target or backup.database
         engine, manifest = check_restore(backup, alias)
         result = ModelRestoreResult(backup=backup, database=alias, models=[], rows={}, operation=record)

@@ -92,8 +92,8 @@ class Command(BaseCommand):
         restore.add_argument(
             "--into",
             metavar="NAME",
-            help="Restore as a copy, into the new database NAME (SQLite: NAME.sqlite3 next to the live file); "
-            "the live database is not touched.",
+            help="Restore as a copy, into the new database NAME (SQLite: NAME.sqlite3 next to the live file) on "
+            "the server of the backup's alias (or of --database); the live database is not touched.",
         )
         restore.add_argument(
             "--models",
@@ -115,6 +115,9 @@ class Command(BaseCommand):
             "migrate", help="Back up the database (trigger pre-migrate) when migrations are pending, then migrate."
         )
         migrate.add_argument("--database", default="default", help="Database alias (default: default).")
+        migrate.add_argument(
+            "--noinput", "--no-input", action="store_true", help="Accepted as migrate accepts it; nothing is asked."
+        )
 
         delete = commands.add_parser("delete", help="Delete a backup, its file and its manifest.")
         delete.add_argument("filename")
@@ -207,10 +210,10 @@ class Command(BaseCommand):
         self.write_json(data)
 
     def handle_restore(self, filename, yes, target, pre_restore_backup, force_ahead, migrate, into, models, **options):
-        if into and (models or target):
-            raise CommandError("--into makes a copy: it does not go with --models or --database.")
+        if into and models:
+            raise CommandError("--into makes a copy of the whole backup: it does not go with --models.")
         if into:
-            return self.restore_copy(filename, into)
+            return self.restore_copy(filename, into, target)
         if models:
             return self.restore_models(filename, yes, target, pre_restore_backup, models, options["include_related"])
         preview = services.restore_preview(filename, actor=self.actor, target=target)
@@ -250,8 +253,8 @@ class Command(BaseCommand):
         for warning in result.warnings:
             self.stderr.write(f"Warning: {warning}")
 
-    def restore_copy(self, filename, into):
-        result = services.restore_copy(filename, actor=self.actor, into=into)
+    def restore_copy(self, filename, into, target):
+        result = services.restore_copy(filename, actor=self.actor, into=into, target=target)
         self.stdout.write(
             f"Restored {filename} into the new database {result.copy.name}; the live one was not touched."
         )
