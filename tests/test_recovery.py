@@ -133,6 +133,8 @@ def test_a_backup_from_newer_code_is_refused_unless_forced(alias, api):
         call_command("backups", "restore", newer.filename, "--yes", stdout=io.StringIO())
 
     if alias == "default":
+        response = api.post("/backups/restore", {"filename": newer.filename, "async": True}, format="json")
+        assert response.status_code == 400 and "0901_future" in response.json()["message"]
         response = api.post("/backups/restore", {"filename": newer.filename, "force_ahead": True}, format="json")
         assert response.status_code == 200, response.content
     else:

@@ -415,9 +415,17 @@ CATALOG_WARNING = (
 )
 
 
+COPIES_WARNING = (
+    "The restored database predates the list of copies, so that list is empty now: run 'manage.py migrate'; "
+    "the copies' databases are still on the server."
+)
+
+
 def restore_carried_rows(carried):
     """Put the rows back as they were before the restore; returns warnings, if any."""
     catalog = router.db_for_write(Backup)
+    # A backup from before the list of copies existed has no table for it: the rest still goes back.
+    copies = carried.pop(DatabaseCopy, [])
     try:
         with transaction.atomic(using=catalog):
             for model, rows in carried.items():
@@ -426,6 +434,11 @@ def restore_carried_rows(carried):
     except DatabaseError:
         logger.exception("The catalog could not be carried across the restore")
         return [CATALOG_WARNING]
+    if DatabaseCopy._meta.db_table not in connections[catalog].introspection.table_names():
+        return [COPIES_WARNING] if copies else []
+    with transaction.atomic(using=catalog):
+        DatabaseCopy.objects.using(catalog).all().delete()
+        DatabaseCopy.objects.using(catalog).bulk_create(copies)
     return []
 
 
