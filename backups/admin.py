@@ -23,7 +23,7 @@ from . import services
 from .downloads import download_response
 from .exceptions import BackupError
 from .formatting import human_age, human_duration, human_size, local_time
-from .models import Action, Backup, BackupStatus, Operation, OperationStatus, Origin, RestoreHistory
+from .models import Action, Backup, BackupStatus, DatabaseCopy, Operation, OperationStatus, Origin, RestoreHistory
 from .storage import backup_storages
 
 # Progress pages poll with a signed ticket instead of the session: while a restore loads the
@@ -169,6 +169,7 @@ class BackupAdmin(admin.ModelAdmin):
         ("Copies", {"fields": ("copies",)}),
         ("Origin", {"fields": ("trigger", "origin", "created_by")}),
         ("Verification", {"fields": ("verified", "verification_message", "verification_history")}),
+        ("Schema", {"fields": ("applied_migrations", "django_version", "app_version")}),
         ("Manifest", {"classes": ("collapse",), "fields": ("manifest_json",)}),
     )
     readonly_fields = (
@@ -192,6 +193,9 @@ class BackupAdmin(admin.ModelAdmin):
         "verified",
         "verification_message",
         "verification_history",
+        "applied_migrations",
+        "django_version",
+        "app_version",
         "manifest_json",
     )
 
@@ -278,6 +282,14 @@ class BackupAdmin(admin.ModelAdmin):
                 '{}<br><span class="backup-reason">Off-site copy failed: {}</span>', text, backup.offsite_error
             )
         return text
+
+    @admin.display(description="applied migrations")
+    def applied_migrations(self, backup):
+        if backup.migrations is None:
+            return "-"
+        return format_html(
+            "<pre>{}</pre>", "\n".join(f"{app}: {', '.join(names)}" for app, names in backup.migrations.items())
+        )
 
     @admin.display(description="manifest")
     def manifest_json(self, backup):
@@ -517,6 +529,7 @@ class BackupAdmin(admin.ModelAdmin):
             succeeded=operation.status == OperationStatus.SUCCEEDED,
             finished=local_time(operation.finished_at),
             warnings=operation.details.get("warnings", []),
+            migrations_applied=operation.details.get("migrations_applied", []),
             undo=Backup.objects.filter(filename=undo_name).first() if undo_name else None,
             undo_name=undo_name,
             # A restore that stopped partway says itself what became of the database.
@@ -701,3 +714,42 @@ class AuditLogAdmin(OperationAdmin):
     @admin.display(description="details")
     def details_json(self, operation):
         return format_html("<pre>{}</pre>", json.dumps(operation.details, indent=2, sort_keys=True))
+
+
+@admin.register(DatabaseCopy)
+class DatabaseCopyAdmin(admin.ModelAdmin):
+    """Copies made by 'restore --into' (or the API's "into"): listed, and dropped by the service."""
+
+    list_display = ("name", "database", "engine", "host", "filename", "created", "created_by")
+    readonly_fields = ("name", "database", "engine", "host", "filename", "created", "created_by")
+    fields = readonly_fields
+    actions = ["drop_copies"]
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, copy):
+        return local_time(copy.created_at)
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("backups.view_backup") or super().has_view_permission(request, obj)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_drop_permission(self, request):
+        return request.user.has_perm("backups.restore_copy")
+
+    @admin.action(permissions=["drop"], description="Drop the selected copies' databases")
+    def drop_copies(self, request, queryset):
+        for copy in queryset:
+            try:
+                services.drop_copy(str(copy.pk), actor=actor_for(request))
+            except BackupError as error:
+                self.message_user(request, error.message, messages.ERROR)
+            else:
+                self.message_user(request, f"Dropped the copy {copy.name}.", messages.SUCCESS)

@@ -381,6 +381,10 @@ SETTINGS = {
         30, int_parser(1), "Seconds a restore waits for other sessions' locks before giving up."
     ),
     "PRE_RESTORE_BACKUP": Setting(True, parse_bool, "Take a backup of the live database before each restore."),
+    "MIGRATE_AFTER_RESTORE": Setting(
+        True, parse_bool, "Run migrate after restoring a backup that is behind the code's migrations."
+    ),
+    "APP_VERSION": Setting(None, parse_optional_str, "The project's version for manifests; unset: the git commit."),
     "DATABASES": Setting(["default"], parse_list, "Database aliases the scheduled jobs cover."),
     "COMPRESSION": Setting("gzip", choice_parser("gzip", "zstd"), "gzip (.sql.gz) or zstd (.sql.zst)."),
     "COMPRESSION_THREADS": Setting(

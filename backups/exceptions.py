@@ -170,3 +170,33 @@ def catalog_error(exc):
         f"The site's database, which holds the backup catalog, cannot be reached ({first_line}). "
         "Check DATABASE_URL and that the database server is running and accepts connections."
     )
+
+
+class MigrateFailed(BackupError):
+    """``migrate`` failed after a restore (or a pre-migrate backup): the restored data stays as
+    it is, with the migrations applied so far, and the message says how to go on or undo."""
+
+    status_code = 500
+
+    def __init__(self, *, alias, failed_migration, applied, reason, restored_from=None, pre_restore_backup=None):
+        self.failed_migration = failed_migration
+        self.applied = applied
+        self.pre_restore_backup = pre_restore_backup
+        done = f" after applying {', '.join(applied)}" if applied else ""
+        what = f"Database '{alias}' was restored from {restored_from}, but migrate" if restored_from else "migrate"
+        undo = f" To undo the restore, restore {pre_restore_backup}." if pre_restore_backup and restored_from else ""
+        if pre_restore_backup and not restored_from:
+            undo = f" The backup taken before migrating is {pre_restore_backup}."
+        super().__init__(
+            f"{what} failed at {failed_migration or 'an unknown migration'}{done}: {reason}. The database keeps "
+            f"what was restored and migrated so far; fix the migration and run 'manage.py migrate --database "
+            f"{alias}'.{undo}"
+        )
+
+    @property
+    def details(self):
+        return {
+            "failed_migration": self.failed_migration,
+            "migrations_applied": self.applied,
+            "pre_restore_backup": self.pre_restore_backup,
+        }

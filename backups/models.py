@@ -17,6 +17,7 @@ class Trigger(models.TextChoices):
     MANUAL = "manual", "manual"
     SCHEDULED = "scheduled", "scheduled"
     PRE_RESTORE = "pre-restore", "pre-restore"
+    PRE_MIGRATE = "pre-migrate", "pre-migrate"
 
 
 class Origin(models.TextChoices):
@@ -138,10 +139,25 @@ class Backup(BackupFigures, models.Model):
             ("restore_backup", "Can restore the database from a backup"),
             ("download_backup", "Can download backup files"),
             ("verify_backup", "Can verify backups (checksums and restore drills)"),
+            ("restore_copy", "Can restore a backup into a new database (a copy) and drop copies"),
+            ("restore_models", "Can restore chosen models' tables from a backup"),
         ]
 
     def __str__(self):
         return self.filename
+
+    # The schema as the manifest recorded it (services.migrations.migration_state).
+    @property
+    def migrations(self):
+        return (self.manifest or {}).get("migrations")
+
+    @property
+    def django_version(self):
+        return (self.manifest or {}).get("django_version", "")
+
+    @property
+    def app_version(self):
+        return (self.manifest or {}).get("app_version", "")
 
     def mark_failed(self, reason):
         """Record that this attempt failed, and why."""
@@ -174,6 +190,9 @@ class Action(models.TextChoices):
     CLEANUP = "cleanup", "cleanup"
     SYNC = "sync", "sync"
     VERIFY = "verify", "verify"
+    RESTORE_COPY = "restore-copy", "restore as a copy"
+    DROP_COPY = "drop-copy", "drop a copy"
+    RESTORE_MODELS = "restore-models", "restore chosen models"
 
 
 class Operation(models.Model):
@@ -239,3 +258,29 @@ class HealthState(models.Model):
 
     def __str__(self):
         return "healthy" if self.healthy else "unhealthy"
+
+
+class DatabaseCopy(models.Model):
+    """A backup restored into a database of its own (never the live one), to look at old data.
+
+    Like the catalog, carried across restores of the database that holds it, so that no copy
+    is forgotten (and left on the server) because a restore rewound this table.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=255, help_text="The copy's database name (SQLite: its file)")
+    database = models.CharField("server alias", max_length=64, help_text="The alias on whose server it lives")
+    engine = models.CharField(max_length=32)
+    host = models.CharField(max_length=255, blank=True)
+    filename = models.CharField("backup", max_length=255)
+    created_at = models.DateTimeField()
+    created_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["engine", "host", "name"], name="backups_copy_unique_name")]
+        verbose_name = "database copy"
+        verbose_name_plural = "database copies"
+
+    def __str__(self):
+        return self.name

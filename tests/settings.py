@@ -47,3 +47,5 @@ WHITENOISE_AUTOREFRESH = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Through the root logger, where pytest's caplog listens.
 LOGGING["loggers"]["backups"].update(level="INFO", handlers=[], propagate=True)  # noqa: F405
+# A site app with a migration history, for the migration-aware restore tests.
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.recoveryapp"]  # noqa: F405

@@ -15,6 +15,7 @@ from rest_framework import serializers
 from ..models import Backup, BackupRow
 from ..naming import FILENAME_REGEX, MAX_LENGTH, NOT_A_FILENAME
 from ..services.backups import DESCRIPTION_MAX_LENGTH
+from ..services.database_copies import COPY_NAME
 from ..services.verification import LEVELS
 
 ZERO = timedelta(0)
@@ -105,6 +106,38 @@ class RestoreRequestSerializer(AsyncRequestSerializer):
     )
     target_database = DatabaseAliasField(
         required=False, allow_null=True, default=None, help_text="Restore into this alias instead (same engine)"
+    )
+    force_ahead = StrictBooleanField(
+        required=False,
+        default=False,
+        help_text="Restore even a backup that holds migrations this code does not know (from a newer release)",
+    )
+    migrate = StrictBooleanField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Run migrate afterwards when the backup is behind the code (default: BACKUP_MIGRATE_AFTER_RESTORE)",
+    )
+    into = StrictCharField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_length=1,
+        max_length=63,
+        validators=[RegexValidator(f"^{COPY_NAME.pattern}$", message="Letters, digits and '_', not first a digit.")],
+        help_text="Restore as a copy into this new database (SQLite: NAME.sqlite3 next to the live file), on the "
+        "server of target_database if given",
+    )
+    models = serializers.ListField(
+        child=StrictCharField(min_length=1, max_length=200),
+        required=False,
+        allow_null=True,
+        default=None,
+        min_length=1,
+        help_text='Replace only these models\' rows, e.g. ["recipes.Recipe"] (or an app label); not with into',
+    )
+    include_related = StrictBooleanField(
+        required=False, default=False, help_text="With models: also restore models whose foreign keys would dangle"
     )
 
 
@@ -248,6 +281,13 @@ class BackupSerializer(serializers.Serializer):
     elapsed_seconds = serializers.FloatField(help_text="Time since the start, up to the end once ended")
     bytes_per_second = serializers.FloatField(allow_null=True, help_text="Average rate at which the file was written")
     error = serializers.CharField(help_text="Why it failed, when it did")
+    migrations = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        allow_null=True,
+        help_text="Applied migrations per app when it was taken; null: none recorded",
+    )
+    django_version = serializers.CharField(help_text="Django's version when it was taken")
+    app_version = serializers.CharField(help_text="The project's version (BACKUP_APP_VERSION or git commit)")
 
 
 class BackupSummarySerializer(BackupSerializer):
@@ -260,6 +300,9 @@ class BackupSummarySerializer(BackupSerializer):
     elapsed_seconds = None
     bytes_per_second = None
     error = None
+    migrations = None
+    django_version = None
+    app_version = None
 
 
 class PagedBackupsSerializer(serializers.Serializer):
@@ -285,7 +328,60 @@ class CreateResponseSerializer(StatusSerializer):
 class RestoreResponseSerializer(StatusSerializer):
     pre_restore_backup = serializers.CharField(allow_null=True)
     warnings = serializers.ListField(child=serializers.CharField())
+    migrations_applied = serializers.ListField(
+        child=serializers.CharField(), help_text="What migrate applied after the restore (app.migration, in order)"
+    )
     job_id = serializers.UUIDField(help_text="The restore's id: GET /backups/restores/{job_id} shows it")
+
+
+class MigrationDiffSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(choices=["equal", "behind", "ahead", "unknown"])
+    behind = serializers.ListField(child=serializers.CharField(), help_text="What migrate applies after the restore")
+    ahead = serializers.ListField(child=serializers.CharField(), help_text="Migrations this code does not know")
+    message = serializers.CharField()
+
+
+class DatabaseDescriptionSerializer(serializers.Serializer):
+    alias = serializers.CharField()
+    engine = serializers.CharField()
+    name = serializers.CharField()
+    host = serializers.CharField()
+    size_bytes = serializers.IntegerField(allow_null=True)
+
+
+class RestorePreviewSerializer(serializers.Serializer):
+    """What a restore would do, before it runs."""
+
+    filename = serializers.CharField()
+    database = DatabaseDescriptionSerializer(help_text="The database it would overwrite")
+    pre_restore_backup = serializers.BooleanField(help_text="Whether the current state is backed up first")
+    all_or_nothing = serializers.BooleanField(help_text="False where a failed restore is undone by that backup")
+    warning = serializers.CharField(allow_null=True, help_text="About the backup's verification")
+    migrations = MigrationDiffSerializer()
+    refused = serializers.CharField(allow_null=True, help_text="Why a restore would be refused unless forced")
+
+
+class DatabaseCopySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField(help_text="The copy's database (SQLite: its file)")
+    database = serializers.CharField(help_text="The alias on whose server it lives")
+    engine = serializers.CharField()
+    host = serializers.CharField()
+    filename = serializers.CharField(help_text="The backup restored into it")
+    created_at = serializers.DateTimeField()
+    created_by = serializers.CharField()
+
+
+class CopyResponseSerializer(StatusSerializer):
+    copy = DatabaseCopySerializer()
+    warnings = serializers.ListField(child=serializers.CharField())
+
+
+class ModelRestoreResponseSerializer(StatusSerializer):
+    models = serializers.ListField(child=serializers.CharField(), help_text="Models whose rows were replaced")
+    rows = serializers.DictField(child=serializers.IntegerField(), help_text="Rows copied per table")
+    pre_restore_backup = serializers.CharField(allow_null=True)
+    warnings = serializers.ListField(child=serializers.CharField())
 
 
 class AcceptedSerializer(StatusSerializer):
@@ -313,6 +409,9 @@ class RestoreJobSerializer(serializers.Serializer):
         source="details.pre_restore_backup", allow_null=True, default=None, help_text="The backup that undoes it"
     )
     warnings = serializers.ListField(child=serializers.CharField(), source="details.warnings", default=list)
+    migrations_applied = serializers.ListField(
+        child=serializers.CharField(), source="details.migrations_applied", default=list
+    )
 
 
 class KeptSerializer(serializers.Serializer):
@@ -379,8 +478,17 @@ class ErrorSerializer(serializers.Serializer):
     status = serializers.CharField(help_text='Always "error"')
     message = serializers.CharField()
     pre_restore_backup = serializers.CharField(
-        required=False, help_text="A restore that stopped partway (MySQL): the backup restored to undo it"
+        required=False,
+        allow_null=True,
+        help_text="A restore that stopped partway (MySQL): the backup restored to undo it; "
+        "a restore whose migrate failed: the backup that undoes it",
     )
     undone = serializers.BooleanField(
         required=False, help_text="Whether that undo brought the database back as it was before the restore"
+    )
+    failed_migration = serializers.CharField(
+        required=False, allow_null=True, help_text="A migrate after a restore failed: the migration that failed"
+    )
+    migrations_applied = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="What that migrate applied before it failed"
     )

@@ -294,11 +294,16 @@ class BackupViewSet(viewsets.ViewSet):
         return download_response(*services.open_backup(filename, actor=actor_for(request)))
 
     @extend_schema(
-        summary="Restore the database from a backup (overwrites all current data)",
+        summary='Restore the database from a backup (all of it; chosen models with "models"; a copy with "into")',
         request=serializers.RestoreRequestSerializer,
         parameters=[LOCATION_HEADER],
         responses={
-            200: serializers.RestoreResponseSerializer,
+            200: PolymorphicProxySerializer(
+                component_name="RestoreOutcome",
+                serializers=[serializers.RestoreResponseSerializer, serializers.ModelRestoreResponseSerializer],
+                resource_type_field_name=None,
+            ),
+            201: OpenApiResponse(serializers.CopyResponseSerializer, description='Restored as a copy ("into")'),
             202: OpenApiResponse(serializers.RestoreAcceptedSerializer, description="Started; poll the Location"),
             **errors(404, 409, 422),
         },
@@ -306,12 +311,27 @@ class BackupViewSet(viewsets.ViewSet):
     @action(detail=False, methods=["post"])
     def restore(self, request):
         data = self.parse(serializers.RestoreRequestSerializer, request)
+        if (data["into"] or data["models"]) and (data["async"] or (data["into"] and data["models"])):
+            services.get_backup(data["filename"], actor=actor_for(request))  # a missing backup is a 404 first
+            raise ValidationError(
+                {
+                    "into": [
+                        "A copy takes the whole backup (not models), and copies and model restores run synchronously."
+                    ]
+                }
+            )
+        if data["into"]:
+            return self.restore_copy(request, data)
+        if data["models"]:
+            return self.restore_models(request, data)
         if data["async"]:
             job = services.start_restore(
                 data["filename"],
                 actor=actor_for(request),
                 target=data["target_database"],
                 pre_restore_backup=data["pre_restore_backup"],
+                force_ahead=data["force_ahead"],
+                migrate=data["migrate"],
             )
             body = status_body("Restore started", job.filename, job.started_at, state="pending")
             body["job_id"] = str(job.pk)
@@ -321,12 +341,86 @@ class BackupViewSet(viewsets.ViewSet):
             actor=actor_for(request),
             target=data["target_database"],
             pre_restore_backup=data["pre_restore_backup"],
+            force_ahead=data["force_ahead"],
+            migrate=data["migrate"],
         )
         body = status_body("Database restored successfully", result.backup.filename, result.finished_at)
         body["pre_restore_backup"] = result.pre_restore_backup.filename if result.pre_restore_backup else None
         body["warnings"] = result.warnings
+        body["migrations_applied"] = result.migrations_applied
         body["job_id"] = str(result.operation.pk)  # GET /backups/restores/{job_id} shows it again
         return Response(body)
+
+    def restore_copy(self, request, data):
+        result = services.restore_copy(
+            data["filename"], actor=actor_for(request), into=data["into"], target=data["target_database"]
+        )
+        body = status_body(f"Restored into the new database {result.copy.name}", data["filename"])
+        body["copy"] = serializers.DatabaseCopySerializer(result.copy).data
+        body["warnings"] = result.warnings
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    def restore_models(self, request, data):
+        result = services.restore_models(
+            data["filename"],
+            actor=actor_for(request),
+            models=data["models"],
+            include_related=data["include_related"],
+            target=data["target_database"],
+            pre_restore_backup=data["pre_restore_backup"],
+        )
+        body = status_body("Models restored successfully", result.backup.filename, result.finished_at)
+        body.update(
+            models=result.models,
+            rows=result.rows,
+            pre_restore_backup=result.pre_restore_backup.filename if result.pre_restore_backup else None,
+            warnings=result.warnings,
+        )
+        return Response(body)
+
+    @extend_schema(
+        summary='The copies made by restores with "into"',
+        responses={200: serializers.DatabaseCopySerializer(many=True), **errors()},
+    )
+    @action(detail=False, methods=["get"])
+    def copies(self, request):
+        return Response(
+            serializers.DatabaseCopySerializer(services.list_copies(actor=actor_for(request)), many=True).data
+        )
+
+    @extend_schema(
+        summary="Drop a copy's database",
+        parameters=[OpenApiParameter("copy", str, OpenApiParameter.PATH, description="The copy's id or name")],
+        responses={200: serializers.StatusSerializer, **errors(404)},
+    )
+    @action(detail=False, methods=["delete"], url_path=r"copies/(?P<copy>[^/]+)", url_name="copy")
+    def drop_copy(self, request, copy=None):
+        dropped = services.drop_copy(copy, actor=actor_for(request))
+        return Response(status_body(f"Dropped the copy {dropped.name}", dropped.filename))
+
+    @extend_schema(
+        summary="What a restore of this backup would do: the database it overwrites and the migration difference",
+        parameters=[
+            FILENAME_PARAMETER,
+            OpenApiParameter("target_database", str, enum=sorted(connections), description="Restore into this alias"),
+        ],
+        responses={200: serializers.RestorePreviewSerializer, **errors(404)},
+    )
+    @action(detail=True, methods=["get"], url_path="restore-preview", url_name="restore-preview")
+    def restore_preview(self, request, filename=None):
+        target = request.query_params.get("target_database") or None
+        preview = services.restore_preview(filename, actor=actor_for(request), target=target)
+        return Response(
+            {
+                "filename": preview.backup.filename,
+                "database": preview.database,
+                "pre_restore_backup": preview.pre_restore_backup,
+                "all_or_nothing": preview.all_or_nothing,
+                "warning": preview.warning,
+                "migrations": preview.migrations.as_dict(),
+                "refused": preview.refused,
+            }
+        )
 
     @extend_schema(
         summary="A restore: its status, timing and outcome (where an asynchronous restore is polled)",

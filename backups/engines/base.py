@@ -162,12 +162,31 @@ class DatabaseEngine:
         """The database's current size on disk, for confirmation pages."""
         raise NotImplementedError("subclasses of DatabaseEngine must provide a size_bytes() method")
 
+    def create_database(self, name, advice=None):
+        """Create a new, empty database ``name`` next to this one (the same server; SQLite: a
+        file path) and return an engine for it. Raise ``DatabaseUnavailable`` when it cannot be
+        created (no privilege, the name is taken), with ``advice`` on what to do, if given:
+        never reuse a database that exists."""
+        raise NotImplementedError("subclasses of DatabaseEngine must provide a create_database() method")
+
+    def drop_database(self, name):
+        """Remove the database ``name`` that ``create_database()`` made; nothing when it is gone."""
+        raise NotImplementedError("subclasses of DatabaseEngine must provide a drop_database() method")
+
     @contextmanager
     def scratch(self):
-        """A new, empty database of the same kind, next to this one, for restore drills: yields
-        an engine for it and removes it on exit. Never the live database."""
-        raise NotImplementedError("subclasses of DatabaseEngine must provide a scratch() method")
-        yield
+        """A new, empty database of the same kind, next to this one, for restore drills and
+        model restores: yields an engine for it and removes it on exit. Never the live database."""
+        server = type(self)(self.alias, self.drill_server())  # BACKUP_VERIFY_DATABASE_URL's, if set
+        engine = server.create_database(self.scratch_name(), advice=self.scratch_advice())
+        try:
+            yield engine
+        finally:
+            server.drop_database(engine.database_name)
+
+    def scratch_advice(self):
+        """What to do when a scratch database cannot be created, for the error."""
+        return None
 
     def drill_server(self):
         """Settings for a connection to the server where restore drills make their scratch

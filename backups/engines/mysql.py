@@ -210,34 +210,36 @@ class MySQLEngine(DatabaseEngine):
             name = f"hoppybrew-backups.{purpose}.{slot}.{hashlib.sha256(self.database_name.encode()).hexdigest()[:32]}"
         return name
 
-    @contextmanager
-    def scratch(self):
-        name = self.scratch_name()
-        server = MySQLEngine(self.alias, self.drill_server())
-        connection = server.connect()
+    def create_database(self, name, advice=None):
+        connection = self.connect()
         try:
             with connection.cursor() as cursor:
                 cursor.execute(f"CREATE DATABASE {quote(name)} CHARACTER SET utf8mb4")
         except pymysql.MySQLError as exc:
-            where = "the role in BACKUP_VERIFY_DATABASE_URL" if self.drills_elsewhere() else "the database user"
-            pattern = self.scratch_name().rsplit("_", 1)[0].replace("_", r"\_") + r"\_%"
             raise DatabaseUnavailable(
-                f"Cannot create the scratch database {name} (restore drills load backups there, and a restore "
-                f"proves there that its dump loads before it touches the live database): {reason(exc)}. "
-                f"Nothing was changed. Let {where} create such databases, e.g. "
-                f"GRANT ALL ON `{pattern}`.* TO that user."
+                f"Cannot create the database {name}: {reason(exc)}. "
+                f"{advice or 'The database user needs the CREATE privilege on new databases.'}"
             ) from None
         finally:
             connection.close()
+        return MySQLEngine(self.alias, {**self.settings_dict, "NAME": name})
+
+    def drop_database(self, name):
+        connection = self.connect()
         try:
-            yield MySQLEngine(self.alias, {**server.settings_dict, "NAME": name})
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS {quote(name)}")
         finally:
-            connection = server.connect()
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute(f"DROP DATABASE IF EXISTS {quote(name)}")
-            finally:
-                connection.close()
+            connection.close()
+
+    def scratch_advice(self):
+        where = "the role in BACKUP_VERIFY_DATABASE_URL" if self.drills_elsewhere() else "the database user"
+        pattern = self.scratch_name().rsplit("_", 1)[0].replace("_", r"\_") + r"\_%"
+        return (
+            "Restore drills load backups into such scratch databases, and a restore proves there that its dump "
+            f"loads before it touches the live database; nothing was changed. Let {where} create them, e.g. "
+            f"GRANT ALL ON `{pattern}`.* TO that user."
+        )
 
     def count_rows(self, table):
         """Past rows of a system-versioned table count too: the dump has them."""

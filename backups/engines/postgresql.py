@@ -334,33 +334,32 @@ class PostgreSQLEngine(DatabaseEngine):
     def size_bytes(self):
         return self.query_value("SELECT pg_database_size(current_database())")
 
-    @contextmanager
-    def scratch(self):
+    def create_database(self, name, advice=None):
         import psycopg2
         from psycopg2 import sql
 
-        name = self.scratch_name()
-        server = PostgreSQLEngine(self.alias, self.drill_server())
-        connection = server.connect()
+        connection = self.connect()
         try:
             with connection.cursor() as cursor:
                 cursor.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
         except psycopg2.Error as exc:
             raise DatabaseUnavailable(
-                f"Cannot create a scratch database for the restore drill on {server.database_host or 'the server'}: "
-                f"{str(exc).strip()}. {self.scratch_advice()}"
+                f"Cannot create the database {name}: {str(exc).strip()}. "
+                f"{advice or 'The database user needs the CREATEDB privilege.'}"
             ) from None
         finally:
             connection.close()
+        return PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": name})
+
+    def drop_database(self, name):
+        from psycopg2 import sql
+
+        connection = self.connect()
         try:
-            yield PostgreSQLEngine(self.alias, {**server.settings_dict, "NAME": name})
+            with connection.cursor() as cursor:
+                cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         finally:
-            connection = server.connect()
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            finally:
-                connection.close()
+            connection.close()
 
     def scratch_advice(self):
         if self.drills_elsewhere():

@@ -105,13 +105,25 @@ class SQLiteEngine(DatabaseEngine):
         finally:
             os.close(descriptor)
 
+    def create_database(self, name, advice=None):
+        path = Path(name)
+        try:
+            with open(path, "xb"):  # a file that exists is never taken over
+                pass
+        except OSError as exc:
+            raise DatabaseUnavailable(f"Cannot create the SQLite database {path}: {exc.strerror or exc}.") from None
+        return SQLiteEngine(self.alias, {**self.settings_dict, "NAME": str(path)})
+
+    def drop_database(self, name):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{name}{suffix}").unlink(missing_ok=True)
+
     @contextmanager
     def scratch(self):
+        # In a directory of its own under the temporary directory, not next to the live file.
         directory = tempfile.mkdtemp(prefix="hoppybrew-drill-")
-        path = Path(directory) / "drill.sqlite3"
-        sqlite3.connect(path).close()
         try:
-            yield SQLiteEngine(self.alias, {**self.settings_dict, "NAME": str(path)})
+            yield self.create_database(str(Path(directory) / "drill.sqlite3"))
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 

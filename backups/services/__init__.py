@@ -12,10 +12,13 @@ from .backups import (
     update_description,
 )
 from .catalog import sync_catalog, unlisted_manifests
+from .database_copies import drop_copy, list_copies, restore_copy
 from .health import catalog_down_report, check_health, health_for
 from .jobs import forget_restore_progress, get_restore, run_job, start_backup, start_restore
 from .journal import Actor
+from .model_restore import restore_models
 from .overview import overview
+from .premigrate import migrate_with_backup
 from .progress import backup_progress, restore_progress
 from .restore import restore_backup, restore_preview, verification_warning
 from .retention import cleanup_backups
@@ -30,11 +33,16 @@ __all__ = [
     "cleanup_backups",
     "create_backup",
     "delete_backup",
+    "drop_copy",
     "forget_restore_progress",
+    "list_copies",
+    "restore_copy",
+    "restore_models",
     "describe_database",
     "get_backup",
     "get_restore",
     "list_backups",
+    "migrate_with_backup",
     "newest_backups",
     "open_backup",
     "overview",

@@ -18,6 +18,7 @@ from ..storage import FanOutWriter, backup_storages, destinations, get_storage
 from .catalog import INTERRUPTED, worker_gone
 from .copies import open_stored, settle_copies, write_manifest
 from .journal import journal, printable, this_worker
+from .migrations import migration_state
 
 logger = logging.getLogger("backups")
 
@@ -89,6 +90,7 @@ def write_backup(engine, backup, progress=None):
     try:
         engine.check_tools()
         versions = engine.versions()
+        schema = migration_state(engine)
         written = stream_dump(engine, backup, progress)
         backup.finished_at = timezone.now()
         backup.size_bytes = written["size_bytes"]
@@ -103,6 +105,7 @@ def write_backup(engine, backup, progress=None):
             duration=time.monotonic() - started,
             table_rows=written["table_rows"],
             restore_requirements=written["restore_requirements"],
+            schema=schema,
         )
         settle_copies(backup, written["destinations"], written["failures"])
     except BaseException as exc:
@@ -224,7 +227,7 @@ class ProgressReporter:
             logger.debug("Could not record progress of %s", self.backup.filename, exc_info=True)
 
 
-def build_manifest(backup, *, versions, duration, table_rows, restore_requirements=None):
+def build_manifest(backup, *, versions, duration, table_rows, schema, restore_requirements=None):
     manifest = {field: _json_value(getattr(backup, field)) for field in LIST_FIELDS}
     manifest.update(
         {
@@ -246,6 +249,8 @@ def build_manifest(backup, *, versions, duration, table_rows, restore_requiremen
             "restore_requirements": restore_requirements,
             "encryption": manifest_entry(backup.filename),
             "locations": backup.locations,
+            # Applied migrations per app, Django's and the project's versions (services.migrations).
+            **schema,
         }
     )
     return manifest

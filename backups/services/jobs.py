@@ -28,6 +28,7 @@ from ..models import Action, Backup, BackupStatus, Operation, OperationStatus, T
 from .backups import clean_description, create_backup, get_restorable_backup, mark_failed, reserve_backup
 from .catalog import mark_operation_interrupted, operation_interrupted
 from .journal import Actor, journal, this_worker
+from .migrations import migration_diff, refuse_ahead
 from .restore import check_restore, restore_backup, wants_pre_restore_backup
 
 logger = logging.getLogger("backups")
@@ -55,17 +56,23 @@ def start_backup(*, actor, description="", database="default"):
     return backup
 
 
-def start_restore(filename, *, actor, target=None, pre_restore_backup=None):
+def start_restore(filename, *, actor, target=None, pre_restore_backup=None, force_ahead=False, migrate=None):
     """Check a restore and start a worker that carries it out; returns its pending operation."""
     with journal(
         Action.RESTORE, actor, filename=filename, database=target or "", permission="restore_backup"
     ) as operation:
         backup = get_restorable_backup(filename)
         alias = operation.database = target or backup.database
-        engine, _ = check_restore(backup, alias)
+        engine, manifest = check_restore(backup, alias)
+        refuse_ahead(migration_diff(manifest), force_ahead)
         pre_restore_backup = wants_pre_restore_backup(engine, pre_restore_backup)
         refuse_if_locked(engine, exclusive=True)
-        operation.details = {**operation.details, "take_pre_restore_backup": pre_restore_backup}
+        operation.details = {
+            **operation.details,
+            "take_pre_restore_backup": pre_restore_backup,
+            "force_ahead": force_ahead,
+            "migrate": migrate,
+        }
         hand_over(operation)
     return operation
 
@@ -149,6 +156,8 @@ def run_job(job_id):
             operation=operation,
             progress=progress.replayed,
             stage=progress.stage,
+            force_ahead=operation.details.get("force_ahead", False),
+            migrate=operation.details.get("migrate"),
         )
     finally:
         progress.finish()

@@ -30,6 +30,8 @@ PERMISSION_WORDS = {
     "download_backup": "download backups",
     "verify_backup": "verify backups",
     "change_backup": "change backups",
+    "restore_copy": "restore backups as copies",
+    "restore_models": "restore chosen models from backups",
 }
 
 

@@ -21,17 +21,19 @@ from ..exceptions import (
     BackupNotFound,
     DatabaseBusy,
     InvalidRequest,
+    MigrateFailed,
     RestoreFailed,
     RestoreIncomplete,
     StorageFailed,
 )
-from ..models import Action, Backup, HealthState, Operation, Trigger
+from ..models import Action, Backup, DatabaseCopy, HealthState, Operation, Trigger
 from ..storage import backup_storages, get_storage, is_storage_failure, storage_error
 from ..streams import RawReader
 from .backups import PROGRESS_INTERVAL, describe_database, get_restorable_backup, reserve_backup, write_backup
 from .catalog import sync_catalog
 from .copies import usable_manifest
 from .journal import journal
+from .migrations import MigrationDiff, ahead_refusal, migrate_database, migration_diff, refuse_ahead, wants_migrate
 from .notify import notify
 
 logger = logging.getLogger("backups")
@@ -39,7 +41,7 @@ logger = logging.getLogger("backups")
 # Rows that must outlive a restore of the database that holds them: the catalog (rebuilt from
 # storage afterwards anyway), the audit trail, which records the very restore, and the health
 # state, so that a restore does not announce a change of health that did not happen.
-CARRIED_MODELS = (Backup, Operation, HealthState)
+CARRIED_MODELS = (Backup, Operation, HealthState, DatabaseCopy)
 
 
 @dataclass
@@ -50,9 +52,21 @@ class RestoreResult:
     pre_restore_backup: Backup | None = None
     warnings: list = field(default_factory=list)
     operation: Operation | None = None
+    migrations_applied: list = field(default_factory=list)  # by the migrate that followed the restore
 
 
-def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, operation=None, progress=None, stage=None):
+def restore_backup(
+    filename,
+    *,
+    actor,
+    target=None,
+    pre_restore_backup=None,
+    operation=None,
+    progress=None,
+    stage=None,
+    force_ahead=False,
+    migrate=None,
+):
     """Replace the content of the backup's database (or ``target``) with the backup.
 
     Before anything changes: the file's sha256 must match its manifest, and (unless turned off)
@@ -62,10 +76,24 @@ def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, ope
     (BACKUP_NOTIFY_ON_RESTORE). ``progress(read=, total=, elapsed=, final=)`` hears how much of
     the stored file has been replayed, about once a second; ``stage(phase, backup=None)`` hears
     each phase begin: "checking", "pre-restore backup" (with its catalog row), "loading".
+
+    A backup that holds migrations this code does not know is refused unless ``force_ahead``;
+    one that is behind is migrated forward afterwards (``migrate``, else
+    BACKUP_MIGRATE_AFTER_RESTORE), and ``migrations_applied`` lists what ran.
     """
     try:
-        result = _restore(filename, actor, target, pre_restore_backup, operation, progress, stage or ignore_stage)
-    except (RestoreFailed, DatabaseBusy) as exc:  # it was attempted; refusals are not announced
+        result = _restore(
+            filename,
+            actor,
+            target,
+            pre_restore_backup,
+            operation,
+            progress,
+            stage or ignore_stage,
+            force_ahead,
+            migrate,
+        )
+    except (RestoreFailed, DatabaseBusy, MigrateFailed) as exc:  # it was attempted; refusals are not announced
         announce_restore(f"Restore of {filename} failed", actor, target, f"failed: {exc.message}")
         raise
     undo = f" To undo it, restore {result.pre_restore_backup.filename}." if result.pre_restore_backup else ""
@@ -84,7 +112,7 @@ def ignore_stage(phase, backup=None):
     pass
 
 
-def _restore(filename, actor, target, pre_restore_backup, operation, progress, stage):
+def _restore(filename, actor, target, pre_restore_backup, operation, progress, stage, force_ahead, migrate):
     refuse_inside_transaction()
     with journal(
         Action.RESTORE,
@@ -97,6 +125,8 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress, s
         backup = get_restorable_backup(filename)
         alias = record.database = target or backup.database
         engine, manifest = check_restore(backup, alias)
+        migrations = migration_diff(manifest)
+        refuse_ahead(migrations, force_ahead)
         pre_restore_backup = wants_pre_restore_backup(engine, pre_restore_backup)
         warning = verification_warning(backup)
         result = RestoreResult(backup=backup, database=alias, finished_at=None, operation=record)
@@ -107,21 +137,22 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress, s
             with verified_copy_anywhere(filename, manifest, result.warnings) as source:
                 prove_loadable(engine, source, filename, manifest.get("uncompressed_bytes"))
                 if pre_restore_backup:
-                    undo = reserve_backup(
-                        engine, actor=actor, description=f"Before restoring {filename}", trigger=Trigger.PRE_RESTORE
+                    result.pre_restore_backup = take_pre_restore_backup(
+                        engine, actor, f"Before restoring {filename}", stage
                     )
-                    stage("pre-restore backup", undo)
-                    try:
-                        result.pre_restore_backup = write_backup(engine, undo)
-                    except StorageFailed as exc:
-                        raise type(exc)(
-                            f"The restore did not start: the pre-restore backup (a backup of the current state, "
-                            f"taken first so that the restore can be undone) could not be stored. {exc.message} "
-                            "The database was not changed."
-                        ) from None
                     record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
-                    with verified_copy(get_storage(), undo.filename, undo.manifest) as undo_source:
-                        prove_loadable(engine, undo_source, undo.filename, undo.manifest.get("uncompressed_bytes"))
+                    undo = result.pre_restore_backup
+                    if not engine.restore_is_transactional:  # its undo must be known to load, too
+                        with verified_copy(get_storage(), undo.filename, undo.manifest) as undo_source:
+                            prove_loadable(engine, undo_source, undo.filename, undo.manifest.get("uncompressed_bytes"))
+                after_load = None
+                if migrations.behind and wants_migrate(migrate):
+
+                    def after_load():
+                        undo = result.pre_restore_backup.filename if result.pre_restore_backup else None
+                        result.migrations_applied = migrate_database(alias, restored_from=filename, undo=undo)
+                        record.details = {**record.details, "migrations_applied": result.migrations_applied}
+
                 stage("loading")
                 result.warnings.extend(
                     replace_database(
@@ -131,6 +162,7 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress, s
                         expected_size=manifest.get("uncompressed_bytes"),
                         undo=result.pre_restore_backup,
                         progress=progress,
+                        after_load=after_load,
                     )
                 )
         result.finished_at = timezone.now()
@@ -148,11 +180,17 @@ class RestorePreview:
     pre_restore_backup: bool  # whether the current state is backed up first
     all_or_nothing: bool  # False where a failed restore is undone by the pre-restore backup instead
     warning: str | None  # about the backup's verification
+    migrations: MigrationDiff  # the backup's migrations against the code's: what migrate will do after
+
+    @property
+    def refused(self):
+        """Why the restore would be refused unless forced (a backup from newer code), or None."""
+        return ahead_refusal(self.migrations)
 
 
-def restore_preview(filename, *, actor, target=None):
+def restore_preview(filename, *, actor, target=None, permission="restore_backup"):
     """What restoring ``filename`` (into ``target``) would overwrite and how, before it runs."""
-    actor.require("restore_backup")
+    actor.require(permission)
     backup = get_restorable_backup(filename)
     alias = target or backup.database
     engine = get_engine(alias)
@@ -162,7 +200,22 @@ def restore_preview(filename, *, actor, target=None):
         pre_restore_backup=wants_pre_restore_backup(engine, None),
         all_or_nothing=engine.restore_is_transactional,
         warning=verification_warning(backup),
+        migrations=migration_diff(backup.manifest),
     )
+
+
+def take_pre_restore_backup(engine, actor, description, stage=None):
+    """A backup of the current state, taken by a restore before it changes anything: its undo."""
+    undo = reserve_backup(engine, actor=actor, description=description, trigger=Trigger.PRE_RESTORE)
+    if stage is not None:
+        stage("pre-restore backup", undo)
+    try:
+        return write_backup(engine, undo)
+    except StorageFailed as exc:
+        raise type(exc)(
+            f"The restore did not start: the pre-restore backup (a backup of the current state, taken first so "
+            f"that the restore can be undone) could not be stored. {exc.message} The database was not changed."
+        ) from None
 
 
 def check_restore(backup, alias):
@@ -285,9 +338,13 @@ def unusable(problem):
     return f"cannot be read ({problem.message})"
 
 
-def replace_database(engine, source, filename, expected_size=None, undo=None, progress=None):
+def replace_database(engine, source, filename, expected_size=None, undo=None, progress=None, after_load=None):
     """Feed the decompressed dump to the engine, carrying the catalog tables across.
     Returns warnings about the catalog; the restore itself either happened or raised.
+
+    ``after_load()`` (the migrate after a restore) runs before the catalog is carried back, so
+    that the catalog's rows go into tables of the code's schema; they are carried back even when
+    it fails.
 
     A restore that stopped partway (``RestoreIncomplete``, from engines that cannot roll back)
     is undone by restoring ``undo``, the pre-restore backup.
@@ -306,7 +363,12 @@ def replace_database(engine, source, filename, expected_size=None, undo=None, pr
         raise failure from incomplete
     if progress is not None:
         source.finish()
-    return carry_back(carried)
+    try:
+        if after_load is not None:
+            after_load()
+    finally:
+        warnings = carry_back(carried)
+    return warnings
 
 
 def load_dump(engine, source, filename, expected_size=None):
@@ -413,9 +475,17 @@ CATALOG_WARNING = (
 )
 
 
+COPIES_WARNING = (
+    "The restored database predates the list of copies, so that list is empty now: run 'manage.py migrate'; "
+    "the copies' databases are still on the server."
+)
+
+
 def restore_carried_rows(carried):
     """Put the rows back as they were before the restore; returns warnings, if any."""
     catalog = router.db_for_write(Backup)
+    # A backup from before the list of copies existed has no table for it: the rest still goes back.
+    copies = carried.pop(DatabaseCopy, [])
     try:
         with transaction.atomic(using=catalog):
             for model, rows in carried.items():
@@ -424,6 +494,11 @@ def restore_carried_rows(carried):
     except DatabaseError:
         logger.exception("The catalog could not be carried across the restore")
         return [CATALOG_WARNING]
+    if DatabaseCopy._meta.db_table not in connections[catalog].introspection.table_names():
+        return [COPIES_WARNING] if copies else []
+    with transaction.atomic(using=catalog):
+        DatabaseCopy.objects.using(catalog).all().delete()
+        DatabaseCopy.objects.using(catalog).bulk_create(copies)
     return []
 
 

@@ -136,6 +136,48 @@ class Command(BaseCommand):
             default=None,
             help="Skip the backup of the current state that is taken first.",
         )
+        restore.add_argument(
+            "--force-ahead",
+            action="store_true",
+            help="Restore even a backup that holds migrations this code does not know (from a newer release).",
+        )
+        restore.add_argument(
+            "--no-migrate",
+            dest="migrate",
+            action="store_false",
+            default=None,
+            help="Do not run migrate afterwards, even when the backup is behind the code's migrations.",
+        )
+
+        restore.add_argument(
+            "--into",
+            metavar="NAME",
+            help="Restore as a copy, into the new database NAME (SQLite: NAME.sqlite3 next to the live file) on "
+            "the server of the backup's alias (or of --database); the live database is not touched.",
+        )
+        restore.add_argument(
+            "--models",
+            type=lambda value: [label.strip() for label in value.split(",") if label.strip()],
+            help="Replace only these models' rows, e.g. recipes.Recipe,recipes.Ingredient (or an app: recipes).",
+        )
+        restore.add_argument(
+            "--include-related",
+            action="store_true",
+            help="With --models: also restore the models whose foreign keys would otherwise point nowhere.",
+        )
+
+        commands.add_parser("copies", help="List the copies made by 'restore --into'.")
+        drop_copy = commands.add_parser("drop-copy", help="Drop a copy's database.")
+        drop_copy.add_argument("name", help="The copy's name (as given to --into) or id.")
+        drop_copy.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+
+        migrate = commands.add_parser(
+            "migrate", help="Back up the database (trigger pre-migrate) when migrations are pending, then migrate."
+        )
+        migrate.add_argument("--database", default="default", help="Database alias (default: default).")
+        migrate.add_argument(
+            "--noinput", "--no-input", action="store_true", help="Accepted as migrate accepts it; nothing is asked."
+        )
 
         delete = commands.add_parser("delete", help="Delete a backup, its file and its manifest.")
         delete.add_argument("filename")
@@ -169,7 +211,7 @@ class Command(BaseCommand):
         self.check_needs(subcommand)
         try:
             with quiet_console_logging(options["verbosity"]):
-                getattr(self, "handle_" + subcommand)(**options)
+                getattr(self, "handle_" + subcommand.replace("-", "_"))(**options)
         except BackupError as exc:
             raise CommandError(one_line(exc.message)) from None
         except ImproperlyConfigured as exc:
@@ -235,14 +277,22 @@ class Command(BaseCommand):
         data["size"] = human_size(backup.size_bytes)
         self.write_json(data)
 
-    def handle_restore(self, filename, yes, target, pre_restore_backup, **options):
+    def handle_restore(self, filename, yes, target, pre_restore_backup, force_ahead, migrate, into, models, **options):
+        if into and models:
+            raise CommandError("--into makes a copy of the whole backup: it does not go with --models.")
+        if into:
+            return self.restore_copy(filename, into, target)
+        if models:
+            return self.restore_models(filename, yes, target, pre_restore_backup, models, options["include_related"])
         preview = services.restore_preview(filename, actor=self.actor, target=target)
         database = preview.database
         warning = f" {preview.warning}" if preview.warning else ""
+        if preview.refused and not force_ahead:
+            raise CommandError(f"{preview.refused} Nothing was changed.")
         self.confirm(
             yes,
             f"This replaces ALL data in database '{database['alias']}' ({database['name']}) with the backup "
-            f"{filename} taken {local_time(preview.backup.created_at)}.{warning}",
+            f"{filename} taken {local_time(preview.backup.created_at)}.{warning} {preview.migrations.message}",
         )
         with self.progress_bar("Restoring") as bar:
             report = None
@@ -252,13 +302,81 @@ class Command(BaseCommand):
                     bar.show(read, elapsed, total=total)
 
             result = services.restore_backup(
-                filename, actor=self.actor, target=target, pre_restore_backup=pre_restore_backup, progress=report
+                filename,
+                actor=self.actor,
+                target=target,
+                pre_restore_backup=pre_restore_backup,
+                progress=report,
+                force_ahead=force_ahead,
+                migrate=migrate,
             )
         self.stdout.write(f"Restored database '{result.database}' from {filename}.")
+        if result.migrations_applied:
+            self.stdout.write(
+                f"Then migrated: {len(result.migrations_applied)} migrations applied: "
+                f"{', '.join(result.migrations_applied)}."
+            )
         if result.pre_restore_backup:
             self.stdout.write(f"To undo, restore {result.pre_restore_backup.filename} (taken just before).")
         for warning in result.warnings:
             self.stderr.write(f"Warning: {warning}")
+
+    def restore_copy(self, filename, into, target):
+        result = services.restore_copy(filename, actor=self.actor, into=into, target=target)
+        self.stdout.write(
+            f"Restored {filename} into the new database {result.copy.name}; the live one was not touched."
+        )
+        for warning in result.warnings:
+            self.stderr.write(f"Warning: {warning}")
+
+    def restore_models(self, filename, yes, target, pre_restore_backup, models, include_related):
+        preview = services.restore_preview(filename, actor=self.actor, target=target, permission="restore_models")
+        self.confirm(
+            yes,
+            f"This replaces all rows of {', '.join(models)} (and their many-to-many tables) in database "
+            f"'{preview.database['alias']}' with those of the backup {filename} taken "
+            f"{local_time(preview.backup.created_at)}; other tables are left alone.",
+        )
+        result = services.restore_models(
+            filename,
+            actor=self.actor,
+            models=models,
+            include_related=include_related,
+            target=target,
+            pre_restore_backup=pre_restore_backup,
+        )
+        rows = ", ".join(f"{table} {count}" for table, count in sorted(result.rows.items()))
+        self.stdout.write(f"Restored the rows of {', '.join(result.models)} from {filename} ({rows}).")
+        if result.pre_restore_backup:
+            self.stdout.write(f"To undo, restore {result.pre_restore_backup.filename} (taken just before).")
+        for warning in result.warnings:
+            self.stderr.write(f"Warning: {warning}")
+
+    def handle_copies(self, **options):
+        copies = services.list_copies(actor=self.actor)
+        if not copies:
+            self.stdout.write("No copies.")
+        for copy in copies:
+            self.stdout.write(
+                f"{copy.name}  {copy.engine}{' on ' + copy.host if copy.host else ''}  of '{copy.database}' from "
+                f"{copy.filename}, {local_time(copy.created_at)} by {copy.created_by}"
+            )
+
+    def handle_drop_copy(self, name, yes, **options):
+        self.confirm(yes, f"This drops the copy {name} and everything in it.")
+        copy = services.drop_copy(name, actor=self.actor)
+        self.stdout.write(f"Dropped the copy {copy.name}.")
+
+    def handle_migrate(self, database, **options):
+        result = services.migrate_with_backup(actor=self.actor, database=database)
+        if result.backup is not None:
+            self.stdout.write(f"Backed up '{database}' before migrating: {result.backup.filename}")
+        elif result.skipped_backup:
+            self.stdout.write(f"No backup before migrating: {result.skipped_backup}.")
+        if result.applied:
+            self.stdout.write(f"Applied {len(result.applied)} migrations: {', '.join(result.applied)}.")
+        else:
+            self.stdout.write(f"No migrations to apply to '{database}'; no backup taken.")
 
     def handle_delete(self, filename, yes, **options):
         services.get_backup(filename, actor=self.actor)
