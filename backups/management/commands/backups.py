@@ -48,7 +48,7 @@ def quiet_console_logging(verbosity):
 # these are checked before it runs: a typo in the schedule must not stop a restore, nor a bad
 # retention a download. What a subcommand reads but cannot be checked here still fails when
 # used, naming the variable.
-STORAGE = ("DIR", "STORAGE_URL")
+STORAGE = ("DIR", "STORAGE_URL", "DESTINATIONS")
 WRITING = (*STORAGE, "FILENAME_PREFIX", "COMPRESSION", "COMPRESSION_THREADS", "ENCRYPTION_RECIPIENTS")
 READING = (*STORAGE, "ENCRYPTION_IDENTITY_FILE")
 SCHEDULING = ("ENABLED", "DATABASES", "SCHEDULE", "CLEANUP_SCHEDULE", "VERIFY_SCHEDULE")
@@ -69,6 +69,10 @@ NEEDS = {
     ),
     "health": (("ENABLED", "DATABASES", "MAX_AGE_HOURS"), ()),
     "job": ((*RESTORING, "OFFSITE_STORAGE_URL"), (checks.check_storage, checks.check_tools)),
+    "copies": ((), ()),
+    "drop-copy": ((), ()),
+    # The pre-migrate backup is a backup like any other.
+    "migrate": ((*WRITING, "OFFSITE_STORAGE_URL"), (checks.check_storage, checks.check_tools)),
 }
 
 
