@@ -630,16 +630,8 @@ class BackupAdmin(admin.ModelAdmin):
         """Django logs before it deletes; ``delete_backups`` logs afterwards what really went."""
 
 
-class OperationAdmin(admin.ModelAdmin):
-    """The journal's records are written by the service only; here they are read."""
-
-    @admin.display(description="when", ordering="started_at")
-    def started(self, operation):
-        return local_time(operation.started_at)
-
-    @admin.display(description="finished", ordering="finished_at")
-    def finished(self, operation):
-        return local_time(operation.finished_at)
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows that record what happened: nobody adds, edits or deletes them here."""
 
     def has_add_permission(self, request):
         return False
@@ -649,6 +641,18 @@ class OperationAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class OperationAdmin(ReadOnlyAdmin):
+    """The journal's records are written by the service only; here they are read."""
+
+    @admin.display(description="when", ordering="started_at")
+    def started(self, operation):
+        return local_time(operation.started_at)
+
+    @admin.display(description="finished", ordering="finished_at")
+    def finished(self, operation):
+        return local_time(operation.finished_at)
 
 
 @admin.register(RestoreHistory)
@@ -717,7 +721,7 @@ class AuditLogAdmin(OperationAdmin):
 
 
 @admin.register(DatabaseCopy)
-class DatabaseCopyAdmin(admin.ModelAdmin):
+class DatabaseCopyAdmin(ReadOnlyAdmin):
     """Copies made by 'restore --into' (or the API's "into"): listed, and dropped by the service."""
 
     list_display = ("name", "database", "engine", "host", "filename", "created", "created_by")
@@ -731,15 +735,6 @@ class DatabaseCopyAdmin(admin.ModelAdmin):
 
     def has_view_permission(self, request, obj=None):
         return request.user.has_perm("backups.view_backup") or super().has_view_permission(request, obj)
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def has_drop_permission(self, request):
         return request.user.has_perm("backups.restore_copy")

@@ -324,26 +324,18 @@ class BackupViewSet(viewsets.ViewSet):
             return self.restore_copy(request, data)
         if data["models"]:
             return self.restore_models(request, data)
+        options = {
+            "target": data["target_database"],
+            "pre_restore_backup": data["pre_restore_backup"],
+            "force_ahead": data["force_ahead"],
+            "migrate": data["migrate"],
+        }
         if data["async"]:
-            job = services.start_restore(
-                data["filename"],
-                actor=actor_for(request),
-                target=data["target_database"],
-                pre_restore_backup=data["pre_restore_backup"],
-                force_ahead=data["force_ahead"],
-                migrate=data["migrate"],
-            )
+            job = services.start_restore(data["filename"], actor=actor_for(request), **options)
             body = status_body("Restore started", job.filename, job.started_at, state="pending")
             body["job_id"] = str(job.pk)
             return self.accepted(body, self.reverse_action("restore-job", kwargs={"job_id": job.pk}))
-        result = services.restore_backup(
-            data["filename"],
-            actor=actor_for(request),
-            target=data["target_database"],
-            pre_restore_backup=data["pre_restore_backup"],
-            force_ahead=data["force_ahead"],
-            migrate=data["migrate"],
-        )
+        result = services.restore_backup(data["filename"], actor=actor_for(request), **options)
         body = status_body("Database restored successfully", result.backup.filename, result.finished_at)
         body["pre_restore_backup"] = result.pre_restore_backup.filename if result.pre_restore_backup else None
         body["warnings"] = result.warnings
