@@ -237,7 +237,7 @@ class MySQLEngine(DatabaseEngine):
         pattern = self.scratch_name().rsplit("_", 1)[0].replace("_", r"\_") + r"\_%"
         return (
             "Restore drills load backups into such scratch databases, and a restore proves there that its dump "
-            f"loads before it touches the live database; nothing was changed. Let {where} create them, e.g. "
+            f"loads before it touches the live database. Nothing was changed. Let {where} create them, e.g. "
             f"GRANT ALL ON `{pattern}`.* TO that user."
         )
 
