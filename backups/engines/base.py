@@ -220,6 +220,9 @@ class ProcessDump:
                     except OSError as exc:
                         raise tool_missing(tool, exc) from None
                     if processes:
+                        # pg_restore reads pg_dump's archive in small blocks: a large pipe
+                        # between them lets each run on instead of waking the other.
+                        enlarge_pipe(processes[-1][0].stdout)
                         processes[-1][0].stdout.close()  # the next tool holds it now
                     processes.append((process, tool, stderr))
                 yield processes[-1][0].stdout
