@@ -278,6 +278,12 @@ class CreateResponseSerializer(StatusSerializer):
 
 class RestoreResponseSerializer(StatusSerializer):
     pre_restore_backup = serializers.CharField(allow_null=True)
+    method = serializers.ChoiceField(
+        choices=["in-place", "switch"], help_text="switch: loaded beside the live database, then swapped names"
+    )
+    undo_database = serializers.CharField(
+        allow_null=True, help_text="After a switch: the replaced database, kept for BACKUP_RESTORE_KEEP_OLD_HOURS"
+    )
     warnings = serializers.ListField(child=serializers.CharField())
     job_id = serializers.UUIDField(help_text="The restore's id: GET /backups/restores/{job_id} shows it")
 
@@ -307,6 +313,9 @@ class RestoreJobSerializer(serializers.Serializer):
         source="details.pre_restore_backup", allow_null=True, default=None, help_text="The backup that undoes it"
     )
     warnings = serializers.ListField(child=serializers.CharField(), source="details.warnings", default=list)
+    undo_database = serializers.CharField(
+        source="details.undo_database", allow_null=True, default=None, help_text="After a switch: the replaced database"
+    )
 
 
 class KeptSerializer(serializers.Serializer):

@@ -299,6 +299,8 @@ class BackupViewSet(viewsets.ViewSet):
         )
         body = status_body("Database restored successfully", result.backup.filename, result.finished_at)
         body["pre_restore_backup"] = result.pre_restore_backup.filename if result.pre_restore_backup else None
+        body["method"] = result.method
+        body["undo_database"] = result.undo_database
         body["warnings"] = result.warnings
         body["job_id"] = str(result.operation.pk)  # GET /backups/restores/{job_id} shows it again
         return Response(body)

@@ -50,6 +50,8 @@ class RestoreResult:
     pre_restore_backup: Backup | None = None
     warnings: list = field(default_factory=list)
     operation: Operation | None = None
+    method: str = "in-place"  # or "switch": loaded beside the live database, then swapped names
+    undo_database: str | None = None  # after a switch: the replaced database, kept as the undo
 
 
 def restore_backup(filename, *, actor, target=None, pre_restore_backup=None, operation=None, progress=None):
@@ -94,7 +96,9 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress):
         engine, manifest = check_restore(backup, alias)
         pre_restore_backup = wants_pre_restore_backup(engine, pre_restore_backup)
         warning = verification_warning(backup)
-        result = RestoreResult(backup=backup, database=alias, finished_at=None, operation=record)
+        result = RestoreResult(
+            backup=backup, database=alias, finished_at=None, operation=record, method=restore_method(engine)
+        )
         if warning:
             result.warnings.append(warning)
         with engine.lock(exclusive=True):
@@ -105,19 +109,27 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress):
                     )
                     result.pre_restore_backup = write_backup(engine, undo)
                     record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
-                result.warnings.extend(
-                    replace_database(
-                        engine,
-                        source,
-                        filename,
-                        expected_size=manifest.get("uncompressed_bytes"),
-                        undo=result.pre_restore_backup,
-                        progress=progress,
-                    )
+                warnings, result.undo_database = replace_database(
+                    engine,
+                    source,
+                    filename,
+                    expected_size=manifest.get("uncompressed_bytes"),
+                    undo=result.pre_restore_backup,
+                    progress=progress,
+                    switch=result.method == "switch",
+                    table_rows=manifest.get("table_rows"),
                 )
+                result.warnings.extend(warnings)
         result.finished_at = timezone.now()
         record.message = f"Restored {engine.describe()} from {filename}"
-        record.details = {**record.details, "warnings": result.warnings}
+        if result.undo_database:
+            record.message += f" by a switch; the database it replaced is kept as {result.undo_database}"
+        record.details = {
+            **record.details,
+            "warnings": result.warnings,
+            "method": result.method,
+            "undo_database": result.undo_database,
+        }
     return result
 
 
@@ -171,6 +183,23 @@ def verification_warning(backup):
     if not backup.verification.get("passed"):
         return f"{backup.filename} failed its last verification ({backup.verification.get('message')})."
     return None
+
+
+def restore_method(engine):
+    """How to restore into ``engine``'s database (BACKUP_RESTORE_METHOD): "switch" (beside, then
+    swap names) or "in-place"; auto takes the switch where the engine and the role can."""
+    method = backup_settings.RESTORE_METHOD
+    if method == "in-place":
+        return method
+    if engine.can_restore_beside():
+        return "switch"
+    if method == "switch":
+        raise InvalidRequest(
+            f"BACKUP_RESTORE_METHOD is switch, but the {engine.vendor} database {engine.alias!r} cannot be restored "
+            "beside the live one (PostgreSQL only, by a role with CREATEDB that owns the database). Nothing was "
+            "changed; set BACKUP_RESTORE_METHOD=auto or in-place."
+        )
+    return "in-place"
 
 
 def wants_pre_restore_backup(engine, requested):
@@ -264,9 +293,12 @@ def unusable(problem):
     return f"cannot be read ({problem.message})"
 
 
-def replace_database(engine, source, filename, expected_size=None, undo=None, progress=None):
+def replace_database(
+    engine, source, filename, expected_size=None, undo=None, progress=None, switch=False, table_rows=None
+):
     """Feed the decompressed dump to the engine, carrying the catalog tables across.
-    Returns warnings about the catalog; the restore itself either happened or raised.
+    Returns (warnings about the catalog, the undo database of a switch or None); the restore
+    itself either happened or raised.
 
     A restore that stopped partway (``RestoreIncomplete``, from engines that cannot roll back)
     is undone by restoring ``undo``, the pre-restore backup.
@@ -275,8 +307,13 @@ def replace_database(engine, source, filename, expected_size=None, undo=None, pr
     connections.close_all()
     if progress is not None:
         source = ReadProgress(source, progress)
+    undo_database = None
     try:
-        load_dump(engine, source, filename, expected_size)
+        if switch:
+            undo_database = load_dump(engine, source, filename, expected_size, table_rows=table_rows, switch=True)
+            connections.close_all()  # the switch ended their sessions: reconnect, to the new database
+        else:
+            load_dump(engine, source, filename, expected_size)
     except RestoreIncomplete as incomplete:
         if undo is None:
             raise
@@ -285,13 +322,18 @@ def replace_database(engine, source, filename, expected_size=None, undo=None, pr
         raise failure from incomplete
     if progress is not None:
         source.finish()
-    return carry_back(carried)
+    return carry_back(carried), undo_database
 
 
-def load_dump(engine, source, filename, expected_size=None):
+def load_dump(engine, source, filename, expected_size=None, table_rows=None, switch=False):
+    """In place, or beside the live database and then switched (returning the undo database)."""
     reader = codec_for(filename).decompressor(source)
+    guarded = GuardedReader(reader, filename, expected_size)
     try:
-        engine.restore(GuardedReader(reader, filename, expected_size), backup_settings.RESTORE_LOCK_TIMEOUT)
+        if switch:
+            return engine.restore_beside(guarded, backup_settings.RESTORE_LOCK_TIMEOUT, table_rows)
+        engine.restore(guarded, backup_settings.RESTORE_LOCK_TIMEOUT)
+        return None
     finally:
         reader.close()
 

@@ -7,16 +7,22 @@ have backups (BACKUP_KEEP_DAILY/WEEKLY/MONTHLY). Failed attempts and rows whose 
 never count as kept backups; their rows go once they are past the retention period.
 """
 
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from django.db import connections
 from django.utils import timezone
 
 from ..conf import backup_settings
+from ..engines import get_engine
+from ..exceptions import BackupError
 from ..models import Action, Backup, BackupStatus
 from .backups import remove_backup_files
 from .catalog import sync_catalog
 from .journal import journal
+
+logger = logging.getLogger("backups")
 
 FINISHED = (BackupStatus.SUCCEEDED, BackupStatus.FAILED, BackupStatus.MISSING)
 
@@ -30,6 +36,7 @@ class CleanupResult:
     kept: dict = field(default_factory=dict)  # filename -> reasons
     deleted_attempts: list = field(default_factory=list)
     removed_partials: list = field(default_factory=list)
+    dropped_undo_databases: list = field(default_factory=list)  # (alias, name) left by switch restores
 
     @property
     def total_size_freed(self):
@@ -114,9 +121,32 @@ def cleanup_backups(*, actor, dry_run=False, now=None):
         if not dry_run:
             for backup in result.deleted + result.deleted_attempts:
                 remove_backup_files(backup)  # an attempt may have left a manifest, off-site too
+        result.dropped_undo_databases = drop_expired_undo_databases(now, dry_run)
         operation.message = (
             f"{'Would delete' if dry_run else 'Deleted'} {len(result.deleted)} backups "
             f"({result.total_size_freed} bytes), kept {len(result.kept)}"
         )
-        operation.details = {"deleted_files": [b.filename for b in result.deleted], "dry_run": dry_run}
+        operation.details = {
+            "deleted_files": [b.filename for b in result.deleted],
+            "dropped_undo_databases": [name for _alias, name in result.dropped_undo_databases],
+            "dry_run": dry_run,
+        }
     return result
+
+
+def drop_expired_undo_databases(now, dry_run=False):
+    """Drop the databases that switch restores replaced, once BACKUP_RESTORE_KEEP_OLD_HOURS have
+    passed; returns (alias, name) of each. A database out of reach is skipped, not fatal."""
+    expired = now - timedelta(hours=backup_settings.RESTORE_KEEP_OLD_HOURS)
+    dropped = []
+    for alias in sorted(connections.settings):
+        try:
+            engine = get_engine(alias)
+            for name, made_at in engine.undo_databases():
+                if made_at <= expired:
+                    if not dry_run:
+                        engine.drop_undo_database(name)
+                    dropped.append((alias, name))
+        except BackupError as exc:
+            logger.warning("Undo databases of %s not checked: %s", alias, exc.message)
+    return dropped
