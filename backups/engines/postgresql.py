@@ -3,13 +3,15 @@
 import os
 import re
 import secrets
+import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 
 from django.db import connections
 from django.db.backends.postgresql.client import DatabaseClient
 
+from ..conf import backup_settings
 from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, InvalidRequest, RestoreFailed, ToolMissing
 from .base import CHUNK_SIZE, DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, run_fed, run_tool
 
@@ -301,13 +303,34 @@ class PostgreSQLEngine(DatabaseEngine):
 
     @contextmanager
     def dump(self):
-        args, env = self.command("pg_dump", DUMP_OPTIONS)
-        to_sql = (["pg_restore", *TO_SQL_OPTIONS], env, "pg_restore")
         roles = self.granted_roles()
-        with ProcessDump(args, env, "pg_dump", filters=[to_sql]).run() as stdout:
-            stream = CleanupSplicingStream(stdout, CopyRowCounter(), restore_cleanup(roles))
-            stream.restore_requirements = {"roles": roles}
-            yield stream
+        jobs = backup_settings.JOBS
+        with self.archive(jobs) if jobs > 1 else nullcontext(None) as directory:
+            if directory is None:
+                args, env = self.command("pg_dump", DUMP_OPTIONS)
+                stages = [(args, env, "pg_dump"), (["pg_restore", *TO_SQL_OPTIONS], env, "pg_restore")]
+            else:
+                stages = [(["pg_restore", *TO_SQL_OPTIONS, directory], os.environ, "pg_restore")]
+            with ProcessDump(*stages[0], filters=stages[1:]).run() as stdout:
+                stream = CleanupSplicingStream(stdout, CopyRowCounter(), restore_cleanup(roles))
+                stream.restore_requirements = {"roles": roles}
+                yield stream
+
+    @contextmanager
+    def archive(self, jobs):
+        """A directory-format archive of the database written by ``jobs`` workers that share one
+        snapshot (pg_dump -j), compressed (gzip level 1, the fastest pg_dump 15 offers), in a
+        private temporary directory; yields its path, which pg_restore turns into the same plain
+        SQL as a serial dump."""
+        with tempfile.TemporaryDirectory(prefix="hoppybrew-dump-") as scratch:
+            directory = os.path.join(scratch, "archive")
+            options = [option for option in DUMP_OPTIONS if not option.startswith(("--format", "--compress"))]
+            args, env = self.command(
+                "pg_dump", ["--format=directory", f"--jobs={jobs}", "--compress=1", f"--file={directory}", *options]
+            )
+            with ProcessDump(args, env, "pg_dump").run() as stdout:
+                stdout.read()  # it writes nothing here; the exit status says whether it worked
+            yield directory
 
     def granted_roles(self):
         connection = self.connect()
