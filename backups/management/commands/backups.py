@@ -11,7 +11,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from ... import services
-from ...api.serializers import BackupSerializer, BackupSummarySerializer
 from ...checks import TAG
 from ...conf import backup_settings
 from ...exceptions import BackupError
@@ -137,6 +136,8 @@ class Command(BaseCommand):
     def handle_list(self, as_json, database, **options):
         backups = services.list_backups(actor=self.actor, database=database)
         if as_json:
+            from ...api.serializers import BackupSummarySerializer
+
             self.write_json(BackupSummarySerializer(backups, many=True).data)
             return
         rows = [
@@ -164,6 +165,8 @@ class Command(BaseCommand):
 
     def handle_show(self, filename, **options):
         backup = services.get_backup(filename, actor=self.actor)
+        from ...api.serializers import BackupSerializer
+
         data = dict(BackupSerializer(backup).data)
         data["size"] = human_size(backup.size_bytes)
         self.write_json(data)
