@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from backups.engines import get_engine, postgresql
 from backups.exceptions import DatabaseBusy, InvalidRequest, RestoreFailed
+from backups.services import restore as restore_service
 from backups.services.offsite import write_manifest
 from backups.services.retention import drop_expired_undo_databases
 
@@ -154,7 +155,7 @@ def fail_after(function):
     [
         (postgresql, "create_database_like"),
         (postgresql.PostgreSQLEngine, "restore"),
-        (postgresql.PostgreSQLEngine, "check_row_counts"),
+        (restore_service, "check_loaded"),
         (postgresql, "copy_database_properties"),
         (postgresql, "end_sessions"),
     ],
@@ -186,7 +187,7 @@ def test_a_switch_whose_rows_do_not_match_the_manifest_changes_nothing(switching
     run_sql(database, CHANGES.format(role=role))
     changed = fingerprint(database)
 
-    with pytest.raises(RestoreFailed, match=f"the table {table} holds"):
+    with pytest.raises(RestoreFailed, match=f"not changed. Table {table} has"):
         restore(made.filename)
     assert_same(fingerprint(database), changed)
     assert databases_like(f"{database}_restore_") == []

@@ -137,12 +137,13 @@ class DatabaseEngine:
         Engines that cannot keep this answer."""
         return False
 
-    def restore_beside(self, stream, lock_timeout, table_rows=None):
-        """Load the dump into a new database next to this one, check it (``table_rows``: the
-        manifest's rows per table), then give it this database's name in one short step that
-        ends the sessions on both; returns the name the old database now has (the undo, kept for
-        BACKUP_RESTORE_KEEP_OLD_HOURS). On any error before that step ends, the live database is
-        as it was and the new one is gone. Only where ``can_restore_beside()``."""
+    def restore_beside(self, stream, lock_timeout, check):
+        """Load the dump into a new database next to this one, ``check(engine)`` it (an engine
+        for the loaded database; raising stops here), then give it this database's name in one
+        short step that ends the sessions on both; returns the name the old database now has
+        (the undo, kept for BACKUP_RESTORE_KEEP_OLD_HOURS). On any error before that step ends,
+        the live database is as it was and the new one is gone. Only where
+        ``can_restore_beside()``."""
         raise NotImplementedError(f"{self.vendor} databases cannot be restored beside the live one")
 
     def undo_databases(self):

@@ -446,7 +446,7 @@ class PostgreSQLEngine(DatabaseEngine):
         # Renaming a database takes its owner with CREATEDB (or a superuser), from another database.
         return self.database_name != MAINTENANCE_DATABASE and bool(self.query_value(CAN_RESTORE_BESIDE))
 
-    def restore_beside(self, stream, lock_timeout, table_rows=None):
+    def restore_beside(self, stream, lock_timeout, check):
         new = f"{self.database_name[:40]}_restore_{secrets.token_hex(4)}"
         live = self.database_properties()
         try:
@@ -456,7 +456,7 @@ class PostgreSQLEngine(DatabaseEngine):
             with refused("give the new database's public schema the live one's owner"):
                 sibling.adopt_public_owner(live["public_owner"])
             sibling.restore(stream, lock_timeout)
-            sibling.check_row_counts(table_rows)
+            check(sibling)
             with self.maintenance_connection() as connection, refused("give the restored database its properties"):
                 copy_database_properties(connection, new, live)
             return self.switch(new, live, lock_timeout)
@@ -478,15 +478,6 @@ class PostgreSQLEngine(DatabaseEngine):
                 cursor.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)))
         finally:
             connection.close()
-
-    def check_row_counts(self, table_rows):
-        for table, rows in sorted((table_rows or {}).items()):
-            found = self.count_rows(table)
-            if found != rows:
-                raise RestoreFailed(
-                    f"Database restore failed; the database was not changed. After loading, the table {table} "
-                    f"holds {found} rows; the backup recorded {rows}."
-                )
 
     def switch(self, new, live, lock_timeout):
         """Swap the names of the live database and ``new`` in one transaction, after ending the

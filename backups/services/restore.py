@@ -331,11 +331,23 @@ def load_dump(engine, source, filename, expected_size=None, table_rows=None, swi
     guarded = GuardedReader(reader, filename, expected_size)
     try:
         if switch:
-            return engine.restore_beside(guarded, backup_settings.RESTORE_LOCK_TIMEOUT, table_rows)
+            timeout = backup_settings.RESTORE_LOCK_TIMEOUT
+            return engine.restore_beside(guarded, timeout, lambda loaded: check_loaded(loaded, table_rows))
         engine.restore(guarded, backup_settings.RESTORE_LOCK_TIMEOUT)
         return None
     finally:
         reader.close()
+
+
+def check_loaded(loaded, table_rows):
+    """A database loaded beside the live one holds the rows its manifest recorded, or the switch
+    does not happen."""
+    from .verification import VerificationFailed, compare_row_counts  # verification builds on this module
+
+    try:
+        compare_row_counts(loaded, table_rows)
+    except VerificationFailed as exc:
+        raise RestoreFailed(f"Database restore failed; the database was not changed. {exc.message}") from None
 
 
 def undo_incomplete_restore(engine, filename, incomplete, undo):
