@@ -8,7 +8,7 @@ BENCH_VENV := bench/.venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test bench lint check clean
+.PHONY: run test bench bench-big lint check clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: make PYTHON=/path/to/python3.11")'
@@ -52,6 +52,12 @@ $(BENCH_VENV)/.installed: requirements.txt bench/requirements.txt
 bench: $(BENCH_VENV)/.installed
 	scripts/system-packages /usr/bin/time=time zstd=zstd pg_dump=postgresql-client
 	$(BENCH_VENV)/bin/python bench/run.py
+
+# Big databases (issue 19): both data shapes, parallel backups, restores beside and switched, the
+# site's longest gap during a restore; replaces its section of bench/RESULTS.md.
+bench-big: $(BENCH_VENV)/.installed
+	scripts/system-packages /usr/bin/time=time pg_dump=postgresql-client
+	$(BENCH_VENV)/bin/python bench/big.py
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .

@@ -433,6 +433,16 @@ SETTINGS = {
     "ENCRYPTION_IDENTITY_FILE": Setting(
         None, parse_identity_file, "age identity file (private key) that decrypts backups for restores."
     ),
+    "RESTORE_METHOD": Setting(
+        "in-place",
+        choice_parser("in-place", "switch", "auto"),
+        "in-place; switch: load beside the live database, then swap names (PostgreSQL, needs CREATEDB); "
+        "auto: switch where the database role may.",
+    ),
+    "RESTORE_KEEP_OLD_HOURS": Setting(
+        24, int_parser(0), "Hours a database replaced by a switch restore is kept as the undo before cleanup drops it."
+    ),
+    "JOBS": Setting(1, int_parser(1), "Workers that dump a PostgreSQL database's tables side by side."),
     "JOB_LOG": Setting(
         "data/logs/backup-jobs.log", parse_path, "Where the worker processes of asynchronous API requests log."
     ),

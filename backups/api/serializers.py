@@ -327,6 +327,12 @@ class CreateResponseSerializer(StatusSerializer):
 
 class RestoreResponseSerializer(StatusSerializer):
     pre_restore_backup = serializers.CharField(allow_null=True)
+    method = serializers.ChoiceField(
+        choices=["in-place", "switch"], help_text="switch: loaded beside the live database, then swapped names"
+    )
+    undo_database = serializers.CharField(
+        allow_null=True, help_text="After a switch: the replaced database, kept for BACKUP_RESTORE_KEEP_OLD_HOURS"
+    )
     warnings = serializers.ListField(child=serializers.CharField())
     migrations_applied = serializers.ListField(
         child=serializers.CharField(), help_text="What migrate applied after the restore (app.migration, in order)"
@@ -411,6 +417,9 @@ class RestoreJobSerializer(serializers.Serializer):
     warnings = serializers.ListField(child=serializers.CharField(), source="details.warnings", default=list)
     migrations_applied = serializers.ListField(
         child=serializers.CharField(), source="details.migrations_applied", default=list
+    )
+    undo_database = serializers.CharField(
+        source="details.undo_database", allow_null=True, default=None, help_text="After a switch: the replaced database"
     )
 
 

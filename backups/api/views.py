@@ -338,6 +338,8 @@ class BackupViewSet(viewsets.ViewSet):
         result = services.restore_backup(data["filename"], actor=actor_for(request), **options)
         body = status_body("Database restored successfully", result.backup.filename, result.finished_at)
         body["pre_restore_backup"] = result.pre_restore_backup.filename if result.pre_restore_backup else None
+        body["method"] = result.method
+        body["undo_database"] = result.undo_database
         body["warnings"] = result.warnings
         body["migrations_applied"] = result.migrations_applied
         body["job_id"] = str(result.operation.pk)  # GET /backups/restores/{job_id} shows it again

@@ -141,6 +141,30 @@ class DatabaseEngine:
         raise NotImplementedError("subclasses of DatabaseEngine must provide a lock() method")
         yield
 
+    # -- restore beside, then switch -------------------------------------------------------------
+
+    def can_restore_beside(self):
+        """Whether ``restore_beside`` can work here (the role may create and rename databases).
+        Engines that cannot keep this answer."""
+        return False
+
+    def restore_beside(self, stream, lock_timeout, check):
+        """Load the dump into a new database next to this one, ``check(engine)`` it (an engine
+        for the loaded database; raising stops here), then give it this database's name in one
+        short step that ends the sessions on both; returns the name the old database now has
+        (the undo, kept for BACKUP_RESTORE_KEEP_OLD_HOURS). On any error before that step ends,
+        the live database is as it was and the new one is gone. Only where
+        ``can_restore_beside()``."""
+        raise NotImplementedError(f"{self.vendor} databases cannot be restored beside the live one")
+
+    def undo_databases(self):
+        """The undo databases that ``restore_beside`` left of this one: ``(name, made_at)`` pairs."""
+        return []
+
+    def drop_undo_database(self, name):
+        """Drop an undo database listed by ``undo_databases``."""
+        raise NotImplementedError(f"{self.vendor} databases have no undo databases")
+
     def check_restore_requirements(self, requirements):
         """Raise ``InvalidRequest`` when this database lacks what a backup's
         ``restore_requirements`` (from its manifest; None for older backups) say it needs, before
@@ -274,6 +298,9 @@ class ProcessDump:
                     except OSError as exc:
                         raise tool_missing(tool, exc) from None
                     if processes:
+                        # pg_restore reads pg_dump's archive in small blocks: a large pipe
+                        # between them lets each run on instead of waking the other.
+                        enlarge_pipe(processes[-1][0].stdout)
                         processes[-1][0].stdout.close()  # the next tool holds it now
                     processes.append((process, tool, stderr))
                 yield processes[-1][0].stdout

@@ -2,10 +2,15 @@
 
 import os
 import re
-from contextlib import contextmanager
+import secrets
+import tempfile
+import time
+from contextlib import contextmanager, nullcontext
+from datetime import UTC, datetime
 
 from django.db.backends.postgresql.client import DatabaseClient
 
+from ..conf import backup_settings
 from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, InvalidRequest, RestoreFailed, ToolMissing
 from .base import CHUNK_SIZE, DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, run_fed, run_tool
 
@@ -201,6 +206,49 @@ WHERE r.oid >= 16384
 ORDER BY 1
 """
 
+INDEX_MEMORY = "256MB"
+# Restore beside, then switch.
+SWITCH_RETRY_SECONDS = 0.05
+CAN_RESTORE_BESIDE = """
+SELECT (r.rolcreatedb OR r.rolsuper) AND pg_catalog.pg_has_role(d.datdba, 'USAGE')
+FROM pg_catalog.pg_roles r, pg_catalog.pg_database d
+WHERE r.rolname = current_user AND d.datname = pg_catalog.current_database()
+"""
+PUBLIC_OWNER = "SELECT nspowner::pg_catalog.regrole::text FROM pg_catalog.pg_namespace WHERE nspname = 'public'"
+DATABASE_PROPERTIES = f"""
+SELECT pg_catalog.pg_encoding_to_char(d.encoding) AS encoding, d.datcollate AS collate, d.datctype AS ctype,
+       d.datlocprovider AS locale_provider, d.daticulocale AS icu_locale, t.spcname AS tablespace,
+       d.datdba::pg_catalog.regrole::text AS owner, pg_catalog.shobj_description(d.oid, 'pg_database') AS comment,
+       d.datconnlimit AS limit, d.datallowconn AS allow_connections,
+       ({PUBLIC_OWNER}) AS public_owner
+FROM pg_catalog.pg_database d JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace
+WHERE d.datname = pg_catalog.current_database()
+"""
+# (role or NULL for everyone, setting, value) of every ALTER DATABASE/ROLE ... IN DATABASE ... SET.
+DATABASE_SETTINGS = """
+SELECT r.rolname, pg_catalog.split_part(setting, '=', 1),
+       pg_catalog.substr(setting, pg_catalog.strpos(setting, '=') + 1)
+FROM pg_catalog.pg_db_role_setting s
+JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase AND d.datname = pg_catalog.current_database()
+LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole,
+pg_catalog.unnest(s.setconfig) WITH ORDINALITY AS config (setting, position)
+ORDER BY 1 NULLS FIRST, config.position
+"""
+# (grantee or NULL for PUBLIC, privilege, grantable) on the database, the owner's own excepted.
+DATABASE_GRANTS = """
+SELECT CASE acl.grantee WHEN 0 THEN NULL ELSE acl.grantee::pg_catalog.regrole::text END,
+       acl.privilege_type, acl.is_grantable
+FROM pg_catalog.pg_database d,
+     pg_catalog.aclexplode(coalesce(d.datacl, pg_catalog.acldefault('d', d.datdba))) acl
+WHERE d.datname = pg_catalog.current_database() AND acl.grantee <> d.datdba
+ORDER BY 1 NULLS FIRST, 2
+"""
+SESSIONS = """
+SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_catalog.pg_backend_pid()
+"""
+# Settings whose values are lists, stored already quoted (as pg_dumpall knows them too).
+LIST_SETTINGS = {"search_path", "temp_tablespaces", "session_preload_libraries", "local_preload_libraries"}
+
 VERSION_PATTERN = re.compile(r"(\d+)(?:\.(\d+))?")
 # schema.table as pg_dump writes it in COPY headers, each part plain or double-quoted.
 QUALIFIED_NAME = re.compile(r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\.(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)')
@@ -255,13 +303,34 @@ class PostgreSQLEngine(DatabaseEngine):
 
     @contextmanager
     def dump(self):
-        args, env = self.command("pg_dump", DUMP_OPTIONS)
-        to_sql = (["pg_restore", *TO_SQL_OPTIONS], env, "pg_restore")
         roles = self.granted_roles()
-        with ProcessDump(args, env, "pg_dump", filters=[to_sql]).run() as stdout:
-            stream = CleanupSplicingStream(stdout, CopyRowCounter(), restore_cleanup(roles))
-            stream.restore_requirements = {"roles": roles}
-            yield stream
+        jobs = backup_settings.JOBS
+        with self.archive(jobs) if jobs > 1 else nullcontext(None) as directory:
+            if directory is None:
+                args, env = self.command("pg_dump", DUMP_OPTIONS)
+                stages = [(args, env, "pg_dump"), (["pg_restore", *TO_SQL_OPTIONS], env, "pg_restore")]
+            else:
+                stages = [(["pg_restore", *TO_SQL_OPTIONS, directory], os.environ, "pg_restore")]
+            with ProcessDump(*stages[0], filters=stages[1:]).run() as stdout:
+                stream = CleanupSplicingStream(stdout, CopyRowCounter(), restore_cleanup(roles))
+                stream.restore_requirements = {"roles": roles}
+                yield stream
+
+    @contextmanager
+    def archive(self, jobs):
+        """A directory-format archive of the database written by ``jobs`` workers that share one
+        snapshot (pg_dump -j), compressed (gzip level 1, the fastest pg_dump 15 offers), in a
+        private temporary directory; yields its path, which pg_restore turns into the same plain
+        SQL as a serial dump."""
+        with tempfile.TemporaryDirectory(prefix="hoppybrew-dump-") as scratch:
+            directory = os.path.join(scratch, "archive")
+            options = [option for option in DUMP_OPTIONS if not option.startswith(("--format", "--compress"))]
+            args, env = self.command(
+                "pg_dump", ["--format=directory", f"--jobs={jobs}", "--compress=1", f"--file={directory}", *options]
+            )
+            with ProcessDump(args, env, "pg_dump").run() as stdout:
+                stdout.read()  # it writes nothing here; the exit status says whether it worked
+            yield directory
 
     def granted_roles(self):
         connection = self.connect()
@@ -294,7 +363,11 @@ class PostgreSQLEngine(DatabaseEngine):
     def restore(self, stream, lock_timeout):
         args, env = self.command("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-f", "-"])
         head = read_head(stream)
-        setting = f"SET hoppybrew.lock_timeout = '{int(lock_timeout)}s';\n"
+        # Index builds (one sort each, with PostgreSQL's parallel workers) are much of a restore's
+        # time; more memory than the 64 MB default keeps their sorts off the disk.
+        setting = (
+            f"SET hoppybrew.lock_timeout = '{int(lock_timeout)}s';\nSET maintenance_work_mem = '{INDEX_MEMORY}';\n"
+        )
         if opens_own_transaction(head):
             # The file's own COMMIT is held back and sent only once the whole stream has been
             # read: whatever follows it, or a stream that fails at its end, stays inside the
@@ -351,16 +424,6 @@ class PostgreSQLEngine(DatabaseEngine):
             connection.close()
         return PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": name})
 
-    def drop_database(self, name):
-        from psycopg2 import sql
-
-        connection = self.connect()
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        finally:
-            connection.close()
-
     def scratch_advice(self):
         if self.drills_elsewhere():
             return "The role in BACKUP_VERIFY_DATABASE_URL needs the CREATEDB privilege there."
@@ -378,6 +441,219 @@ class PostgreSQLEngine(DatabaseEngine):
         if not QUALIFIED_NAME.fullmatch(table):
             raise ValueError(f"not a table name from a dump: {table!r}")
         return self.query_value(f"SELECT count(*) FROM {table}")
+
+    # -- restore beside, then switch ---------------------------------------------------------
+
+    def can_restore_beside(self):
+        # Renaming a database takes its owner with CREATEDB (or a superuser), from another database.
+        return self.database_name != self.maintenance_database and bool(self.query_value(CAN_RESTORE_BESIDE))
+
+    def restore_beside(self, stream, lock_timeout, check):
+        new = f"{self.database_name[:40]}_restore_{secrets.token_hex(4)}"
+        live = self.database_properties()
+        try:
+            with self.maintenance_connection() as connection, refused("create a database beside it"):
+                create_database_like(connection, new, live)
+            sibling = PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": new})
+            with refused("give the new database's public schema the live one's owner"):
+                sibling.adopt_public_owner(live["public_owner"])
+            sibling.restore(stream, lock_timeout)
+            check(sibling)
+            with self.maintenance_connection() as connection, refused("give the restored database its properties"):
+                copy_database_properties(connection, new, live)
+            return self.switch(new, live, lock_timeout)
+        except BaseException:
+            self.drop_database(new)
+            raise
+
+    def adopt_public_owner(self, owner):
+        """public, which a dump never creates, comes from template0 owned by pg_database_owner;
+        the live one's owner may be another (databases made before PostgreSQL 15, or from
+        template1). The restore's cleanup then resets its privileges for that owner."""
+        from psycopg2 import sql
+
+        if owner is None or owner == self.query_value(PUBLIC_OWNER):
+            return
+        connection = self.connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)))
+        finally:
+            connection.close()
+
+    def switch(self, new, live, lock_timeout):
+        """Swap the names of the live database and ``new`` in one transaction, after ending the
+        sessions on both; returns the old database's new name. New sessions are kept out of the
+        live database meanwhile, and let in again whatever happens."""
+        from psycopg2 import errors, sql
+
+        undo = f"{self.database_name[:40]}_undo_{datetime.now(UTC):%Y%m%d_%H%M%S}"
+        name, new_name, undo_name = (sql.Identifier(n) for n in (self.database_name, new, undo))
+        allow = sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}")
+        deadline = time.monotonic() + lock_timeout
+        with self.maintenance_connection() as connection:
+            cursor = connection.cursor()
+            cursor.execute(allow.format(name, sql.SQL("false")))
+            switched = False
+            try:
+                while not switched:
+                    end_sessions(cursor, [self.database_name, new])
+                    connection.autocommit = False  # one transaction: both names change, or neither
+                    try:
+                        cursor.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(name, undo_name))
+                        cursor.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(new_name, name))
+                        connection.commit()
+                        switched = True
+                    except errors.ObjectInUse:
+                        connection.rollback()
+                        if time.monotonic() > deadline:
+                            raise DatabaseBusy(
+                                f"The database {self.database_name} still had sessions after {lock_timeout} s that "
+                                "could not be ended (another role's, or a superuser's). Nothing was changed; the "
+                                f"restored copy was dropped. End them (pg_stat_activity shows them) and try again."
+                            ) from None
+                        time.sleep(SWITCH_RETRY_SECONDS)
+                    except BaseException:
+                        connection.rollback()
+                        raise
+                    finally:
+                        connection.autocommit = True
+            finally:
+                # The live database (the new one, once switched) takes connections as before.
+                cursor.execute(allow.format(name, sql.SQL("true" if live["allow_connections"] else "false")))
+                if switched:
+                    cursor.execute(allow.format(undo_name, sql.SQL("true")))
+        return undo
+
+    def database_properties(self):
+        """What lives on the database itself rather than in it, for ``create_database_like``
+        and ``copy_database_properties``."""
+        connection = self.connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(DATABASE_PROPERTIES)
+                names = [column.name for column in cursor.description]
+                properties = dict(zip(names, cursor.fetchone(), strict=True))
+                cursor.execute(DATABASE_SETTINGS)
+                properties["settings"] = cursor.fetchall()
+                cursor.execute(DATABASE_GRANTS)
+                properties["grants"] = cursor.fetchall()
+        finally:
+            connection.close()
+        return properties
+
+    @contextmanager
+    def maintenance_connection(self):
+        """An autocommit connection to the server's maintenance database: databases are created,
+        renamed and dropped from outside them."""
+        engine = PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": self.maintenance_database})
+        connection = engine.connect()
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    def drop_database(self, name):
+        from psycopg2 import sql
+
+        with self.maintenance_connection() as connection, connection.cursor() as cursor:
+            cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def undo_databases(self):
+        prefix = f"{self.database_name[:40]}_undo_"
+        with self.maintenance_connection() as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT datname FROM pg_catalog.pg_database WHERE starts_with(datname, %s)", (prefix,))
+            names = [name for (name,) in cursor.fetchall()]
+        found = []
+        for name in sorted(names):
+            try:
+                made_at = datetime.strptime(name.removeprefix(prefix), "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+            except ValueError:
+                continue  # not one of ours
+            found.append((name, made_at))
+        return found
+
+    def drop_undo_database(self, name):
+        if name not in dict(self.undo_databases()):
+            raise ValueError(f"{name!r} is no undo database of {self.database_name}")
+        self.drop_database(name)
+
+
+@contextmanager
+def refused(doing):
+    """The server's refusal to ``doing`` (a role without the right), as a failed restore."""
+    import psycopg2
+
+    try:
+        yield
+    except psycopg2.Error as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RestoreFailed(
+            f"Database restore failed; the database was not changed. PostgreSQL would not let the restore "
+            f"{doing}: {first_line}. Set BACKUP_RESTORE_METHOD=in-place, or give the role the right."
+        ) from None
+
+
+def end_sessions(cursor, databases):
+    """Ask every session on ``databases`` to end; those this role may not end (a superuser's,
+    another role's) stay, and the rename that follows waits for them."""
+    import psycopg2
+
+    cursor.execute(SESSIONS, (databases,))
+    for (pid,) in cursor.fetchall():
+        try:
+            cursor.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (pid,))
+        except psycopg2.Error:
+            pass
+
+
+def create_database_like(connection, name, live):
+    """A new empty database with the live one's encoding, locale and tablespace."""
+    from psycopg2 import sql
+
+    options = [
+        sql.SQL("TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+            sql.Literal(live["encoding"]), sql.Literal(live["collate"]), sql.Literal(live["ctype"])
+        )
+    ]
+    if live["tablespace"] != "pg_default":  # naming it would take a privilege on it
+        options.append(sql.SQL("TABLESPACE {}").format(sql.Identifier(live["tablespace"])))
+    if live["locale_provider"] == "i":
+        options.append(sql.SQL("LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(live["icu_locale"])))
+    with connection.cursor() as cursor:
+        cursor.execute(sql.SQL("CREATE DATABASE {} ").format(sql.Identifier(name)) + sql.SQL(" ").join(options))
+
+
+def copy_database_properties(connection, name, live):
+    """Give database ``name`` what lives on the live database itself: owner, comment,
+    connection limit, settings (ALTER DATABASE/ROLE ... SET) and grants."""
+    from psycopg2 import sql
+
+    target = sql.Identifier(name)
+    with connection.cursor() as cursor:
+        cursor.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(target, sql.Identifier(live["owner"])))
+        cursor.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(target, sql.Literal(live["comment"])))
+        cursor.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(target, sql.Literal(live["limit"])))
+        for role, setting, value in live["settings"]:
+            # List settings (search_path) come back as the server wrote them, quoted as needed.
+            value = sql.SQL(value) if setting in LIST_SETTINGS else sql.Literal(value)
+            if role is None:
+                statement = sql.SQL("ALTER DATABASE {} SET {} = {}").format(target, sql.Identifier(setting), value)
+            else:
+                statement = sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} = {}").format(
+                    sql.Identifier(role), target, sql.Identifier(setting), value
+                )
+            cursor.execute(statement)
+        cursor.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(target))
+        for grantee, privilege, grantable in live["grants"]:
+            cursor.execute(
+                sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+                    sql.SQL(privilege),
+                    target,
+                    sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee),
+                    sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+                )
+            )
 
 
 def _major(text):

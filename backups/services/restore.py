@@ -53,6 +53,8 @@ class RestoreResult:
     warnings: list = field(default_factory=list)
     operation: Operation | None = None
     migrations_applied: list = field(default_factory=list)  # by the migrate that followed the restore
+    method: str = "in-place"  # or "switch": loaded beside the live database, then swapped names
+    undo_database: str | None = None  # after a switch: the replaced database, kept as the undo
 
 
 def restore_backup(
@@ -129,7 +131,9 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress, s
         refuse_ahead(migrations, force_ahead)
         pre_restore_backup = wants_pre_restore_backup(engine, pre_restore_backup)
         warning = verification_warning(backup)
-        result = RestoreResult(backup=backup, database=alias, finished_at=None, operation=record)
+        result = RestoreResult(
+            backup=backup, database=alias, finished_at=None, operation=record, method=restore_method(engine)
+        )
         if warning:
             result.warnings.append(warning)
         with engine.lock(exclusive=True):
@@ -154,20 +158,28 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress, s
                         record.details = {**record.details, "migrations_applied": result.migrations_applied}
 
                 stage("loading")
-                result.warnings.extend(
-                    replace_database(
-                        engine,
-                        source,
-                        filename,
-                        expected_size=manifest.get("uncompressed_bytes"),
-                        undo=result.pre_restore_backup,
-                        progress=progress,
-                        after_load=after_load,
-                    )
+                warnings, result.undo_database = replace_database(
+                    engine,
+                    source,
+                    filename,
+                    expected_size=manifest.get("uncompressed_bytes"),
+                    undo=result.pre_restore_backup,
+                    progress=progress,
+                    after_load=after_load,
+                    switch=result.method == "switch",
+                    table_rows=manifest.get("table_rows"),
                 )
+                result.warnings.extend(warnings)
         result.finished_at = timezone.now()
         record.message = f"Restored {engine.describe()} from {filename}"
-        record.details = {**record.details, "warnings": result.warnings}
+        if result.undo_database:
+            record.message += f" by a switch; the database it replaced is kept as {result.undo_database}"
+        record.details = {
+            **record.details,
+            "warnings": result.warnings,
+            "method": result.method,
+            "undo_database": result.undo_database,
+        }
     return result
 
 
@@ -242,6 +254,23 @@ def verification_warning(backup):
     if not backup.verification.get("passed"):
         return f"{backup.filename} failed its last verification ({backup.verification.get('message')})."
     return None
+
+
+def restore_method(engine):
+    """How to restore into ``engine``'s database (BACKUP_RESTORE_METHOD): "switch" (beside, then
+    swap names) or "in-place"; auto takes the switch where the engine and the role can."""
+    method = backup_settings.RESTORE_METHOD
+    if method == "in-place":
+        return method
+    if engine.can_restore_beside():
+        return "switch"
+    if method == "switch":
+        raise InvalidRequest(
+            f"BACKUP_RESTORE_METHOD is switch, but the {engine.vendor} database {engine.alias!r} cannot be restored "
+            "beside the live one (PostgreSQL only, by a role with CREATEDB that owns the database). Nothing was "
+            "changed; set BACKUP_RESTORE_METHOD=auto or in-place."
+        )
+    return "in-place"
 
 
 def wants_pre_restore_backup(engine, requested):
@@ -338,9 +367,20 @@ def unusable(problem):
     return f"cannot be read ({problem.message})"
 
 
-def replace_database(engine, source, filename, expected_size=None, undo=None, progress=None, after_load=None):
+def replace_database(
+    engine,
+    source,
+    filename,
+    expected_size=None,
+    undo=None,
+    progress=None,
+    after_load=None,
+    switch=False,
+    table_rows=None,
+):
     """Feed the decompressed dump to the engine, carrying the catalog tables across.
-    Returns warnings about the catalog; the restore itself either happened or raised.
+    Returns (warnings about the catalog, the undo database of a switch or None); the restore
+    itself either happened or raised.
 
     ``after_load()`` (the migrate after a restore) runs before the catalog is carried back, so
     that the catalog's rows go into tables of the code's schema; they are carried back even when
@@ -353,8 +393,13 @@ def replace_database(engine, source, filename, expected_size=None, undo=None, pr
     connections.close_all()
     if progress is not None:
         source = ReadProgress(source, progress)
+    undo_database = None
     try:
-        load_dump(engine, source, filename, expected_size)
+        if switch:
+            undo_database = load_dump(engine, source, filename, expected_size, table_rows=table_rows, switch=True)
+            connections.close_all()  # the switch ended their sessions: reconnect, to the new database
+        else:
+            load_dump(engine, source, filename, expected_size)
     except RestoreIncomplete as incomplete:
         if undo is None:
             raise
@@ -368,13 +413,19 @@ def replace_database(engine, source, filename, expected_size=None, undo=None, pr
             after_load()
     finally:
         warnings = carry_back(carried)
-    return warnings
+    return warnings, undo_database
 
 
-def load_dump(engine, source, filename, expected_size=None):
+def load_dump(engine, source, filename, expected_size=None, table_rows=None, switch=False):
+    """In place, or beside the live database and then switched (returning the undo database)."""
     reader = codec_for(filename).decompressor(source)
+    guarded = GuardedReader(reader, filename, expected_size)
     try:
-        engine.restore(GuardedReader(reader, filename, expected_size), backup_settings.RESTORE_LOCK_TIMEOUT)
+        if switch:
+            timeout = backup_settings.RESTORE_LOCK_TIMEOUT
+            return engine.restore_beside(guarded, timeout, lambda loaded: check_loaded(loaded, table_rows))
+        engine.restore(guarded, backup_settings.RESTORE_LOCK_TIMEOUT)
+        return None
     finally:
         reader.close()
 
@@ -398,6 +449,17 @@ def prove_loadable(engine, source, filename, expected_size):
             refusal.status_code = exc.status_code
             raise refusal from None
     source.seek(0)
+
+
+def check_loaded(loaded, table_rows):
+    """A database loaded beside the live one holds the rows its manifest recorded, or the switch
+    does not happen."""
+    from .verification import VerificationFailed, compare_row_counts  # verification builds on this module
+
+    try:
+        compare_row_counts(loaded, table_rows)
+    except VerificationFailed as exc:
+        raise RestoreFailed(f"Database restore failed; the database was not changed. {exc.message}") from None
 
 
 def undo_incomplete_restore(engine, filename, incomplete, undo):

@@ -11,18 +11,24 @@ year of monthly copies off-site and a week on the local disk): each destination'
 kept by its policy, and a backup goes only when no destination keeps it.
 """
 
+import logging
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
+from django.db import connections
 from django.utils import timezone
 
 from ..conf import backup_settings
+from ..engines import get_engine
+from ..exceptions import BackupError
 from ..models import Action, Backup, BackupStatus
 from ..storage import destinations
 from .backups import remove_backup_files
 from .catalog import sync_catalog
 from .copies import remove_copies
 from .journal import journal
+
+logger = logging.getLogger("backups")
 
 FINISHED = (BackupStatus.SUCCEEDED, BackupStatus.FAILED, BackupStatus.MISSING)
 
@@ -37,6 +43,7 @@ class CleanupResult:
     deleted_attempts: list = field(default_factory=list)
     removed_partials: list = field(default_factory=list)
     removed_copies: list = field(default_factory=list)  # (backup, [destination]) kept elsewhere
+    dropped_undo_databases: list = field(default_factory=list)  # (alias, name) left by switch restores
 
     @property
     def total_size_freed(self):
@@ -122,6 +129,7 @@ def cleanup_backups(*, actor, dry_run=False, now=None):
                 remove_backup_files(backup)  # an attempt may have left a manifest, in any destination
             for backup, names in result.removed_copies:
                 remove_copies(backup, names)
+        result.dropped_undo_databases = drop_expired_undo_databases(now, dry_run)
         operation.message = (
             f"{'Would delete' if dry_run else 'Deleted'} {len(result.deleted)} backups "
             f"({result.total_size_freed} bytes), kept {len(result.kept)}"
@@ -131,6 +139,7 @@ def cleanup_backups(*, actor, dry_run=False, now=None):
         operation.details = {
             "deleted_files": [b.filename for b in result.deleted],
             "removed_copies": {backup.filename: names for backup, names in result.removed_copies},
+            "dropped_undo_databases": [name for _alias, name in result.dropped_undo_databases],
             "dry_run": dry_run,
         }
     return result
@@ -162,3 +171,21 @@ def plan_database(backups, policy, targets, now, result):
             result.deleted.append(backup)
         elif backup.filename in dropped:
             result.removed_copies.append((backup, dropped[backup.filename]))
+
+
+def drop_expired_undo_databases(now, dry_run=False):
+    """Drop the databases that switch restores replaced, once BACKUP_RESTORE_KEEP_OLD_HOURS have
+    passed; returns (alias, name) of each. A database out of reach is skipped, not fatal."""
+    expired = now - timedelta(hours=backup_settings.RESTORE_KEEP_OLD_HOURS)
+    dropped = []
+    for alias in sorted(connections.settings):
+        try:
+            engine = get_engine(alias)
+            for name, made_at in engine.undo_databases():
+                if made_at <= expired:
+                    if not dry_run:
+                        engine.drop_undo_database(name)
+                    dropped.append((alias, name))
+        except BackupError as exc:
+            logger.warning("Undo databases of %s not checked: %s", alias, exc.message)
+    return dropped

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
 from ... import checks, services
+from ...conf import backup_settings
 from ...exceptions import BackupError, catalog_error
 from ...formatting import TerminalProgress, human_duration, human_size, local_time, verification_label
 from ...services.verification import LEVELS
@@ -320,6 +321,11 @@ class Command(BaseCommand):
                 f"Then migrated: {len(result.migrations_applied)} migrations applied: "
                 f"{', '.join(result.migrations_applied)}."
             )
+        if result.undo_database:
+            self.stdout.write(
+                f"Restored beside the live database and switched; the replaced one is kept as "
+                f"{result.undo_database} for {backup_settings.RESTORE_KEEP_OLD_HOURS} h."
+            )
         if result.pre_restore_backup:
             self.stdout.write(f"To undo, restore {result.pre_restore_backup.filename} (taken just before).")
         for warning in result.warnings:
@@ -395,6 +401,9 @@ class Command(BaseCommand):
             self.stdout.write(f"{verb} {backup.filename} ({human_size(backup.size_bytes)})")
         for filename, reasons in sorted(result.kept.items()):
             self.stdout.write(f"Kept {filename}: {'; '.join(reasons)}")
+        for alias, name in result.dropped_undo_databases:
+            verb_undo = "Would drop" if dry_run else "Dropped"
+            self.stdout.write(f"{verb_undo} {name}, the database a switch restore of {alias} replaced")
         self.stdout.write(
             f"{verb} {len(result.deleted)} backups, {human_size(result.total_size_freed)} "
             f"(retention {result.retention_days} days)."

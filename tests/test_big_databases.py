@@ -1,0 +1,299 @@
+"""Big databases: a restore beside the live database, then a switch of names; the undo database
+it leaves and its cleanup; the in-place path for a role that may not create databases; parallel
+backups that restore exactly as serial ones do.
+
+Fingerprints (schema, every catalog object, ordered row checksums, sequences, large objects,
+privileges) are those of tests/test_exact_postgresql.py, on the same Pagila copy.
+"""
+
+import gzip
+from datetime import timedelta
+
+import psycopg2
+import pytest
+from django.utils import timezone
+
+from backups.engines import get_engine, postgresql
+from backups.exceptions import DatabaseBusy, InvalidRequest, RestoreFailed
+from backups.services import restore as restore_service
+from backups.services.copies import write_manifest
+from backups.services.retention import drop_expired_undo_databases
+
+from .test_exact_postgresql import (  # noqa: F401  (pagila, pagila_template: fixtures used here)
+    CHANGES,
+    assert_same,
+    backup_of,
+    connect,
+    fingerprint,
+    pagila,
+    pagila_template,
+    restore,
+    run_sql,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DATABASE_PROPERTIES = """
+SELECT shobj_description(d.oid, 'pg_database'), d.datconnlimit, d.datallowconn, d.datdba::regrole::text,
+       (SELECT array_agg(item::text ORDER BY item::text) FROM unnest(d.datacl) item),
+       d.datcollate, d.datctype, pg_encoding_to_char(d.encoding),
+       (SELECT array_agg(coalesce(r.rolname, '*') || ':' || array_to_string(s.setconfig, ',') ORDER BY r.rolname)
+        FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole WHERE s.setdatabase = d.oid)
+FROM pg_database d WHERE d.datname = %s
+"""
+
+
+def database_properties(database):
+    connection = connect("postgres")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(DATABASE_PROPERTIES, (database,))
+            return cursor.fetchone()
+    finally:
+        connection.close()
+
+
+def databases_like(prefix):
+    connection = connect("postgres")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1", (prefix,))
+            return [name for (name,) in cursor.fetchall()]
+    finally:
+        connection.close()
+
+
+def drop_databases_left_beside(database):
+    """Undo databases, and restored copies an interrupted run may have left."""
+    for name in databases_like(f"{database}_undo_") + databases_like(f"{database}_restore_"):
+        run_sql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def give_database_properties(database, role):
+    run_sql(
+        "postgres",
+        f"""
+        COMMENT ON DATABASE {database} IS 'the brewery''s own';
+        ALTER DATABASE {database} CONNECTION LIMIT 40;
+        ALTER DATABASE {database} SET work_mem = '12MB';
+        ALTER DATABASE {database} SET search_path = "$user", public;
+        ALTER ROLE {role} IN DATABASE {database} SET statement_timeout = '5s';
+        REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC;
+        GRANT CONNECT, CREATE ON DATABASE {database} TO {role};
+        """,
+    )
+
+
+@pytest.fixture
+def switching(pagila, settings):  # noqa: F811  (the fixture of that name)
+    alias, database, role = pagila
+    settings.BACKUP_RESTORE_METHOD = "switch"
+    drop_databases_left_beside(database)
+    yield alias, database, role
+    drop_databases_left_beside(database)
+
+
+def test_a_switch_restores_exactly_keeps_what_lives_on_the_database_and_keeps_the_old_one(switching):
+    alias, database, role = switching
+    give_database_properties(database, role)
+    before, properties = fingerprint(database), database_properties(database)
+    made = backup_of(alias)
+    run_sql(database, CHANGES.format(role=role))
+    changed = fingerprint(database)
+    site_session = connect(database)  # the site's: ended by the switch
+
+    result = restore(made.filename)
+
+    assert result.method == "switch"
+    assert_same(fingerprint(database), before)
+    assert database_properties(database) == properties
+    # The replaced database is the undo: as it was just before the restore, listed by the engine.
+    assert result.undo_database in dict(get_engine(alias).undo_databases())
+    assert_same(fingerprint(result.undo_database), changed)
+    assert databases_like(f"{database}_restore_") == []
+    with pytest.raises(psycopg2.OperationalError), site_session.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def test_the_catalog_is_carried_across_a_switch_of_the_site_database(settings):
+    """The catalog lives in the site's database: rows made after the backup survive the switch,
+    and Django's connections reach the new database afterwards."""
+    from django.db import connection
+
+    from backups.models import Backup
+
+    settings.BACKUP_RESTORE_METHOD = "auto"
+    database = connection.settings_dict["NAME"]
+    first = backup_of("default")
+    second = backup_of("default")
+    try:
+        result = restore(first.filename)
+        assert result.method == "switch"
+        assert set(Backup.objects.values_list("filename", flat=True)) >= {first.filename, second.filename}
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_database(), pg_backend_pid() <> %s", (0,))
+            assert cursor.fetchone() == (database, True)
+        assert result.undo_database.startswith(f"{database[:40]}_undo_")
+    finally:
+        drop_databases_left_beside(database)
+
+
+class Failure(Exception):
+    """Raised by a step that was made to fail after doing its work."""
+
+
+def fail_after(function):
+    def failing(*args, **kwargs):
+        function(*args, **kwargs)
+        raise Failure(function.__name__)
+
+    return failing
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        (postgresql, "create_database_like"),
+        (postgresql.PostgreSQLEngine, "restore"),
+        (restore_service, "check_loaded"),
+        (postgresql, "copy_database_properties"),
+        (postgresql, "end_sessions"),
+    ],
+    ids=lambda step: step[1],
+)
+def test_a_switch_that_fails_at_any_step_leaves_the_live_database_as_it_was(switching, monkeypatch, step):
+    alias, database, role = switching
+    made = backup_of(alias)
+    run_sql(database, CHANGES.format(role=role))
+    changed, properties = fingerprint(database), database_properties(database)
+    owner, name = step
+    monkeypatch.setattr(owner, name, fail_after(getattr(owner, name)))
+
+    with pytest.raises(Failure):
+        restore(made.filename)
+
+    assert_same(fingerprint(database), changed)
+    assert database_properties(database) == properties  # connections allowed again, among others
+    assert databases_like(f"{database}_restore_") == []
+    assert databases_like(f"{database}_undo_") == []
+
+
+def test_a_switch_whose_rows_do_not_match_the_manifest_changes_nothing(switching):
+    alias, database, role = switching
+    made = backup_of(alias)
+    table = sorted(made.manifest["table_rows"])[0]
+    made.manifest["table_rows"][table] += 1
+    write_manifest(made)  # as if rows had been lost on the way
+    run_sql(database, CHANGES.format(role=role))
+    changed = fingerprint(database)
+
+    with pytest.raises(RestoreFailed, match=f"not changed. Table {table} has"):
+        restore(made.filename)
+    assert_same(fingerprint(database), changed)
+    assert databases_like(f"{database}_restore_") == []
+
+
+@pytest.fixture
+def owned_database(extra_alias, settings):
+    """A database owned, with everything in it, by a login role that is no superuser; the alias
+    "small" connects as that role. Yields (alias, database, role, a connection as the role)."""
+    role, database = f"hb_site{settings.SUFFIX}", f"hb_small{settings.SUFFIX}"
+    run_sql("postgres", f"DO $$BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    run_sql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    drop_databases_left_beside(database)
+    run_sql("postgres", f"CREATE DATABASE {database} OWNER {role}")
+    run_sql(database, f"ALTER SCHEMA public OWNER TO {role}")
+    alias = extra_alias("small", NAME=database, USER=role)
+    owned = psycopg2.connect(dbname=database, host="127.0.0.1", user=role)
+    owned.autocommit = True
+    with owned.cursor() as cursor:
+        cursor.execute("CREATE TABLE brew (id serial PRIMARY KEY, name text)")
+        cursor.execute("INSERT INTO brew (name) VALUES ('ale')")
+    yield alias, database, role, owned
+    owned.close()
+    from django.db import connections
+
+    connections[alias].close()
+    run_sql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    drop_databases_left_beside(database)
+
+
+def change(owned):
+    with owned.cursor() as cursor:
+        cursor.execute("INSERT INTO brew (name) VALUES ('stout'); CREATE TABLE later (id int)")
+
+
+def test_a_switch_waits_for_sessions_it_cannot_end_then_changes_nothing(owned_database, settings):
+    """A superuser's session on the live database cannot be ended by the site's role: the
+    rename cannot happen, and after the lock timeout nothing has changed."""
+    alias, database, role, owned = owned_database
+    run_sql("postgres", f"ALTER ROLE {role} CREATEDB")
+    settings.BACKUP_RESTORE_METHOD = "switch"
+    settings.BACKUP_RESTORE_LOCK_TIMEOUT = 1
+    made = backup_of(alias)
+    change(owned)
+    changed, properties = fingerprint(database), database_properties(database)
+    superuser_session = connect(database)
+    try:
+        with pytest.raises(DatabaseBusy, match="could not be ended"):
+            restore(made.filename)
+    finally:
+        superuser_session.close()
+    assert_same(fingerprint(database), changed)
+    assert database_properties(database) == properties
+    assert databases_like(f"{database}_restore_") == []
+    # Once that session is gone, the same role switches.
+    assert restore(made.filename).method == "switch"
+
+
+def test_without_createdb_a_restore_works_in_place(owned_database, settings):
+    alias, database, role, owned = owned_database
+    run_sql("postgres", f"ALTER ROLE {role} NOCREATEDB")
+    settings.BACKUP_RESTORE_METHOD = "auto"
+    before = fingerprint(database)
+    made = backup_of(alias)
+    change(owned)
+
+    result = restore(made.filename)
+
+    assert result.method == "in-place"
+    assert result.undo_database is None
+    assert_same(fingerprint(database), before)
+    settings.BACKUP_RESTORE_METHOD = "switch"
+    with pytest.raises(InvalidRequest, match="cannot be restored beside the live one"):
+        restore(made.filename)
+
+
+def test_the_undo_database_is_dropped_after_its_time(switching, settings):
+    alias, database, role = switching
+    settings.BACKUP_RESTORE_KEEP_OLD_HOURS = 2
+    made = backup_of(alias)
+    undo = restore(made.filename).undo_database
+    now = timezone.now()
+
+    assert drop_expired_undo_databases(now + timedelta(hours=1)) == []
+    assert drop_expired_undo_databases(now + timedelta(hours=3), dry_run=True) == [(alias, undo)]
+    assert databases_like(undo) == [undo]
+    assert drop_expired_undo_databases(now + timedelta(hours=3)) == [(alias, undo)]
+    assert databases_like(undo) == []
+
+
+def test_a_parallel_backup_restores_exactly_as_a_serial_one(pagila, backup_dir, settings):  # noqa: F811
+    """BACKUP_JOBS=2: pg_dump -j from one snapshot, turned into the same one-transaction plain SQL
+    (cleanup included), which restores to the same fingerprint; the two files differ only in
+    psql's random \\restrict key."""
+    alias, database, role = pagila
+    before = fingerprint(database)
+    serial = backup_of(alias)
+    settings.BACKUP_JOBS = 2
+    parallel = backup_of(alias)
+
+    def statements(backup):
+        with gzip.open(backup_dir / backup.filename, "rt") as sql:
+            return [line for line in sql if not line.startswith(("\\restrict", "\\unrestrict"))]
+
+    assert statements(parallel) == statements(serial)
+    assert parallel.manifest["table_rows"] == serial.manifest["table_rows"]
+    run_sql(database, CHANGES.format(role=role))
+    restore(parallel.filename)
+    assert_same(fingerprint(database), before)
