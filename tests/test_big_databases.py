@@ -216,6 +216,7 @@ def owned_database(extra_alias, settings):
     connections[alias].close()
     run_sql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     drop_databases_left_beside(database)
+    run_sql("postgres", f"DROP ROLE IF EXISTS {role}")
 
 
 def change(owned):

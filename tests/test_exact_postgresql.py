@@ -218,6 +218,7 @@ def pagila_template(django_db_blocker):
     run_sql(template, BACKED_UP.format(role=role))
     yield template, role
     run_sql("postgres", f"DROP DATABASE IF EXISTS {template}")
+    run_sql("postgres", f"DROP ROLE IF EXISTS {role}")  # its grants went with the databases
 
 
 @pytest.fixture
