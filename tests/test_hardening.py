@@ -78,9 +78,11 @@ def processes_named(name):
     return found
 
 
-def wait_for_process(name, timeout=30):
+def wait_for_process(name, timeout=30, argument=None):
+    """The processes called ``name`` (with ``argument`` among their arguments, if given), once
+    there is one."""
     deadline = time.monotonic() + timeout
-    while not (found := processes_named(name)):
+    while not (found := [p for p in processes_named(name) if argument is None or argument in p[1]]):
         assert time.monotonic() < deadline, f"{name} never started"
         time.sleep(0.05)
     return found
@@ -171,7 +173,8 @@ def test_the_password_never_appears_in_argv_logs_manifests_or_answers(api, setti
     blocker = TableBlocker()
     thread, outcome = in_thread(services.create_backup, actor=COMMAND)
     try:
-        (pid, argv, environ), *_ = wait_for_process("pg_dump")
+        # The dump itself, not the 'pg_dump --version' that comes first without a password.
+        (pid, argv, environ), *_ = wait_for_process("pg_dump", argument=b"--format=custom")
         assert f"PGPASSWORD={password}".encode() in environ.split(b"\0")  # it was given, in the environment
         assert not [line for line in all_cmdlines() if password.encode() in line]
     finally:
