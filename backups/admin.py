@@ -532,8 +532,9 @@ class BackupAdmin(admin.ModelAdmin):
             migrations_applied=operation.details.get("migrations_applied", []),
             undo=Backup.objects.filter(filename=undo_name).first() if undo_name else None,
             undo_name=undo_name,
-            # A restore that stopped partway says itself what became of the database.
-            unchanged="undone" not in operation.details,
+            # A restore that stopped partway, or whose migrate failed after it had loaded, says
+            # itself what became of the database.
+            unchanged=not {"undone", "failed_migration"} & set(operation.details),
         )
         return TemplateResponse(request, "admin/backups/backup/restore_result.html", context)
 

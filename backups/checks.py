@@ -170,16 +170,15 @@ def check_drills(app_configs, **kwargs):
     """W005: restore drills cannot make their scratch database (the site's role lacks CREATEDB
     and no BACKUP_VERIFY_DATABASE_URL names a server that allows it). Said once, here, rather
     than by a drill that fails every day."""
+    from .services.health import drill_blocker
+
     try:
         aliases = [alias for alias in backup_settings.DATABASES if alias in connections.settings]
     except ImproperlyConfigured:
         return []  # check_settings names it
     problems = []
     for alias in aliases:
-        try:
-            reason = get_engine(alias).drill_blocker()
-        except (BackupError, ImproperlyConfigured):
-            continue  # a bad URL, or a database out of reach: other checks and errors say so
+        reason = drill_blocker(alias)  # None too for a bad URL or a database out of reach: others say so
         if reason:
             message = f"Restore drills of database {alias!r} cannot run: {reason}."
             problems.append(Warning(message, hint=DRILL_HINT, id="backups.W005"))
@@ -213,8 +212,6 @@ def for_work(variables, *checks):
 def check_destinations(app_configs, **kwargs):
     """E005: BACKUP_DESTINATIONS names a STORAGES alias the site lacks, or two destinations that
     are one place (one copy would overwrite the other)."""
-    from django.conf import settings
-
     try:
         specs = backup_settings.DESTINATIONS
     except ImproperlyConfigured:

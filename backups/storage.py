@@ -35,8 +35,6 @@ from .exceptions import BackupError, DiskFull, StorageFailed, reason_of
 
 logger = logging.getLogger("backups")
 
-logger = logging.getLogger("backups")
-
 PRIMARY = "primary"
 OFFSITE = "offsite"
 DIRECTORY_MODE = 0o700
@@ -463,9 +461,11 @@ def destinations():
 
 
 def storage_of(spec):
+    """The storage of one BACKUP_DESTINATIONS entry; its errors name that entry."""
+    setting = f"BACKUP_DESTINATIONS[{spec.name!r}]"
     if spec.storage_alias is not None:
-        return BackupStorage(storages[spec.storage_alias], f'STORAGES["{spec.storage_alias}"]')
-    return BackupStorage(build_storage(spec.location, *s3_settings()), str(spec.location))
+        return BackupStorage(storages[spec.storage_alias], f'STORAGES["{spec.storage_alias}"]', setting)
+    return BackupStorage(build_storage(spec.location, *s3_settings()), str(spec.location), setting)
 
 
 def get_storage():

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,26 @@ def api(superuser):
 
 
 # -- SQL on any alias -------------------------------------------------------------------------
+
+
+# Real public sample databases (Pagila, Sakila, Chinook), beside the project as in CI.
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@contextmanager
+def mariadb_user(name, *grants, password=None):
+    """A MariaDB user with ``grants`` (``"ALL PRIVILEGES ON `db`.*"``, ...) for one block."""
+    identified = " IDENTIFIED BY '{}'".format(password.replace("'", "''")) if password else ""
+    execute(
+        "mariadb",
+        f"DROP USER IF EXISTS '{name}'@'%'",
+        f"CREATE USER '{name}'@'%'{identified}",
+        *(f"GRANT {grant} TO '{name}'@'%'" for grant in grants),
+    )
+    try:
+        yield name
+    finally:
+        execute("mariadb", f"DROP USER IF EXISTS '{name}'@'%'")
 
 
 def execute(alias, *statements):

@@ -19,7 +19,7 @@ from django.core.management import CommandError, call_command
 from backups import services
 from backups.models import Backup
 
-from .conftest import execute, fetch, flip_byte, free_port, require_server, require_tool, server_reachable
+from .conftest import IN_CI, execute, fetch, flip_byte, free_port, require_server, require_tool, server_reachable
 
 PROJECT = Path(__file__).resolve().parent.parent
 SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
@@ -264,7 +264,7 @@ def mount_read_only(directory):
         if result.returncode != 0:
             subprocess.run(["umount", directory], capture_output=True)
             message = f"cannot make a read-only mount here ({result.stderr.strip()})"
-            if os.environ.get("CI", "").lower() == "true":
+            if IN_CI:
                 pytest.fail(f"{message} (CI=true: tests needing it must run)")
             pytest.skip(message)
 

@@ -26,14 +26,11 @@ from backups.engines import get_engine
 from backups.exceptions import DatabaseUnavailable, RestoreFailed, RestoreIncomplete
 from backups.models import Backup, Trigger
 
-from .conftest import execute, fetch, read_manifest, resign, rewrite_backup, truncate_and_resign
+from .conftest import DATASETS, execute, fetch, mariadb_user, read_manifest, resign, rewrite_backup, truncate_and_resign
 from .test_mysql import scratch_pattern
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mariadb"])
 COMMAND = services.Actor.command()
-DATASETS = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
-if not DATASETS.is_dir():
-    DATASETS = Path("/work/shared/datasets")
 
 TORTURE = [
     # 4-byte UTF-8 in ENUM and SET members and in a default; generated and invisible columns.
@@ -290,16 +287,9 @@ def test_a_pre_restore_backup_that_would_not_load_stops_the_restore_before_it_st
     pre-restore backup it takes would not load, so it could not undo anything. Nothing runs."""
     user = f"hoppybrew_undo{settings.SUFFIX}"
     database = connections["mariadb"].settings_dict["NAME"]
-    execute(
-        "mariadb",
-        "CREATE TABLE brew (id int)",
-        "INSERT INTO brew VALUES (1)",
-        f"DROP USER IF EXISTS '{user}'@'%'",
-        f"CREATE USER '{user}'@'%'",
-        f"GRANT ALL PRIVILEGES ON `{database}`.* TO '{user}'@'%'",
-        f"GRANT ALL PRIVILEGES ON `{scratch_pattern(database)}`.* TO '{user}'@'%'",
-    )
-    try:
+    execute("mariadb", "CREATE TABLE brew (id int)", "INSERT INTO brew VALUES (1)")
+    grants = [f"ALL PRIVILEGES ON `{database}`.*", f"ALL PRIVILEGES ON `{scratch_pattern(database)}`.*"]
+    with mariadb_user(user, *grants):
         extra_alias("site", base="mariadb", USER=user)
         made = services.create_backup(actor=COMMAND, database="site")
         execute("mariadb", "CREATE VIEW root_view AS SELECT id FROM brew", "UPDATE brew SET id = 2")
@@ -310,21 +300,13 @@ def test_a_pre_restore_backup_that_would_not_load_stops_the_restore_before_it_st
         assert refused.value.message.startswith(f"{undo.filename} does not load into a scratch database")
         assert "SUPER" in refused.value.message and "nothing was changed" in refused.value.message
         assert fingerprint() == before
-    finally:
-        execute("mariadb", f"DROP USER IF EXISTS '{user}'@'%'")
 
 
 def test_without_the_right_to_create_scratch_databases_the_restore_says_what_to_grant(settings, extra_alias):
     user = f"hoppybrew_noscratch{settings.SUFFIX}"
     database = connections["mariadb"].settings_dict["NAME"]
-    execute(
-        "mariadb",
-        "CREATE TABLE brew (id int)",
-        f"DROP USER IF EXISTS '{user}'@'%'",
-        f"CREATE USER '{user}'@'%'",
-        f"GRANT ALL PRIVILEGES ON `{database}`.* TO '{user}'@'%'",
-    )
-    try:
+    execute("mariadb", "CREATE TABLE brew (id int)")
+    with mariadb_user(user, f"ALL PRIVILEGES ON `{database}`.*"):
         extra_alias("site", base="mariadb", USER=user)
         made = services.create_backup(actor=COMMAND, database="site")
         execute("mariadb", "INSERT INTO brew VALUES (1)")
@@ -333,8 +315,6 @@ def test_without_the_right_to_create_scratch_databases_the_restore_says_what_to_
         assert "Nothing was changed" in refused.value.message
         assert f"GRANT ALL ON `{scratch_pattern(database)}`.*" in refused.value.message
         assert fetch("mariadb", "SELECT id FROM brew") == [(1,)]
-    finally:
-        execute("mariadb", f"DROP USER IF EXISTS '{user}'@'%'")
 
 
 # -- Sakila ----------------------------------------------------------------------------------------

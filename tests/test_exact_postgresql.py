@@ -13,7 +13,6 @@ import re
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import psycopg2
 import pytest
@@ -23,9 +22,8 @@ from backups import services
 from backups.exceptions import BackupDamaged, InvalidRequest, RestoreFailed
 from backups.models import Backup, Trigger
 
-from .conftest import require_tool, resign
+from .conftest import DATASETS, require_tool, resign
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 pytestmark = pytest.mark.django_db(transaction=True)
 COMMAND = services.Actor.command()
 SERVER = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}

@@ -19,14 +19,11 @@ from django.db import connections
 from backups import services
 from backups.exceptions import BackupDamaged, RestoreFailed
 
-from .conftest import resign, rewrite_backup, truncate_and_resign
+from .conftest import DATASETS, resign, rewrite_backup, truncate_and_resign
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
 COMMAND = services.Actor.command()
 PROJECT = Path(__file__).resolve().parent.parent
-DATASETS = PROJECT.parent / "shared" / "datasets"
-if not DATASETS.is_dir():
-    DATASETS = Path("/work/shared/datasets")
 
 TORTURE = """
 CREATE TABLE brew (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, abv REAL, label BLOB,
@@ -209,8 +206,9 @@ def test_a_killed_restore_changes_nothing(backup_dir, settings):
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 60
-    while not restore_holds_the_write_lock() and worker.poll() is None and time.monotonic() < deadline:
+    while not (held := restore_holds_the_write_lock()) and worker.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
+    assert held or worker.poll() is not None, "the restore never began to write"
     time.sleep(0.3)  # into the replay
     if worker.poll() is not None:
         pytest.fail(f"the restore ended before it could be killed: {worker.stderr.read().decode()[-2000:]}")

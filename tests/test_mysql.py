@@ -21,7 +21,7 @@ from backups.engines.mysql import SHARED_LOCK_SLOTS, InsertRowCounter, history_o
 from backups.exceptions import DumpFailed, InvalidRequest, OperationInProgress
 from backups.models import Backup, BackupStatus, Operation, Trigger
 
-from .conftest import execute, fetch, read_manifest, rewrite_backup, table_exists
+from .conftest import execute, fetch, mariadb_user, read_manifest, rewrite_backup, table_exists
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mariadb"])
 COMMAND = services.Actor.command()
@@ -56,19 +56,12 @@ def app_user(settings, extra_alias):
     (as a site's own user would be), and the alias "app" that connects as it."""
     user = f"hoppybrew_app{settings.SUFFIX}"
     password = "App-Pass with 'quote' and $ign"
-    quoted = password.replace("'", "''")
     database = connections["mariadb"].settings_dict["NAME"]
-    execute(
-        "mariadb",
-        f"DROP USER IF EXISTS '{user}'@'%'",
-        f"CREATE USER '{user}'@'%' IDENTIFIED BY '{quoted}'",
-        f"GRANT ALL PRIVILEGES ON `{database}`.* TO '{user}'@'%'",
-        # The scratch databases where a restore proves its dumps load, as the README says.
-        f"GRANT ALL PRIVILEGES ON `{scratch_pattern(database)}`.* TO '{user}'@'%'",
-    )
-    extra_alias("app", base="mariadb", USER=user, PASSWORD=password)
-    yield user, password
-    execute("mariadb", f"DROP USER IF EXISTS '{user}'@'%'")
+    # The scratch databases too: a restore proves there that its dumps load, as the README says.
+    grants = [f"ALL PRIVILEGES ON `{database}`.*", f"ALL PRIVILEGES ON `{scratch_pattern(database)}`.*"]
+    with mariadb_user(user, *grants, password=password):
+        extra_alias("app", base="mariadb", USER=user, PASSWORD=password)
+        yield user, password
 
 
 def scratch_pattern(database):
@@ -147,18 +140,10 @@ def test_a_failed_dump_leaves_no_file_and_is_recorded_with_the_tools_message(bac
     """mysqldump fails for real: the user it runs as may read one table and nothing else."""
     user = f"hoppybrew_reader{settings.SUFFIX}"
     database = connections["mariadb"].settings_dict["NAME"]
-    execute(
-        "mariadb",
-        "CREATE TABLE brew (id integer)",
-        f"DROP USER IF EXISTS '{user}'@'%'",
-        f"CREATE USER '{user}'@'%'",
-        f"GRANT SELECT ON `{database}`.brew TO '{user}'@'%'",
-    )
-    try:
+    execute("mariadb", "CREATE TABLE brew (id integer)")
+    with mariadb_user(user, f"SELECT ON `{database}`.brew"):
         with pytest.raises(DumpFailed, match="mysqldump failed: .*denied"):
             backup(extra_alias("reader", base="mariadb", USER=user))
-    finally:
-        execute("mariadb", f"DROP USER IF EXISTS '{user}'@'%'")
     failed = Backup.objects.get(status=BackupStatus.FAILED)
     assert failed.error.startswith("mysqldump failed: ")
     assert list(backup_dir.iterdir()) == []

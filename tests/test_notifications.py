@@ -4,6 +4,7 @@ matter; and the health alarm: fresh, stale, failed verification, one notice per 
 import json
 import logging
 import threading
+from contextlib import contextmanager
 from datetime import timedelta
 from email import message_from_string
 from email.policy import default
@@ -56,23 +57,32 @@ class Webhook(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
 
 
-@pytest.fixture
-def channels(settings):
-    """A real SMTP server and a real webhook receiver, both configured for notifications."""
+@contextmanager
+def smtp_and_webhook():
+    """A real SMTP server and a real webhook receiver on 127.0.0.1: (inbox, smtp, webhook)."""
     inbox = Inbox()
     smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
     smtp.start()
     webhook = Webhook()
     thread = threading.Thread(target=webhook.serve_forever, daemon=True)
     thread.start()
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp.port
-    settings.BACKUP_NOTIFY_EMAILS = "ops@example.com, brewer@example.com"
-    settings.BACKUP_NOTIFY_WEBHOOK_URL = f"http://127.0.0.1:{webhook.server_port}/hooks/backups"
-    yield inbox, webhook
-    smtp.stop()
-    webhook.shutdown()
-    webhook.server_close()
+    try:
+        yield inbox, smtp, webhook
+    finally:
+        smtp.stop()
+        webhook.shutdown()
+        webhook.server_close()
+
+
+@pytest.fixture
+def channels(settings):
+    """A real SMTP server and a real webhook receiver, both configured for notifications."""
+    with smtp_and_webhook() as (inbox, smtp, webhook):
+        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+        settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp.port
+        settings.BACKUP_NOTIFY_EMAILS = "ops@example.com, brewer@example.com"
+        settings.BACKUP_NOTIFY_WEBHOOK_URL = f"http://127.0.0.1:{webhook.server_port}/hooks/backups"
+        yield inbox, webhook
 
 
 def subjects(channels):
@@ -233,20 +243,12 @@ def test_the_health_command_exits_non_zero_when_unhealthy(monitored):
 @pytest.fixture
 def apprise_channels(settings):
     """A real SMTP server and a real JSON webhook, reached through Apprise URLs only."""
-    inbox = Inbox()
-    smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    smtp.start()
-    webhook = Webhook()
-    thread = threading.Thread(target=webhook.serve_forever, daemon=True)
-    thread.start()
-    settings.BACKUP_NOTIFY_URLS = (
-        f"mailto://127.0.0.1:{smtp.port}?from=backups@example.com&to=ops@example.com, "
-        f"json://127.0.0.1:{webhook.server_port}/hooks/apprise"
-    )
-    yield inbox, webhook
-    smtp.stop()
-    webhook.shutdown()
-    webhook.server_close()
+    with smtp_and_webhook() as (inbox, smtp, webhook):
+        settings.BACKUP_NOTIFY_URLS = (
+            f"mailto://127.0.0.1:{smtp.port}?from=backups@example.com&to=ops@example.com, "
+            f"json://127.0.0.1:{webhook.server_port}/hooks/apprise"
+        )
+        yield inbox, webhook
 
 
 def apprise_events(apprise_channels):

@@ -199,8 +199,9 @@ class DatabaseEngine:
 
     @contextmanager
     def scratch(self):
-        """A new, empty database of the same kind, next to this one, for restore drills and
-        model restores: yields an engine for it and removes it on exit. Never the live database."""
+        """A new, empty database of the same kind, on the drill server (``drill_server()``), for
+        restore drills, the proofs of restores that cannot roll back, and model restores: yields
+        an engine for it and removes it on exit. Never the live database."""
         server = type(self)(self.alias, self.drill_server())  # BACKUP_VERIFY_DATABASE_URL's, if set
         engine = server.create_database(self.scratch_name(), advice=self.scratch_advice())
         try:

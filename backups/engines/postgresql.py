@@ -776,6 +776,7 @@ class CleanupSplicingStream(DumpStream):
     """The dump's chunks with ``cleanup`` inserted after its opening BEGIN."""
 
     OPENING = b"\nBEGIN;\n"
+    NO_OPENING = "pg_restore wrote no BEGIN at the start of the dump; its output is not understood."
 
     def __init__(self, stdout, counter, cleanup):
         super().__init__(stdout, counter)
@@ -792,10 +793,10 @@ class CleanupSplicingStream(DumpStream):
                 yield head[:cut] + self.cleanup + head[cut:]
                 break
             if len(head) > CHUNK_SIZE:
-                raise DumpFailed("pg_restore wrote no BEGIN at the start of the dump; its output is not understood.")
+                raise DumpFailed(self.NO_OPENING)
         else:
             if head:
-                raise DumpFailed("pg_restore wrote no BEGIN at the start of the dump; its output is not understood.")
+                raise DumpFailed(self.NO_OPENING)
             return
         yield from chunks
 

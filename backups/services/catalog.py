@@ -47,13 +47,12 @@ class SyncResult:
 def sync_catalog(*, actor=None, remove_partials=True):
     """Rebuild the catalog from the manifests in storage.
 
-    Both storages count: a backup whose file is in the primary or the off-site storage is
-    restorable, and its row says where (``locations``). New manifests become rows, rows whose
-    file vanished everywhere are marked missing, backups whose process died are marked failed,
-    and temporary files of interrupted backups are removed. With an ``actor`` (a person asked
-    for it) the sync is checked and journaled, and backups without an off-site copy are copied
-    there; the service's own calls, after a restore or before a cleanup, are part of those
-    operations.
+    Every destination counts: a backup whose file is in any of them is restorable, and its row
+    says where (``locations``). New manifests become rows, rows whose file vanished everywhere
+    are marked missing, backups whose process died are marked failed, and temporary files of
+    interrupted backups are removed. With an ``actor`` (a person asked for it) the sync is
+    checked and journaled, and destinations that lack a copy get one; the service's own calls,
+    after a restore or before a cleanup, are part of those operations.
     """
     if actor is None:
         return _sync(remove_partials)

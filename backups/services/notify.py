@@ -15,7 +15,6 @@ from ..conf import backup_settings
 logger = logging.getLogger("backups")
 
 WEBHOOK_TIMEOUT = 10
-OUTCOMES = ("info", "success", "failure")
 
 
 def notify(subject, text, outcome="info"):

@@ -27,7 +27,7 @@ from ..exceptions import (
     StorageFailed,
 )
 from ..models import Action, Backup, DatabaseCopy, HealthState, Operation, Trigger
-from ..storage import backup_storages, get_storage, is_storage_failure, storage_error
+from ..storage import backup_storages, is_storage_failure, storage_error
 from ..streams import RawReader
 from .backups import PROGRESS_INTERVAL, describe_database, get_restorable_backup, reserve_backup, write_backup
 from .catalog import sync_catalog
@@ -147,7 +147,7 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress, s
                     record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
                     undo = result.pre_restore_backup
                     if not engine.restore_is_transactional:  # its undo must be known to load, too
-                        with verified_copy(get_storage(), undo.filename, undo.manifest) as undo_source:
+                        with verified_copy_anywhere(undo.filename, undo.manifest, result.warnings) as undo_source:
                             prove_loadable(engine, undo_source, undo.filename, undo.manifest.get("uncompressed_bytes"))
                 after_load = None
                 if migrations.behind and wants_migrate(migrate):
@@ -348,7 +348,7 @@ def verified_copy_anywhere(filename, manifest, warnings):
                 logger.warning("Restoring %s from the copy in %s: %s", filename, name, unusable_copies)
             break
         else:
-            name, last = problems[-1]
+            last = problems[-1][1]
             if len(problems) == 1:
                 raise last
             raise type(last)(
@@ -468,7 +468,7 @@ def undo_incomplete_restore(engine, filename, incomplete, undo):
     failure = incomplete.message.rstrip(".")
     logger.error("Restoring %s stopped partway (%s); restoring %s to undo it", filename, failure, undo.filename)
     try:
-        with verified_copy(get_storage(), undo.filename, undo.manifest) as source:
+        with verified_copy_anywhere(undo.filename, undo.manifest, []) as source:
             load_dump(engine, source, undo.filename, undo.manifest.get("uncompressed_bytes"))
     except Exception as exc:
         undo_failure = exc.message.rstrip(".") if isinstance(exc, BackupError) else "unexpected error"

@@ -67,7 +67,8 @@ def summary(backup):
 
 def run_scheduled_backup(alias, now=None):
     """Back up ``alias`` unless another host is doing it or has done it for this run.
-    Failures are logged, announced and recorded before they are returned."""
+    Failures are logged and announced, and recorded in the catalog when it can be reached, before
+    they are returned."""
     actor = Actor.cron()
     engine = None
     with ExitStack() as stack:

@@ -106,7 +106,7 @@ def verify_backup(filename, *, actor, level="checksum"):
 
 def run_checks(engine, filename, manifest, level):
     """The checks themselves; raise ``VerificationFailed`` (or a damaged-file error) on a finding.
-    The copy checked is the one a restore would use: the primary, else the off-site one."""
+    The copy checked is the one a restore would use: the first usable one, in destination order."""
     codec = codec_for(filename)
     warnings = []
 

@@ -15,6 +15,7 @@ from ... import checks, services
 from ...conf import backup_settings
 from ...exceptions import BackupError, catalog_error
 from ...formatting import TerminalProgress, human_duration, human_size, local_time, verification_label
+from ...services.migrations import refuse_ahead
 from ...services.verification import LEVELS
 
 
@@ -292,8 +293,7 @@ class Command(BaseCommand):
         preview = services.restore_preview(filename, actor=self.actor, target=target)
         database = preview.database
         warning = f" {preview.warning}" if preview.warning else ""
-        if preview.refused and not force_ahead:
-            raise CommandError(f"{preview.refused} Nothing was changed.")
+        refuse_ahead(preview.migrations, force_ahead)  # before asking: the answer would be no
         self.confirm(
             yes,
             f"This replaces ALL data in database '{database['alias']}' ({database['name']}) with the backup "
