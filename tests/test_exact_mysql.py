@@ -378,8 +378,13 @@ class Killer(threading.Thread):
             for pid in self.live_clients():
                 if pid not in seen:
                     seen.add(pid)
-                    time.sleep(0.5)  # into the replay: some tables dropped and refilled
-                    os.kill(pid, signal.SIGKILL)
+                    # Just into the replay: well before even a small database has been reloaded
+                    # (waiting longer let a quick replay finish first, and nothing was killed).
+                    time.sleep(0.05)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue
                     self.killed += 1
             time.sleep(0.005)
 
