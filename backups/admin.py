@@ -23,8 +23,7 @@ from . import services
 from .downloads import download_response
 from .exceptions import BackupError
 from .formatting import human_age, human_duration, human_size, local_time
-from .models import Action, Backup, BackupStatus, DatabaseCopy, Operation, OperationStatus, Origin, RestoreHistory
-from .storage import backup_storages
+from .models import Backup, BackupStatus, DatabaseCopy, Operation, OperationStatus, Origin, RestoreHistory
 
 # Progress pages poll with a signed ticket instead of the session: while a restore loads the
 # database that holds the sessions, every query on them waits for it.
@@ -259,8 +258,8 @@ class BackupAdmin(admin.ModelAdmin):
 
     @admin.display(description="verification history")
     def verification_history(self, backup):
-        checks = Operation.objects.filter(action=Action.VERIFY, filename=backup.filename).order_by("-started_at")
-        rows = [(local_time(check.started_at), check.status, check.actor, check.message) for check in checks[:20]]
+        checks = services.verification_history(backup.filename)
+        rows = [(local_time(check.started_at), check.status, check.actor, check.message) for check in checks]
         if not rows:
             return "Never verified."
         return format_html(
@@ -271,11 +270,10 @@ class BackupAdmin(admin.ModelAdmin):
 
     @admin.display(description="where")
     def copies(self, backup):
-        storages = {location: storage.where for location, storage in backup_storages()}
-        locations = backup.locations or []
+        locations = services.copy_locations(backup)
         if not locations:
             return "No verified copy."
-        lines = [(location, storages.get(location) or "a storage no longer configured") for location in locations]
+        lines = [(name, where or "a storage no longer configured") for name, where in locations]
         text = format_html_join(mark_safe("<br>"), "{} copy in {}", lines)
         if backup.offsite_error:
             text = format_html(
@@ -646,6 +644,9 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 class OperationAdmin(ReadOnlyAdmin):
     """The journal's records are written by the service only; here they are read."""
+
+    change_form_template = "admin/backups/journal_change_form.html"
+    change_list_template = "admin/backups/journal_change_list.html"
 
     @admin.display(description="when", ordering="started_at")
     def started(self, operation):

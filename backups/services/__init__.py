@@ -12,6 +12,7 @@ from .backups import (
     update_description,
 )
 from .catalog import sync_catalog, unlisted_manifests
+from .copies import copy_locations
 from .database_copies import drop_copy, list_copies, restore_copy
 from .health import catalog_down_report, check_health, health_for
 from .jobs import forget_restore_progress, get_restore, run_job, start_backup, start_restore
@@ -23,7 +24,7 @@ from .progress import backup_progress, restore_progress
 from .restore import restore_backup, restore_preview, verification_warning
 from .retention import cleanup_backups
 from .schedule import schedule_status
-from .verification import verify_backup
+from .verification import verification_history, verify_backup
 
 __all__ = [
     "Actor",
@@ -31,6 +32,7 @@ __all__ = [
     "check_health",
     "health_for",
     "cleanup_backups",
+    "copy_locations",
     "create_backup",
     "delete_backup",
     "drop_copy",
@@ -57,6 +59,7 @@ __all__ = [
     "sync_catalog",
     "unlisted_manifests",
     "update_description",
+    "verification_history",
     "verification_warning",
     "verify_backup",
 ]

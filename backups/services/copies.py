@@ -71,6 +71,13 @@ def record(backup, good, failures):
         logger.error("Backup %s has no copy in %s: %s", backup.filename, name, reason)
 
 
+def copy_locations(backup):
+    """(destination name, where it is) of each verified copy of ``backup``; where is None for a
+    destination that is no longer configured."""
+    where = {name: storage.where for name, storage in backup_storages()}
+    return [(name, where.get(name)) for name in backup.locations or []]
+
+
 def write_manifest_to(name, backup, locations, overwrite):
     storage = dict(backup_storages())[name]
     storage.write_json(manifest_name(backup.filename), {**backup.manifest, "locations": locations}, overwrite=overwrite)

@@ -25,7 +25,7 @@ from ..compression import CHUNK_SIZE, codec_for
 from ..conf import backup_settings
 from ..engines import get_engine
 from ..exceptions import BackupDamaged, BackupNotFound, InvalidRequest, OperationInProgress, RestoreFailed, reason_of
-from ..models import Action, Backup, OperationStatus
+from ..models import Action, Backup, Operation, OperationStatus
 from ..streams import ChunkStream, ReadableStream
 from .backups import get_restorable_backup
 from .copies import usable_manifest, write_manifest
@@ -102,6 +102,12 @@ def verify_backup(filename, *, actor, level="checksum"):
             outcome="failure",
         )
     return result
+
+
+def verification_history(filename, limit=20):
+    """The journal's verifications of ``filename``, newest first, for pages that have already
+    checked that their reader may see backups."""
+    return list(Operation.objects.filter(action=Action.VERIFY, filename=filename).order_by("-started_at")[:limit])
 
 
 def run_checks(engine, filename, manifest, level):

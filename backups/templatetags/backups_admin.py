@@ -3,6 +3,7 @@ line charts drawn on the server as inline SVG (no script, no CDN, readable offli
 mode: their colours are the admin's CSS variables)."""
 
 from django import template
+from django.contrib.admin.templatetags.admin_list import pagination
 
 from ..formatting import human_age, human_duration, human_size, local_time
 
@@ -10,6 +11,13 @@ register = template.Library()
 register.filter("human_size", human_size)
 register.filter("human_age", human_age)
 register.filter("local_time", local_time)
+
+
+@register.inclusion_tag("admin/backups/journal_pagination.html")
+def journal_pagination(changelist):
+    """Django's paginator, for the journal's lists (the audit log and the restore history)."""
+    return pagination(changelist)
+
 
 WIDTH, HEIGHT = 360, 120
 # Room for the axis labels.
