@@ -40,6 +40,17 @@ class InvalidRequest(BackupError):
     default_message = "The request is not valid."
 
 
+class ForeignKeysWouldBreak(InvalidRequest):
+    """A restore of chosen models refused before it changed anything: rows would point at rows
+    that would not exist. ``findings`` lists them (``model_restore.Dangling``); ``related`` names
+    the models that including the related ones would add first."""
+
+    def __init__(self, message, *, findings, related):
+        super().__init__(message)
+        self.findings = findings
+        self.related = related
+
+
 class NotAuthenticated(BackupError):
     status_code = 401
     default_message = "Authentication credentials were not provided."

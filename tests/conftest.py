@@ -231,6 +231,51 @@ def table_exists(alias, name):
     return name in connections[alias].introspection.table_names()
 
 
+def database_exists(alias, name):
+    """Whether the database ``name`` (SQLite: the file) exists on the server of ``alias``."""
+    vendor = connections[alias].vendor
+    if vendor == "sqlite":
+        return Path(name).exists()
+    if vendor == "postgresql":
+        return bool(fetch(alias, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"))
+    return bool(fetch(alias, f"SHOW DATABASES LIKE '{name}'"))
+
+
+def read_copy(alias, name, sql):
+    """Rows from the copy ``name``, on a connection of its own (not one of the site's aliases)."""
+    live = connections[alias]
+    connection = type(live)({**live.settings_dict, "NAME": name}, alias="copy")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            return [tuple(row) for row in cursor.fetchall()]
+    finally:
+        connection.close()
+
+
+# -- the test app's models (tests/recoveryapp) ---------------------------------------------------
+
+
+def brew_recipes(alias):
+    """Two breweries with a recipe each, a hop in the first recipe and a tasting of it; returns
+    a backup of them."""
+    from backups import services
+    from tests.recoveryapp.models import Brewery, Ingredient, Recipe, Tasting
+
+    hoppy = Brewery.objects.using(alias).create(id=1, name="Hoppy")
+    malty = Brewery.objects.using(alias).create(id=2, name="Malty")
+    pale = Recipe.objects.using(alias).create(id=1, name="Pale Ale", brewery=hoppy, style="ale")
+    Recipe.objects.using(alias).create(id=2, name="Stout", brewery=malty, style="stout")
+    citra = Ingredient.objects.using(alias).create(id=1, name="Citra")
+    pale.ingredients.add(citra)
+    Tasting.objects.using(alias).create(id=1, recipe=pale, note="bright")
+    return services.create_backup(actor=services.Actor.command(), database=alias)
+
+
+def names(alias, model):
+    return list(model.objects.using(alias).order_by("pk").values_list("name", flat=True))
+
+
 # -- backup files -------------------------------------------------------------------------------
 
 

@@ -10,11 +10,11 @@ from django.core.management import call_command
 from django.db import connections
 
 from backups import services
-from backups.exceptions import InvalidRequest
+from backups.exceptions import ForeignKeysWouldBreak, InvalidRequest
 from backups.models import Backup, DatabaseCopy, Operation, Trigger
 from tests.recoveryapp.models import Brewery, Ingredient, Recipe, Tasting
 
-from .conftest import fetch, make_staff, token_client
+from .conftest import brew_recipes, database_exists, make_staff, names, read_copy, token_client
 
 COMMAND = services.Actor.command()
 
@@ -34,40 +34,7 @@ def alias(request):
 
 @pytest.fixture
 def brewing(alias):
-    """Two breweries with a recipe each, a hop in the first recipe and a tasting of it."""
-    hoppy = Brewery.objects.using(alias).create(id=1, name="Hoppy")
-    malty = Brewery.objects.using(alias).create(id=2, name="Malty")
-    pale = Recipe.objects.using(alias).create(id=1, name="Pale Ale", brewery=hoppy, style="ale")
-    Recipe.objects.using(alias).create(id=2, name="Stout", brewery=malty, style="stout")
-    citra = Ingredient.objects.using(alias).create(id=1, name="Citra")
-    pale.ingredients.add(citra)
-    Tasting.objects.using(alias).create(id=1, recipe=pale, note="bright")
-    return services.create_backup(actor=COMMAND, database=alias)
-
-
-def names(alias, model):
-    return list(model.objects.using(alias).order_by("pk").values_list("name", flat=True))
-
-
-def database_exists(alias, name):
-    vendor = connections[alias].vendor
-    if vendor == "sqlite":
-        return Path(name).exists()
-    if vendor == "postgresql":
-        return bool(fetch(alias, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"))
-    return bool(fetch(alias, f"SHOW DATABASES LIKE '{name}'"))
-
-
-def read_copy(alias, name, sql):
-    """Rows from the copy ``name``, on a connection of its own (not one of the site's aliases)."""
-    live = connections[alias]
-    connection = type(live)({**live.settings_dict, "NAME": name}, alias="copy")
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-            return [tuple(row) for row in cursor.fetchall()]
-    finally:
-        connection.close()
+    return brew_recipes(alias)
 
 
 @pytest.mark.parametrize("alias", ENGINES, indirect=True)
@@ -165,6 +132,12 @@ def test_dangling_foreign_keys_are_refused_with_their_list_or_brought_along(alia
     with pytest.raises(InvalidRequest) as refused:
         services.restore_models(brewing.filename, actor=COMMAND, models=["recoveryapp.Recipe"])
     message = refused.value.message
+    assert isinstance(refused.value, ForeignKeysWouldBreak)
+    assert refused.value.related == ["recoveryapp.Brewery", "recoveryapp.Tasting"]
+    assert sorted((finding.label, finding.column, finding.values) for finding in refused.value.findings) == [
+        ("recoveryapp.Recipe", "brewery_id", (2,)),
+        ("recoveryapp.Tasting", "recipe_id", (3,)),
+    ]
     assert "recoveryapp.Tasting.recipe_id (recoveryapp_tasting) would point at recoveryapp.Recipe rows" in message
     assert "recoveryapp.Recipe.brewery_id (recoveryapp_recipe) would point at recoveryapp.Brewery rows" in message
     assert "rows that would not exist: 3" in message and "rows that would not exist: 2" in message

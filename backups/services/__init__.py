@@ -17,7 +17,7 @@ from .database_copies import drop_copy, list_copies, restore_copy
 from .health import catalog_down_report, check_health, health_for
 from .jobs import forget_restore_progress, get_restore, run_job, start_backup, start_restore
 from .journal import Actor
-from .model_restore import restore_models
+from .model_restore import chosen_models, model_restore_preview, restorable_models, restore_models
 from .overview import overview
 from .premigrate import migrate_with_backup
 from .progress import backup_progress, restore_progress
@@ -40,6 +40,9 @@ __all__ = [
     "list_copies",
     "restore_copy",
     "restore_models",
+    "model_restore_preview",
+    "chosen_models",
+    "restorable_models",
     "describe_database",
     "get_backup",
     "get_restore",

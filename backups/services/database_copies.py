@@ -20,6 +20,7 @@ from .journal import journal
 from .restore import check_restore, load_dump, verified_copy_anywhere
 
 COPY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+COPY_NAME_RULE = "A copy's name is a letter or '_' followed by letters, digits and '_' (at most 63)."
 
 
 @dataclass
@@ -32,9 +33,7 @@ def copy_location(engine, into):
     """The new database's name (SQLite: its path) for the copy named ``into``; refuses names
     that are not plain identifiers and any database a configured alias uses."""
     if not isinstance(into, str) or not COPY_NAME.fullmatch(into):
-        raise InvalidRequest(
-            "A copy's name is a letter or '_' followed by letters, digits and '_' (at most 63). Nothing was changed."
-        )
+        raise InvalidRequest(f"{COPY_NAME_RULE} Nothing was changed.")
     name = str(Path(engine.database_name).with_name(f"{into}.sqlite3")) if engine.vendor == "sqlite" else into
     for alias in connections:
         settings = connections.settings[alias]

@@ -21,7 +21,7 @@ from django.db import DatabaseError, connections, router, transaction
 from django.utils import timezone
 
 from ..conf import backup_settings
-from ..exceptions import InvalidRequest
+from ..exceptions import ForeignKeysWouldBreak, InvalidRequest
 from ..models import Action
 from .backups import get_restorable_backup
 from .journal import journal
@@ -29,6 +29,7 @@ from .restore import (
     check_restore,
     load_dump,
     refuse_inside_transaction,
+    restore_preview,
     take_pre_restore_backup,
     verified_copy_anywhere,
 )
@@ -60,13 +61,57 @@ class Dangling:
     target: object
     values: tuple
 
-    def __str__(self):
+    @property
+    def label(self):
+        return self.model._meta.label
+
+    @property
+    def table(self):
+        return self.model._meta.db_table
+
+    @property
+    def target_label(self):
+        return self.target._meta.label
+
+    @property
+    def shown_values(self):
         shown = ", ".join(str(value) for value in self.values[:SHOWN_VALUES])
-        more = ", ..." if len(self.values) > SHOWN_VALUES else ""
+        return shown + (", ..." if len(self.values) > SHOWN_VALUES else "")
+
+    def __str__(self):
         return (
-            f"{self.model._meta.label}.{self.column} ({self.model._meta.db_table}) would point at "
-            f"{self.target._meta.label} rows that would not exist: {shown}{more}"
+            f"{self.label}.{self.column} ({self.table}) would point at {self.target_label} rows that would not "
+            f"exist: {self.shown_values}"
         )
+
+
+@dataclass(frozen=True)
+class RestorableModel:
+    """A model whose rows can be restored, as a page or a prompt offers it."""
+
+    label: str  # "app.Model", as restore_models takes it
+    app_label: str
+    app_name: str
+    name: str  # its verbose plural name
+    tables: tuple  # its table, then those of its many-to-many fields, whose rows come along
+
+
+@dataclass
+class ModelRestorePreview:
+    """What a restore of chosen models would restore from and into, before it starts."""
+
+    backup: object
+    database: dict  # describe_database() of the database whose tables it replaces
+    warning: str | None  # about the backup's verification
+    pre_restore_backup: bool  # whether the current state is backed up first
+
+
+@dataclass
+class ChosenModels:
+    """What the labels a person chose stand for."""
+
+    models: list  # labels of the models ("recipes" becomes each of its models)
+    tables: list  # the tables whose rows would be replaced, many-to-many ones included
 
 
 class DanglingReferences(Exception):
@@ -92,17 +137,69 @@ def restore_models(filename, *, actor, models, include_related=False, target=Non
                 load_dump(scratch, source, filename, manifest.get("uncompressed_bytes"))
                 with connection_to(scratch) as scratch_connection:
                     refuse_missing_columns(chosen, scratch_connection)
-                    if backup_settings.PRE_RESTORE_BACKUP if pre_restore_backup is None else pre_restore_backup:
+                    if takes_pre_restore_backup(pre_restore_backup):
                         result.pre_restore_backup = take_pre_restore_backup(
                             engine, actor, f"Before restoring {len(chosen)} models' tables from {filename}"
                         )
                         record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
                     result.rows = replace_until_consistent(chosen, scratch_connection, alias, include_related)
-        result.models = sorted(model._meta.label for model in chosen if not model._meta.auto_created)
+        result.models = labels_of(chosen)
         result.finished_at = timezone.now()
         record.message = f"Restored the rows of {', '.join(result.models)} from {filename}"
         record.details = {**record.details, "models": result.models, "rows": result.rows, "warnings": result.warnings}
     return result
+
+
+def takes_pre_restore_backup(requested):
+    """Whether the current state is backed up first: as asked, else BACKUP_PRE_RESTORE_BACKUP.
+    (Unlike a whole restore, this one always rolls back in full: it is one transaction.)"""
+    return backup_settings.PRE_RESTORE_BACKUP if requested is None else requested
+
+
+def model_restore_preview(filename, *, actor, target=None):
+    """What a restore of chosen models from ``filename`` (into ``target``) would restore from and
+    into, and whether it backs up the current state first."""
+    preview = restore_preview(filename, actor=actor, target=target, permission="restore_models")
+    return ModelRestorePreview(
+        backup=preview.backup,
+        database=preview.database,
+        warning=preview.warning,
+        pre_restore_backup=takes_pre_restore_backup(None),
+    )
+
+
+def chosen_models(labels):
+    """The models and tables that ``labels`` stand for, refused as ``restore_models`` refuses them."""
+    chosen = resolve_models(labels)
+    return ChosenModels(models=labels_of(chosen), tables=sorted(model._meta.db_table for model in chosen))
+
+
+def restorable_models(alias):
+    """The models whose rows can be restored this way into ``alias``, by app and name."""
+    found = [
+        RestorableModel(
+            label=model._meta.label,
+            app_label=model._meta.app_label,
+            app_name=str(model._meta.app_config.verbose_name),
+            name=str(model._meta.verbose_name_plural),
+            tables=(model._meta.db_table, *(through._meta.db_table for through in many_to_many_tables(model))),
+        )
+        for model in apps.get_models()
+        if not model._meta.proxy and refusal(model) is None and router.allow_migrate_model(alias, model)
+    ]
+    return sorted(found, key=lambda model: (model.app_name, model.name))
+
+
+def refusal(model):
+    """Why the rows of ``model`` cannot be restored this way, or None."""
+    if model._meta.app_label == "backups":
+        return (
+            "The backups app's own tables are not restored this way: the catalog is rebuilt from storage "
+            "('manage.py backups sync'). Nothing was changed."
+        )
+    if not model._meta.managed:
+        return f"{model._meta.label} is not managed by Django. Nothing was changed."
+    return None
 
 
 def resolve_models(labels):
@@ -116,25 +213,25 @@ def resolve_models(labels):
         except (LookupError, ValueError):
             raise InvalidRequest(f"There is no model or app {label!r}. Nothing was changed.") from None
         for model in found:
-            if model._meta.app_label == "backups":
-                raise InvalidRequest(
-                    "The backups app's own tables are not restored this way: the catalog is rebuilt from "
-                    "storage ('manage.py backups sync'). Nothing was changed."
-                )
-            if not model._meta.managed:
-                raise InvalidRequest(f"{model._meta.label} is not managed by Django. Nothing was changed.")
+            if reason := refusal(model):
+                raise InvalidRequest(reason)
             chosen.add(model._meta.concrete_model)
     return with_many_to_many(chosen)
 
 
+def labels_of(models):
+    """The labels of ``models`` as people chose them: without the auto-created many-to-many ones."""
+    return sorted(model._meta.label for model in models if not model._meta.auto_created)
+
+
 def with_many_to_many(models):
-    result = set(models)
-    for model in models:
-        for field_ in model._meta.local_many_to_many:
-            through = field_.remote_field.through
-            if through._meta.auto_created:
-                result.add(through)
-    return result
+    return set(models).union(*(many_to_many_tables(model) for model in models))
+
+
+def many_to_many_tables(model):
+    """The auto-created models of ``model``'s many-to-many tables, whose rows come with its own."""
+    throughs = (field_.remote_field.through for field_ in model._meta.local_many_to_many)
+    return [through for through in throughs if through._meta.auto_created]
 
 
 @contextmanager
@@ -185,9 +282,11 @@ def replace_until_consistent(chosen, scratch, alias, include_related):
             related = with_many_to_many({model._meta.concrete_model for model in related}) - chosen
             if not include_related or not related:
                 listed = "; ".join(str(finding) for finding in dangling.findings)
-                raise InvalidRequest(
+                raise ForeignKeysWouldBreak(
                     f"Restoring only these models would break foreign keys: {listed}. Include the related models "
-                    '(--include-related, API: "include_related": true) or choose them too. Nothing was changed.'
+                    '(--include-related, API: "include_related": true) or choose them too. Nothing was changed.',
+                    findings=dangling.findings,
+                    related=labels_of(related),
                 ) from None
             logger.info("Model restore: adding related models %s", sorted(model._meta.label for model in related))
             chosen |= related
