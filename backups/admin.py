@@ -2,6 +2,7 @@
 checks the permission again, and reports the outcome as an admin message or a result page."""
 
 import json
+from dataclasses import dataclass
 from pathlib import PurePath
 
 from django import forms
@@ -21,9 +22,10 @@ from django.views.decorators.cache import never_cache
 
 from . import services
 from .downloads import download_response
-from .exceptions import BackupError
+from .exceptions import BackupError, ForeignKeysWouldBreak
 from .formatting import human_age, human_duration, human_size, local_time
 from .models import Backup, BackupStatus, DatabaseCopy, Operation, OperationStatus, Origin, RestoreHistory
+from .services.database_copies import COPY_NAME_RULE
 
 # Progress pages poll with a signed ticket instead of the session: while a restore loads the
 # database that holds the sessions, every query on them waits for it.
@@ -65,6 +67,49 @@ class RestoreConfirmationForm(forms.Form):
         if typed != self.database_name:
             raise forms.ValidationError("That is not the name of the database. Nothing was restored.")
         return typed
+
+
+class CopyForm(forms.Form):
+    """The new database's name; the service says which names it takes."""
+
+    into = forms.CharField(label="Name of the new database", help_text=COPY_NAME_RULE)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["into"].widget.attrs.update(
+            {"autocomplete": "off", "spellcheck": "false", "size": 40, "aria-describedby": "copy-name-help"}
+        )
+
+
+class ModelRestoreForm(forms.Form):
+    """The apps and models whose rows are restored; ``post`` is set once they are confirmed."""
+
+    models = forms.MultipleChoiceField(error_messages={"required": "Choose at least one model. Nothing was changed."})
+    include_related = forms.BooleanField(required=False, label="Include related models")
+    post = forms.BooleanField(required=False, widget=forms.HiddenInput)
+
+    def __init__(self, *args, groups, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["models"].choices = [
+            (value, value) for group in groups for value in (group.label, *(model.label for model in group.models))
+        ]
+
+
+@dataclass
+class ModelGroup:
+    """An app as the model restore page lists it: its label, name and restorable models."""
+
+    label: str
+    name: str
+    models: list
+
+
+def model_groups(models):
+    """``restorable_models`` by app, as the page lists them."""
+    groups = {}
+    for model in models:
+        groups.setdefault(model.app_label, ModelGroup(model.app_label, model.app_name, [])).models.append(model)
+    return list(groups.values())
 
 
 def confirmation_name(database):
@@ -159,7 +204,13 @@ class BackupAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     search_fields = ("filename", "description")
     ordering = ("-created_at", "-filename")
-    actions = ["restore_selected", "verify_checksums", "drill_restores"]
+    actions = [
+        "restore_selected",
+        "restore_copy_selected",
+        "restore_models_selected",
+        "verify_checksums",
+        "drill_restores",
+    ]
     formfield_overrides = {models.TextField: {"widget": forms.Textarea(attrs={"rows": 3, "cols": 60})}}
     fieldsets = (
         (None, {"fields": ("filename", "description", "status", "error")}),
@@ -322,6 +373,12 @@ class BackupAdmin(admin.ModelAdmin):
     def has_restore_permission(self, request, obj=None):
         return request.user.has_perm("backups.restore_backup")
 
+    def has_restore_copy_permission(self, request, obj=None):
+        return request.user.has_perm("backups.restore_copy")
+
+    def has_restore_models_permission(self, request, obj=None):
+        return request.user.has_perm("backups.restore_models")
+
     def has_download_permission(self, request, obj=None):
         return request.user.has_perm("backups.download_backup")
 
@@ -340,6 +397,10 @@ class BackupAdmin(admin.ModelAdmin):
             # Not behind admin_view: the ticket is the authorisation (see PROGRESS_SALT).
             path("progress/<str:ticket>/", never_cache(self.progress_view), name="backups_backup_progress"),
             path("<path:object_id>/restore/", view(self.restore_view), name="backups_backup_restore"),
+            path("<path:object_id>/restore-copy/", view(self.restore_copy_view), name="backups_backup_restore_copy"),
+            path(
+                "<path:object_id>/restore-models/", view(self.restore_models_view), name="backups_backup_restore_models"
+            ),
             path("<path:object_id>/download/", view(self.download_view), name="backups_backup_download"),
             path("<path:object_id>/job/", view(self.backup_job_view), name="backups_backup_job"),
             *super().get_urls(),
@@ -370,6 +431,8 @@ class BackupAdmin(admin.ModelAdmin):
         context = {
             "title": "Backup",
             "can_restore": self.has_restore_permission(request),
+            "can_restore_copy": self.has_restore_copy_permission(request),
+            "can_restore_models": self.has_restore_models_permission(request),
             "can_download": self.has_download_permission(request),
             **(extra_context or {}),
         }
@@ -496,6 +559,110 @@ class BackupAdmin(admin.ModelAdmin):
         )
         return TemplateResponse(request, "admin/backups/backup/restore_confirmation.html", context)
 
+    def restore_copy_view(self, request, object_id):
+        """GET: what is copied, and where the new database goes. POST, with its name: the backup
+        restored into that new database, never the live one; then the list of copies."""
+        if not self.has_restore_copy_permission(request):
+            raise PermissionDenied
+        backup = self.get_object(request, unquote(object_id))
+        if backup is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        actor = actor_for(request)
+        try:
+            preview = services.restore_preview(backup.filename, actor=actor, permission="restore_copy")
+        except BackupError as error:
+            self.report_failure(request, self.cannot_restore(backup, error))
+            return self.changelist_redirect()
+        form = CopyForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                result = services.restore_copy(backup.filename, actor=actor, into=form.cleaned_data["into"])
+            except BackupError as error:
+                self.report_failure(request, f"{backup.filename} was not restored as a copy: {error.message}")
+            else:
+                self.message_user(
+                    request,
+                    f"Restored {backup.filename} into the new database {result.copy.name}; the live database "
+                    f"{preview.database['name']} was not touched.",
+                    messages.SUCCESS,
+                )
+                for warning in result.warnings:
+                    self.message_user(request, warning, messages.WARNING)
+                return HttpResponseRedirect(reverse("admin:backups_databasecopy_changelist"))
+        context = self.page_context(
+            request,
+            title="Restore a backup as a copy",
+            backup=backup,
+            backup_created=local_time(backup.created_at),
+            database=preview.database,
+            preview=preview,
+            form=form,
+        )
+        return TemplateResponse(request, "admin/backups/backup/restore_copy.html", context)
+
+    def restore_models_view(self, request, object_id):
+        """Chosen models' rows from the backup, in steps (each a POST but the first, as Django's
+        delete_selected): choose the apps and models; see what will be replaced; confirm. A
+        refusal for foreign keys lists the rows that would point nowhere and offers the restore
+        again with the related models."""
+        if not self.has_restore_models_permission(request):
+            raise PermissionDenied
+        backup = self.get_object(request, unquote(object_id))
+        if backup is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        actor = actor_for(request)
+        try:
+            preview = services.model_restore_preview(backup.filename, actor=actor)
+        except BackupError as error:
+            self.report_failure(request, self.cannot_restore(backup, error))
+            return self.changelist_redirect()
+        groups = model_groups(services.restorable_models(preview.database["alias"]))
+        form = ModelRestoreForm(request.POST or None, groups=groups)
+        context = self.page_context(
+            request,
+            title="Restore chosen models from a backup",
+            backup=backup,
+            backup_created=local_time(backup.created_at),
+            preview=preview,
+            groups=groups,
+            form=form,
+            ticked=set(form["models"].value() or []),
+            step="choose",
+        )
+        page = "admin/backups/backup/restore_models.html"
+        if not (form.is_bound and form.is_valid()):
+            return TemplateResponse(request, page, context)
+        labels = form.cleaned_data["models"]
+        try:
+            context.update(chosen=services.chosen_models(labels), step="confirm")
+        except BackupError as error:
+            self.report_failure(request, error.message)
+            return TemplateResponse(request, page, context)
+        if not form.cleaned_data["post"]:
+            return TemplateResponse(request, page, context)
+        try:
+            result = services.restore_models(
+                backup.filename, actor=actor, models=labels, include_related=form.cleaned_data["include_related"]
+            )
+        except ForeignKeysWouldBreak as refusal:
+            context.update(step="refused", refusal=refusal)
+        except BackupError as error:
+            self.report_failure(request, f"The models were not restored from {backup.filename}: {error.message}")
+            context["step"] = "choose"
+        else:
+            self.report_model_restore(request, result)
+            return self.changelist_redirect()
+        return TemplateResponse(request, page, context)
+
+    def report_model_restore(self, request, result):
+        rows = ", ".join(f"{table} {count}" for table, count in sorted(result.rows.items()))
+        text = f"Restored the rows of {', '.join(result.models)} from {result.backup.filename} ({rows})."
+        if result.pre_restore_backup:
+            text += f" To undo, restore {result.pre_restore_backup.filename} (taken just before)."
+        self.message_user(request, text, messages.SUCCESS)
+        for warning in result.warnings:
+            self.message_user(request, warning, messages.WARNING)
+
     @staticmethod
     def cannot_restore(backup, error):
         reason = error.message
@@ -538,10 +705,22 @@ class BackupAdmin(admin.ModelAdmin):
 
     @admin.action(permissions=["restore"], description="Restore the selected backup…")
     def restore_selected(self, request, queryset):
+        return self.open_for_one(request, queryset, "restore")
+
+    def open_for_one(self, request, queryset, page):
+        """The confirmation page ``page`` of the one selected backup."""
         if len(queryset) != 1:
             self.report_failure(request, "Select exactly one backup to restore.")
             return None
-        return HttpResponseRedirect(reverse("admin:backups_backup_restore", args=[quote(queryset[0].pk)]))
+        return HttpResponseRedirect(reverse(f"admin:backups_backup_{page}", args=[quote(queryset[0].pk)]))
+
+    @admin.action(permissions=["restore_copy"], description="Restore the selected backup as a copy…")
+    def restore_copy_selected(self, request, queryset):
+        return self.open_for_one(request, queryset, "restore_copy")
+
+    @admin.action(permissions=["restore_models"], description="Restore chosen models from the selected backup…")
+    def restore_models_selected(self, request, queryset):
+        return self.open_for_one(request, queryset, "restore_models")
 
     @admin.action(permissions=["verify"], description="Verify the selected backups (checksum)")
     def verify_checksums(self, request, queryset):
@@ -631,6 +810,9 @@ class BackupAdmin(admin.ModelAdmin):
 
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Rows that record what happened: nobody adds, edits or deletes them here."""
+
+    class Media:
+        css = {"all": ["backups/admin.css"]}
 
     def has_add_permission(self, request):
         return False

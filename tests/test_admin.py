@@ -1,6 +1,7 @@
-"""The admin, through Django's test client, against the real PostgreSQL server and real files:
-every button, link and action, each permission allowed and refused, errors as admin messages,
-backups and restores run by real worker processes."""
+"""The admin, through Django's test client, against the real PostgreSQL server (and SQLite) and
+real files: every button, link and action, each permission allowed and refused, errors as admin
+messages, backups and restores run by real worker processes, copies and model restores by the
+service as the API and the command run them."""
 
 import re
 import time
@@ -10,18 +11,19 @@ from pathlib import Path
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.admin.utils import quote
-from django.db import connection
+from django.db import connection, connections
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from backups import services
 from backups.formatting import human_size
-from backups.models import Backup, BackupStatus, Operation, Origin
+from backups.models import Backup, BackupStatus, DatabaseCopy, Operation, Origin, Trigger
 from backups.services.jobs import RestoreProgressFile, progress_path
 from backups.services.journal import this_worker
+from tests.recoveryapp.models import Brewery, Recipe, Tasting
 
-from .conftest import execute, fetch, make_staff, read_manifest
+from .conftest import brew_recipes, database_exists, execute, fetch, make_staff, names, read_copy, read_manifest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -603,6 +605,218 @@ def test_anonymous_visitors_are_sent_to_the_login_page(brew):
     assert anonymous.get(reverse("admin:backups_backup_progress", args=["forged"])).status_code == 404
     assert fetch("default", "SELECT name FROM brew") == [("Stout",)]
     assert Backup.objects.count() == 1
+
+
+# -- restore as a copy, restore chosen models ---------------------------------------------------
+
+COPIES = reverse("admin:backups_databasecopy_changelist")
+ENGINES = [
+    pytest.param("default", marks=pytest.mark.django_db(transaction=True, databases=["default"]), id="postgresql"),
+    pytest.param("sqlite", marks=pytest.mark.django_db(transaction=True, databases=["default", "sqlite"]), id="sqlite"),
+]
+
+
+@pytest.fixture
+def alias(request):
+    return request.param
+
+
+def restore_models(client, backup, *labels, include_related=False, confirmed=True):
+    """Post the model restore page: the choice, and with ``confirmed`` its confirmation."""
+    data = {"models": list(labels), **({"include_related": "on"} if include_related else {})}
+    return client.post(url("restore_models", backup), {**data, "post": "yes"} if confirmed else data)
+
+
+def hidden_fields(page, form_id):
+    """The hidden inputs of the form ``form_id`` on ``page`` but its CSRF token, as a browser
+    would post them."""
+    form = re.search(rf'<form [^>]*id="{form_id}".*?</form>', page, re.S).group(0)
+    fields = {}
+    for name, value in re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', form):
+        if name != "csrfmiddlewaretoken":
+            fields.setdefault(name, []).append(value)
+    return fields
+
+
+@pytest.mark.parametrize("alias", ENGINES, indirect=True)
+def test_a_copy_started_from_a_backups_page_holds_the_backup_and_leaves_the_live_database_alone(admin, alias, settings):
+    backup = brew_recipes(alias)
+    Brewery.objects.using(alias).filter(pk=1).update(name="Renamed since")
+    live = connections[alias].settings_dict["NAME"]
+    detail = admin.get(url("change", backup)).content.decode()
+    assert f'href="{url("restore_copy", backup)}">Restore as a copy…</a>' in detail
+    page = admin.get(url("restore_copy", backup)).content.decode()
+    assert backup.filename in page and "The live database is not touched" in page
+    assert 'aria-describedby="copy-name-help"' in page
+
+    response = admin.post(url("restore_copy", backup), {"into": "1 bad name"})
+    assert response.status_code == 200 and 'id="copy-form"' in response.content.decode()
+    assert messages_of(response) == [
+        (
+            "error",
+            f"{backup.filename} was not restored as a copy: A copy's name is a letter or '_' followed by letters, "
+            "digits and '_' (at most 63). Nothing was changed.",
+        )
+    ]
+    assert not DatabaseCopy.objects.exists()
+
+    response = admin.post(url("restore_copy", backup), {"into": f"hb_admin_copy{settings.SUFFIX}"}, follow=True)
+    copy = DatabaseCopy.objects.get()
+    try:
+        assert response.redirect_chain == [(COPIES, 302)]
+        assert messages_of(response) == [
+            (
+                "success",
+                f"Restored {backup.filename} into the new database {copy.name}; the live database {live} was not "
+                "touched.",
+            )
+        ]
+        assert f'<td class="field-filename">{backup.filename}</td>' in response.content.decode()
+        assert read_copy(alias, copy.name, "SELECT name FROM recoveryapp_brewery ORDER BY id") == [
+            ("Hoppy",),
+            ("Malty",),
+        ]
+        assert names(alias, Brewery) == ["Renamed since", "Malty"]
+        assert not Backup.objects.filter(trigger=Trigger.PRE_RESTORE).exists()  # nothing live was replaced
+        record = Operation.objects.get(action="restore-copy", status="succeeded")
+        assert (record.origin, record.actor, record.details["into"]) == (Origin.ADMIN, "root", copy.name)
+    finally:
+        response = admin.post(COPIES, {"action": "drop_copies", "_selected_action": [copy.pk]}, follow=True)
+    assert messages_of(response) == [("success", f"Dropped the copy {copy.name}.")]
+    assert not database_exists(alias, copy.name)
+
+
+@pytest.mark.parametrize("alias", ENGINES, indirect=True)
+def test_a_model_restore_from_the_admin_replaces_only_the_chosen_tables_rows(admin, alias):
+    backup = brew_recipes(alias)
+    # The morning's mistake, and the day's work in other tables that must survive it.
+    Recipe.objects.using(alias).filter(pk=2).delete()
+    Recipe.objects.using(alias).get(pk=1).ingredients.clear()
+    Brewery.objects.using(alias).create(id=3, name="Opened today")
+    Tasting.objects.using(alias).filter(pk=1).update(note="tasted again today")
+
+    detail = admin.get(url("change", backup)).content.decode()
+    assert f'href="{url("restore_models", backup)}">Restore chosen models…</a>' in detail
+    page = admin.get(url("restore_models", backup)).content.decode()
+    for fact in (
+        "<legend>Recoveryapp</legend>",
+        'value="recoveryapp" id="choose-recoveryapp"',
+        'value="recoveryapp.Recipe" id="choose-recoveryapp.Recipe"',
+        '<label for="choose-recoveryapp.Recipe">Recipes <span class="restore-models-tables">(<code>recoveryapp_recipe'
+        "</code>, <code>recoveryapp_recipe_ingredients</code>)</span></label>",
+        'value="auth.User"',
+    ):
+        assert fact in page, fact
+    assert 'value="backups' not in page  # the service refuses the catalog's own tables
+
+    assert "Choose at least one model." in restore_models(admin, backup).content.decode()
+    response = restore_models(admin, backup, "recoveryapp.Recipe", confirmed=False)
+    assert response.context["step"] == "confirm"
+    assert response.context["chosen"].tables == ["recoveryapp_recipe", "recoveryapp_recipe_ingredients"]
+    page = response.content.decode()
+    assert "a backup of the current state is taken" in page
+    assert hidden_fields(page, "models-confirm-form") == {"models": ["recoveryapp.Recipe"], "post": ["yes"]}
+    assert names(alias, Recipe) == ["Pale Ale"]  # looking changes nothing
+
+    response = restore_models(admin, backup, "recoveryapp.Recipe")
+    assert response.status_code == 302 and response["Location"] == CHANGELIST
+    undo = Backup.objects.get(trigger=Trigger.PRE_RESTORE)
+    assert messages_of(admin.get(CHANGELIST)) == [
+        (
+            "success",
+            f"Restored the rows of recoveryapp.Recipe from {backup.filename} (recoveryapp_recipe 2, "
+            f"recoveryapp_recipe_ingredients 1). To undo, restore {undo.filename} (taken just before).",
+        )
+    ]
+    assert names(alias, Recipe) == ["Pale Ale", "Stout"]
+    assert list(Recipe.objects.using(alias).get(pk=1).ingredients.values_list("name", flat=True)) == ["Citra"]
+    assert names(alias, Brewery) == ["Hoppy", "Malty", "Opened today"]
+    assert Tasting.objects.using(alias).get().note == "tasted again today"
+    record = Operation.objects.get(action="restore-models")
+    assert (record.status, record.origin, record.actor) == ("succeeded", Origin.ADMIN, "root")
+
+
+@pytest.mark.parametrize("alias", ENGINES, indirect=True)
+def test_a_foreign_key_refusal_lists_what_would_dangle_and_offers_the_related_models(admin, alias):
+    backup = brew_recipes(alias)
+    # Since the backup: a recipe with a tasting (which a restore of recipes would orphan), and
+    # the Malty brewery gone with its stout (which a restore of recipes would point at).
+    newer = Recipe.objects.using(alias).create(id=3, name="Session IPA", brewery_id=1)
+    Tasting.objects.using(alias).create(id=2, recipe=newer, note="new")
+    Recipe.objects.using(alias).filter(pk=2).delete()
+    Brewery.objects.using(alias).filter(pk=2).delete()
+
+    response = restore_models(admin, backup, "recoveryapp.Recipe")
+    assert response.status_code == 200 and response.context["step"] == "refused"
+    page = response.content.decode()
+    for row in (
+        "<tr><td>recoveryapp.Recipe (<code>recoveryapp_recipe</code>)</td><td><code>brewery_id</code></td>"
+        "<td>recoveryapp.Brewery</td><td>2</td></tr>",
+        "<tr><td>recoveryapp.Tasting (<code>recoveryapp_tasting</code>)</td><td><code>recipe_id</code></td>"
+        "<td>recoveryapp.Recipe</td><td>3</td></tr>",
+    ):
+        assert row in page, row
+    assert "the rows of recoveryapp.Brewery, recoveryapp.Tasting (and of any models" in page
+    assert names(alias, Recipe) == ["Pale Ale", "Session IPA"]  # nothing changed
+    assert Tasting.objects.using(alias).count() == 2
+    assert Operation.objects.get(action="restore-models").status == "failed"
+
+    retry = hidden_fields(page, "retry-form")
+    assert retry == {"models": ["recoveryapp.Recipe"], "include_related": ["on"], "post": ["yes"]}
+    response = admin.post(url("restore_models", backup), retry, follow=True)
+    [(level, text)] = messages_of(response)
+    assert level == "success"
+    assert text.startswith("Restored the rows of recoveryapp.Brewery, recoveryapp.Recipe, recoveryapp.Tasting from")
+    assert names(alias, Recipe) == ["Pale Ale", "Stout"]
+    assert names(alias, Brewery) == ["Hoppy", "Malty"]
+    assert list(Tasting.objects.using(alias).values_list("note", flat=True)) == ["bright"]
+
+
+def test_copies_and_model_restores_are_hidden_and_refused_without_their_permissions():
+    backup = brew_recipes("default")
+    restorer = login(make_staff("restorer", "view_backup", "restore_backup"))
+    detail = restorer.get(url("change", backup)).content.decode()
+    assert url("restore", backup) in detail  # the page has its buttons, only not these
+    assert url("restore_copy", backup) not in detail and url("restore_models", backup) not in detail
+    listing = restorer.get(CHANGELIST).content.decode()
+    assert 'value="restore_selected"' in listing
+    assert 'value="restore_copy_selected"' not in listing and 'value="restore_models_selected"' not in listing
+    for page, data in (
+        ("restore_copy", {"into": "hb_sneaky"}),
+        ("restore_models", {"models": ["recoveryapp.Recipe"], "post": "yes"}),
+    ):
+        assert restorer.get(url(page, backup)).status_code == 403
+        assert restorer.post(url(page, backup), data).status_code == 403
+    assert not DatabaseCopy.objects.exists() and not Backup.objects.filter(trigger=Trigger.PRE_RESTORE).exists()
+    assert not Operation.objects.filter(action__in=["restore-copy", "restore-models"]).exists()
+    assert names("default", Recipe) == ["Pale Ale", "Stout"]
+
+    copier = login(make_staff("copier", "view_backup", "restore_copy"))
+    detail = copier.get(url("change", backup)).content.decode()
+    assert url("restore_copy", backup) in detail and url("restore_models", backup) not in detail
+    response = copier.post(CHANGELIST, {"action": "restore_copy_selected", "_selected_action": [backup.pk]})
+    assert response.status_code == 302 and response["Location"] == url("restore_copy", backup)
+    assert copier.get(url("restore_models", backup)).status_code == 403
+    modeller = login(make_staff("modeller", "view_backup", "restore_models"))
+    detail = modeller.get(url("change", backup)).content.decode()
+    assert url("restore_models", backup) in detail and url("restore_copy", backup) not in detail
+    response = modeller.post(CHANGELIST, {"action": "restore_models_selected", "_selected_action": [backup.pk]})
+    assert response.status_code == 302 and response["Location"] == url("restore_models", backup)
+    assert modeller.get(url("restore_copy", backup)).status_code == 403
+
+
+def test_copies_and_model_restores_need_a_post_with_csrf(superuser):
+    backup = brew_recipes("default")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(superuser)
+    assert client.post(url("restore_copy", backup), {"into": "hb_forged"}).status_code == 403
+    response = client.post(url("restore_models", backup), {"models": ["recoveryapp.Recipe"], "post": "yes"})
+    assert response.status_code == 403
+    assert not DatabaseCopy.objects.exists() and not Operation.objects.filter(action="restore-models").exists()
+    Recipe.objects.filter(pk=2).delete()
+    response = client.get(url("restore_models", backup), {"models": "recoveryapp.Recipe", "post": "yes"})
+    assert response.status_code == 200 and response.context["step"] == "choose"  # a GET only shows the page
+    assert names("default", Recipe) == ["Pale Ale"]
 
 
 # -- delete -------------------------------------------------------------------------------------

@@ -23,10 +23,11 @@ from django.urls import reverse
 from playwright.sync_api import expect, sync_playwright
 
 from backups import services
-from backups.models import Backup, BackupStatus, Operation
+from backups.models import Backup, BackupStatus, DatabaseCopy, Operation
 from backups.services.jobs import RestoreProgressFile
+from tests.recoveryapp.models import Brewery
 
-from .conftest import IN_CI
+from .conftest import IN_CI, brew_recipes, database_exists, names, read_copy
 from .test_admin import pending_restore
 
 CHROMIUM = "/usr/bin/chromium"
@@ -274,6 +275,8 @@ def test_detail_confirmation_and_progress_pages_have_no_serious_accessibility_vi
     pages = {
         "detail": reverse("admin:backups_backup_change", args=[quote(backup.pk)]),
         "confirmation": reverse("admin:backups_backup_restore", args=[quote(backup.pk)]),
+        "copy": reverse("admin:backups_backup_restore_copy", args=[quote(backup.pk)]),
+        "models": reverse("admin:backups_backup_restore_models", args=[quote(backup.pk)]),
         "progress": reverse("admin:backups_backup_restore_job", args=[job.pk]),
         "list": reverse("admin:backups_backup_changelist"),
         "overview": reverse("admin:backups_backup_overview"),
@@ -285,5 +288,53 @@ def test_detail_confirmation_and_progress_pages_have_no_serious_accessibility_vi
                 expect(page.locator("#job-phase")).to_have_text("Loading the backup into the database")
                 expect(page.locator("#job-done")).to_have_text("96.0 MB of 160.0 MB (60%)")
             assert_accessible(page, axe)
+            if name == "models":  # and the next step, what the choice would replace
+                page.screenshot(path=ARTIFACTS / f"admin-restore-models-{color_scheme}.png", full_page=True)
+                page.get_by_label("Users").check()
+                page.click("#models-next-button")
+                expect(page.locator("#models-to-replace")).to_contain_text("auth_user_groups")
+                assert_accessible(page, axe)
+                page.screenshot(path=ARTIFACTS / f"admin-restore-models-confirm-{color_scheme}.png", full_page=True)
             if color_scheme == "light" and name in ("detail", "progress"):
                 page.screenshot(path=DOCS / f"admin-{name}.png", full_page=True)
+
+
+def test_restore_a_backup_as_a_copy_from_its_page_and_drop_the_copy(live_server, superuser, chromium, axe, settings):
+    backup = brew_recipes("default")
+    Brewery.objects.filter(pk=1).update(name="Renamed since")
+    detail_url = live_server.url + reverse("admin:backups_backup_change", args=[quote(backup.pk)])
+    into = f"hb_browser_copy{settings.SUFFIX}"
+    try:
+        with browser_page(chromium, live_server, {"width": 1280, "height": 800}) as page:
+            page.goto(detail_url)
+            page.get_by_role("link", name="Restore as a copy…").click()
+            expect(page.locator("#copy-source")).to_contain_text(backup.filename)
+            page.get_by_label("Name of the new database").fill("not a name")
+            page.click("#copy-button")
+            expect(page.locator(".messagelist .error")).to_contain_text("was not restored as a copy")
+            page.get_by_label("Name of the new database").fill(into)
+            page.screenshot(path=ARTIFACTS / "admin-restore-copy.png", full_page=True)
+            page.click("#copy-button")
+            expect(page.locator(".messagelist .success")).to_contain_text(f"into the new database {into}")
+            expect(page.locator("#result_list tbody tr", has_text=into)).to_contain_text(backup.filename)
+            assert_accessible(page, axe)
+        # Outside the browser's block: Django refuses database calls inside it (see the top).
+        copied = read_copy("default", into, "SELECT name FROM recoveryapp_brewery ORDER BY id")
+        assert copied == [("Hoppy",), ("Malty",)]
+        assert names("default", Brewery) == ["Renamed since", "Malty"]
+
+        with browser_page(chromium, live_server, {"width": 1280, "height": 800}) as page:
+            page.goto(live_server.url + reverse("admin:backups_databasecopy_changelist"))
+            page.locator("#result_list tbody tr", has_text=into).locator("input[type=checkbox]").check()
+            page.select_option("select[name=action]", "drop_copies")
+            page.click("button[name=index]")
+            expect(page.locator(".messagelist .success")).to_contain_text(f"Dropped the copy {into}.")
+    finally:
+        if DatabaseCopy.objects.exists():
+            services.drop_copy(into, actor=services.Actor.command())
+    assert not database_exists("default", into)
+    journal = Operation.objects.filter(action__in=["restore-copy", "drop-copy"], status="succeeded")
+    assert sorted((operation.action, operation.origin) for operation in journal) == [
+        ("drop-copy", "admin"),
+        ("restore-copy", "admin"),
+    ]
