@@ -104,6 +104,9 @@ def test_a_deleted_brewery_comes_back_with_its_recipes_and_later_rows_stay(alias
     assert response.status_code == 200, response.content
     body = response.json()
     assert (body["status"], body["dry_run"], body["inserted"], body["conflicts"]) == ("success", False, expected, [])
+    assert sorted(body) == sorted(  # as README shows the answer
+        ["status", "message", "filename", "timestamp", "dry_run", "inserted", "unchanged", "conflicts", "warnings"]
+    )
     assert names(alias, Brewery) == ["Hoppy", "Malty", "Opened today"]
     assert names(alias, Recipe) == ["Pale Ale", "IPA", "Stout", "Porter"]
     assert (hops(alias, 1), hops(alias, 2)) == ([1], [2, 3])
@@ -120,7 +123,7 @@ def test_a_deleted_brewery_comes_back_with_its_recipes_and_later_rows_stay(alias
 
 
 @pytest.mark.parametrize("alias", ENGINES, indirect=True)
-def test_conflicts_are_listed_not_overwritten_and_the_dry_run_changes_nothing(alias, brewing):
+def test_conflicts_are_listed_not_overwritten_and_the_dry_run_changes_nothing(alias, brewing, api):
     # Since the backup, the pale ale was renamed and lost its tasting; its hop is as it was.
     Recipe.objects.using(alias).filter(pk=1).update(name="Pale Ale v2")
     Tasting.objects.using(alias).filter(pk=1).delete()
@@ -143,9 +146,14 @@ def test_conflicts_are_listed_not_overwritten_and_the_dry_run_changes_nothing(al
     assert notes(alias) == {1: "bright", 2: "bitter", 3: "roasty"}
     assert names(alias, Recipe) == ["Pale Ale v2", "IPA", "Stout"]  # the conflict kept its live values
 
-    result = services.undelete(brewing.filename, actor=COMMAND, objects={"recoveryapp.Recipe": ["1"]})
-    assert (result.inserted, result.unchanged) == ({}, {"recoveryapp.Recipe_ingredients": 1, "recoveryapp.Tasting": 1})
-    assert [str(conflict) for conflict in result.conflicts] == ["recoveryapp.Recipe 1 (differs in name)"]
+    again = api.post(f"/backups/{brewing.filename}/undelete", {"objects": {"recoveryapp.Recipe": [1]}}, format="json")
+    assert again.status_code == 200, again.content
+    body = again.json()
+    assert (body["inserted"], body["unchanged"]) == (
+        {},
+        {"recoveryapp.Recipe_ingredients": 1, "recoveryapp.Tasting": 1},
+    )
+    assert body["conflicts"] == [{"model": "recoveryapp.Recipe", "pk": 1, "differs": ["name"]}]
 
 
 @pytest.mark.parametrize("alias", ENGINES, indirect=True)
