@@ -193,6 +193,7 @@ class Action(models.TextChoices):
     RESTORE_COPY = "restore-copy", "restore as a copy"
     DROP_COPY = "drop-copy", "drop a copy"
     RESTORE_MODELS = "restore-models", "restore chosen models"
+    UNDELETE = "undelete", "undelete chosen objects"
 
 
 class Operation(models.Model):

@@ -20,6 +20,7 @@ def test_the_schema_and_its_documentation_page_are_served(live_server):
     paths = schema.json()["paths"]
     assert {"/backups", "/backups/{filename}", "/backups/restore", "/backups/cleanup"} <= set(paths)
     assert set(paths["/backups/restore"]["post"]["responses"]) >= {"200", "400", "404", "409", "422"}
+    assert set(paths["/backups/{filename}/undelete"]["post"]["responses"]) >= {"200", "400", "403", "404", "409"}
     page = requests.get(f"{live_server.url}/api/docs/", timeout=30)
     assert page.status_code == 200 and "swagger-ui" in page.text
     # Swagger UI's files come from this server, not from a CDN the machine may not reach.

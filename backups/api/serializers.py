@@ -141,6 +141,50 @@ class RestoreRequestSerializer(AsyncRequestSerializer):
     )
 
 
+PRIMARY_KEY_SCHEMA = {"oneOf": [{"type": "integer"}, {"type": "string", "minLength": 1}]}
+
+
+@extend_schema_field(PRIMARY_KEY_SCHEMA)
+class PrimaryKeyField(serializers.Field):
+    """A primary key as JSON carries it: a whole number, or a string (a UUID, a code)."""
+
+    default_error_messages = {"invalid": "Expected a whole number or a string."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int | str) or data == "":
+            self.fail("invalid")
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": {"type": "array", "minItems": 1, "items": PRIMARY_KEY_SCHEMA},
+    }
+)
+class ObjectsField(serializers.DictField):
+    """{"app.Model": [primary keys]}: at least one model, each with at least one key."""
+
+    def __init__(self, **kwargs):
+        super().__init__(
+            child=serializers.ListField(child=PrimaryKeyField(), min_length=1), allow_empty=False, **kwargs
+        )
+
+
+class UndeleteRequestSerializer(RequestSerializer):
+    objects = ObjectsField(help_text='The objects to bring back, by model and primary key: {"recipes.Recipe": [1, 2]}')
+    dry_run = StrictBooleanField(
+        required=False, default=False, help_text="Only find out what would be inserted and what conflicts"
+    )
+    target_database = DatabaseAliasField(
+        required=False, allow_null=True, default=None, help_text="Undelete into this alias instead (same engine)"
+    )
+
+
 class CleanupRequestSerializer(RequestSerializer):
     dry_run = StrictBooleanField(required=False, default=False)
 
@@ -387,6 +431,29 @@ class ModelRestoreResponseSerializer(StatusSerializer):
     models = serializers.ListField(child=serializers.CharField(), help_text="Models whose rows were replaced")
     rows = serializers.DictField(child=serializers.IntegerField(), help_text="Rows copied per table")
     pre_restore_backup = serializers.CharField(allow_null=True)
+    warnings = serializers.ListField(child=serializers.CharField())
+
+
+class InsertedRowsSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    pks = serializers.ListField(child=PrimaryKeyField())
+
+
+class ConflictSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    pk = PrimaryKeyField()
+    differs = serializers.ListField(child=serializers.CharField(), help_text="The fields whose values differ")
+
+
+class UndeleteResponseSerializer(StatusSerializer):
+    dry_run = serializers.BooleanField()
+    inserted = serializers.DictField(
+        child=InsertedRowsSerializer(), help_text="Per model, the rows inserted (in a dry run: that would be)"
+    )
+    unchanged = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Per model, the rows that are there already, the same"
+    )
+    conflicts = ConflictSerializer(many=True, help_text="Rows there with other values: listed, never overwritten")
     warnings = serializers.ListField(child=serializers.CharField())
 
 

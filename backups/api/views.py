@@ -233,7 +233,8 @@ class BackupViewSet(viewsets.ViewSet):
 
     @property
     def throttle_scope(self):
-        return self.action if self.action in ("create", "restore") else None
+        # An undelete is a restore of chosen rows: it counts against the restores' rate.
+        return {"create": "create", "restore": "restore", "undelete": "restore"}.get(self.action)
 
     def parse(self, serializer_class, request):
         data = request.data
@@ -368,6 +369,38 @@ class BackupViewSet(viewsets.ViewSet):
             models=result.models,
             rows=result.rows,
             pre_restore_backup=result.pre_restore_backup.filename if result.pre_restore_backup else None,
+            warnings=result.warnings,
+        )
+        return Response(body)
+
+    @extend_schema(
+        summary="Undelete: bring back chosen objects, and those that depended on them, from a backup",
+        description="Only the rows missing from the database are inserted, in one transaction; rows there with "
+        "other values are listed as conflicts and never overwritten. With dry_run nothing is changed.",
+        parameters=[FILENAME_PARAMETER],
+        request=serializers.UndeleteRequestSerializer,
+        responses={200: serializers.UndeleteResponseSerializer, **errors(404, 409, 413, 422)},
+    )
+    @action(detail=True, methods=["post"])
+    def undelete(self, request, filename=None):
+        data = self.parse(serializers.UndeleteRequestSerializer, request)
+        result = services.undelete(
+            filename,
+            actor=actor_for(request),
+            objects=data["objects"],
+            target=data["target_database"],
+            dry_run=data["dry_run"],
+        )
+        message = "Dry run of the undelete: nothing was changed" if result.dry_run else "Objects undeleted successfully"
+        body = status_body(message, result.backup.filename, result.finished_at)
+        body.update(
+            dry_run=result.dry_run,
+            inserted={label: {"count": len(pks), "pks": pks} for label, pks in result.inserted.items()},
+            unchanged=result.unchanged,
+            conflicts=[
+                {"model": conflict.model, "pk": conflict.pk, "differs": list(conflict.differs)}
+                for conflict in result.conflicts
+            ],
             warnings=result.warnings,
         )
         return Response(body)

@@ -24,6 +24,7 @@ from .progress import backup_progress, restore_progress
 from .restore import restore_backup, restore_preview, verification_warning
 from .retention import cleanup_backups
 from .schedule import schedule_status
+from .undelete import undelete
 from .verification import verification_history, verify_backup
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "start_backup",
     "start_restore",
     "sync_catalog",
+    "undelete",
     "unlisted_manifests",
     "update_description",
     "verification_history",

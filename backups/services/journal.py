@@ -31,7 +31,7 @@ PERMISSION_WORDS = {
     "verify_backup": "verify backups",
     "change_backup": "change backups",
     "restore_copy": "restore backups as copies",
-    "restore_models": "restore chosen models from backups",
+    "restore_models": "restore chosen models or objects from backups",
 }
 
 

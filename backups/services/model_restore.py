@@ -206,17 +206,20 @@ def resolve_models(labels):
     """The concrete models named by ``labels``, with their auto-created many-to-many tables."""
     if not labels or isinstance(labels, str):
         raise InvalidRequest('Name the models to restore, e.g. "recipes.Recipe" (or "recipes" for a whole app).')
-    chosen = set()
-    for label in labels:
-        try:
-            found = [apps.get_model(label)] if "." in label else list(apps.get_app_config(label).get_models())
-        except (LookupError, ValueError):
-            raise InvalidRequest(f"There is no model or app {label!r}. Nothing was changed.") from None
-        for model in found:
-            if reason := refusal(model):
-                raise InvalidRequest(reason)
-            chosen.add(model._meta.concrete_model)
-    return with_many_to_many(chosen)
+    return with_many_to_many({model for label in labels for model in models_named(label)})
+
+
+def models_named(label):
+    """The concrete models ``label`` names ("app.Model", or "app" for all its models), refused
+    when they are not restored from backups this way."""
+    try:
+        found = [apps.get_model(label)] if "." in label else list(apps.get_app_config(label).get_models())
+    except (LookupError, ValueError):
+        raise InvalidRequest(f"There is no model or app {label!r}. Nothing was changed.") from None
+    for model in found:
+        if reason := refusal(model):
+            raise InvalidRequest(reason)
+    return {model._meta.concrete_model for model in found}
 
 
 def labels_of(models):
@@ -306,21 +309,27 @@ def replace_rows(chosen, scratch, alias):
         findings = dangling_references(chosen, alias)
         if findings:
             raise DanglingReferences(findings)
-        with live.cursor() as cursor:
-            for statement in live.ops.sequence_reset_sql(no_style(), list(chosen)):
-                cursor.execute(statement)
+        reset_sequences(live, chosen)
     return rows
+
+
+def reset_sequences(connection, models):
+    """Rows inserted with their primary keys do not move the sequences that number new rows
+    (PostgreSQL's): set each to the table's highest key, as loaddata does."""
+    with connection.cursor() as cursor:
+        for statement in connection.ops.sequence_reset_sql(no_style(), list(models)):
+            cursor.execute(statement)
 
 
 def copy_rows(model, scratch, live_cursor, live):
     """The table's rows from the scratch database into the live one, a batch at a time, in the
     order of the primary key (keyset paging: the same cost for every batch)."""
     quote = live.ops.quote_name
-    columns = [field_.column for field_ in model._meta.local_concrete_fields]
+    columns = columns_of(model)
     key = columns.index(model._meta.pk.column)
     listed = ", ".join(quote(column) for column in columns)
     table, pk = quote(model._meta.db_table), quote(model._meta.pk.column)
-    insert = f"INSERT INTO {table} ({listed}) VALUES ({', '.join(['%s'] * len(columns))})"
+    insert = insert_statement(model, live)
     copied, last = 0, None
     with scratch.cursor() as cursor:
         while True:
@@ -334,6 +343,19 @@ def copy_rows(model, scratch, live_cursor, live):
             live_cursor.executemany(insert, batch)
             copied += len(batch)
             last = batch[-1][key]
+
+
+def columns_of(model):
+    """The columns of ``model``'s table that the code knows, in the order rows are read and written."""
+    return [field_.column for field_ in model._meta.local_concrete_fields]
+
+
+def insert_statement(model, connection):
+    """INSERT of one row of ``model``'s table, its values in the order of ``columns_of``."""
+    quote = connection.ops.quote_name
+    columns = columns_of(model)
+    listed = ", ".join(quote(column) for column in columns)
+    return f"INSERT INTO {quote(model._meta.db_table)} ({listed}) VALUES ({', '.join(['%s'] * len(columns))})"
 
 
 def dangling_references(chosen, alias):

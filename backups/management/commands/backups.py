@@ -1,5 +1,6 @@
 """``manage.py backups SUBCOMMAND``: thin. Parse, call the service, print, exit."""
 
+import argparse
 import json
 import logging
 import sys
@@ -71,11 +72,25 @@ NEEDS = {
     ),
     "health": (("ENABLED", "DATABASES", "MAX_AGE_HOURS"), ()),
     "job": ((*RESTORING, "OFFSITE_STORAGE_URL"), (checks.check_storage, checks.check_tools)),
+    # An undelete reads a backup into a scratch database, as a restore drill does, and writes no backup.
+    "undelete": (
+        (*READING, "RESTORE_LOCK_TIMEOUT", "VERIFY_DATABASE_URL"),
+        (checks.check_storage, checks.check_tools, checks.check_identity_file, checks.check_drills),
+    ),
     "copies": ((), ()),
     "drop-copy": ((), ()),
     # The pre-migrate backup is a backup like any other.
     "migrate": ((*WRITING, "OFFSITE_STORAGE_URL"), (checks.check_storage, checks.check_tools)),
 }
+
+
+def objects_argument(value):
+    """``app.Model:PK,PK,...`` as (label, [PK, ...])."""
+    label, _, keys = value.partition(":")
+    pks = [key.strip() for key in keys.split(",") if key.strip()]
+    if not label.strip() or not pks:
+        raise argparse.ArgumentTypeError(f"expected app.Model:PK,PK,... (e.g. recipes.Recipe:1,2), not {value!r}")
+    return label.strip(), pks
 
 
 def engine_label(backup):
@@ -170,6 +185,28 @@ class Command(BaseCommand):
             "--include-related",
             action="store_true",
             help="With --models: also restore the models whose foreign keys would otherwise point nowhere.",
+        )
+
+        undelete = commands.add_parser(
+            "undelete",
+            help="Bring back deleted objects, and the objects that depended on them, from a backup: only the rows "
+            "missing from the database are inserted.",
+        )
+        undelete.add_argument("filename")
+        undelete.add_argument(
+            "--objects",
+            action="append",
+            required=True,
+            type=objects_argument,
+            metavar="app.Model:PK,PK",
+            help="The objects to bring back, e.g. recipes.Recipe:1,2,3; repeat it for objects of other models.",
+        )
+        undelete.add_argument(
+            "--dry-run", action="store_true", help="Only list what would be inserted and the conflicts."
+        )
+        undelete.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+        undelete.add_argument(
+            "--database", dest="target", metavar="ALIAS", help="Undelete into this alias instead (same engine)."
         )
 
         commands.add_parser("copies", help="List the copies made by 'restore --into'.")
@@ -359,6 +396,37 @@ class Command(BaseCommand):
         self.stdout.write(f"Restored the rows of {', '.join(result.models)} from {filename} ({rows}).")
         if result.pre_restore_backup:
             self.stdout.write(f"To undo, restore {result.pre_restore_backup.filename} (taken just before).")
+        for warning in result.warnings:
+            self.stderr.write(f"Warning: {warning}")
+
+    def handle_undelete(self, filename, objects, dry_run, yes, target, **options):
+        chosen = {}
+        for label, pks in objects:
+            chosen.setdefault(label, []).extend(pks)
+        if not dry_run:
+            preview = services.restore_preview(filename, actor=self.actor, target=target, permission="restore_models")
+            named = ", ".join(f"{label} {','.join(pks)}" for label, pks in chosen.items())
+            self.confirm(
+                yes,
+                f"This inserts into database '{preview.database['alias']}' the rows of {named} and of the objects "
+                f"that depended on them, from the backup {filename} taken {local_time(preview.backup.created_at)}, "
+                "where they are missing; rows that are there are left as they are (--dry-run lists them first).",
+            )
+        result = services.undelete(filename, actor=self.actor, objects=chosen, target=target, dry_run=dry_run)
+        verb = "Would insert" if dry_run else "Inserted"
+        if result.inserted:
+            self.stdout.write(f"{verb} into database '{result.database}' from {filename}:")
+        else:
+            self.stdout.write(f"Nothing to insert into database '{result.database}': every row is there already.")
+        for label, pks in result.inserted.items():
+            self.stdout.write(f"  {label}: {len(pks)} ({', '.join(map(str, pks))})")
+        if result.unchanged:
+            there = ", ".join(f"{label} {count}" for label, count in result.unchanged.items())
+            self.stdout.write(f"There already, the same: {there}.")
+        for conflict in result.conflicts:
+            self.stdout.write(f"Conflict, not overwritten: {conflict}")
+        if dry_run:
+            self.stdout.write("Dry run: nothing was changed.")
         for warning in result.warnings:
             self.stderr.write(f"Warning: {warning}")
 
