@@ -356,9 +356,9 @@ class DatabaseDescriptionSerializer(serializers.Serializer):
 
 
 class RestorePreviewSerializer(serializers.Serializer):
-    """What a restore would do, before it runs."""
+    """What a restore would do, before it runs (``services.restore_preview``)."""
 
-    filename = serializers.CharField()
+    filename = serializers.CharField(source="backup.filename")
     database = DatabaseDescriptionSerializer(help_text="The database it would overwrite")
     pre_restore_backup = serializers.BooleanField(help_text="Whether the current state is backed up first")
     all_or_nothing = serializers.BooleanField(help_text="False where a failed restore is undone by that backup")

@@ -404,17 +404,7 @@ class BackupViewSet(viewsets.ViewSet):
     def restore_preview(self, request, filename=None):
         target = request.query_params.get("target_database") or None
         preview = services.restore_preview(filename, actor=actor_for(request), target=target)
-        return Response(
-            {
-                "filename": preview.backup.filename,
-                "database": preview.database,
-                "pre_restore_backup": preview.pre_restore_backup,
-                "all_or_nothing": preview.all_or_nothing,
-                "warning": preview.warning,
-                "migrations": preview.migrations.as_dict(),
-                "refused": preview.refused,
-            }
-        )
+        return Response(serializers.RestorePreviewSerializer(preview).data)
 
     @extend_schema(
         summary="A restore: its status, timing and outcome (where an asynchronous restore is polled)",
