@@ -40,6 +40,19 @@ class InvalidRequest(BackupError):
     default_message = "The request is not valid."
 
 
+class ForeignKeysWouldBreak(InvalidRequest):
+    """A restore of chosen models was refused, with nothing changed: rows would point at rows
+    that would not exist. ``findings`` lists them (model, table, column, target, values)."""
+
+    def __init__(self, message, findings):
+        super().__init__(message)
+        self.findings = findings
+
+    @property
+    def details(self):
+        return {"findings": self.findings}
+
+
 class NotAuthenticated(BackupError):
     status_code = 401
     default_message = "Authentication credentials were not provided."

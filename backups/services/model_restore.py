@@ -21,12 +21,14 @@ from django.db import DatabaseError, connections, router, transaction
 from django.utils import timezone
 
 from ..conf import backup_settings
-from ..exceptions import InvalidRequest
+from ..exceptions import ForeignKeysWouldBreak, InvalidRequest
 from ..models import Action
 from .backups import get_restorable_backup
 from .journal import journal
 from .restore import (
+    RESTORE_PERMISSIONS,
     check_restore,
+    ignore_stage,
     load_dump,
     refuse_inside_transaction,
     take_pre_restore_backup,
@@ -68,6 +70,17 @@ class Dangling:
             f"{self.target._meta.label} rows that would not exist: {shown}{more}"
         )
 
+    def as_dict(self):
+        """For the journal and the API: JSON, whatever the type of the key."""
+        return {
+            "model": self.model._meta.label,
+            "table": self.model._meta.db_table,
+            "column": self.column,
+            "target": self.target._meta.label,
+            "values": [value if isinstance(value, (int, str)) else str(value) for value in self.values[:SHOWN_VALUES]],
+            "more": len(self.values) > SHOWN_VALUES,
+        }
+
 
 class DanglingReferences(Exception):
     def __init__(self, findings):
@@ -75,12 +88,31 @@ class DanglingReferences(Exception):
         self.findings = findings
 
 
-def restore_models(filename, *, actor, models, include_related=False, target=None, pre_restore_backup=None):
+def restore_models(
+    filename,
+    *,
+    actor,
+    models,
+    include_related=False,
+    target=None,
+    pre_restore_backup=None,
+    operation=None,
+    progress=None,
+    stage=None,
+):
     """Replace the rows of ``models`` (labels: "app.Model", or "app" for all its models) and of
-    their many-to-many tables in the backup's database (or ``target``) with the backup's."""
+    their many-to-many tables in the backup's database (or ``target``) with the backup's.
+    ``operation``, ``progress`` and ``stage`` as for ``restore_backup``; after the phases it
+    shares with it comes "copying rows"."""
+    stage = stage or ignore_stage
     refuse_inside_transaction()
     with journal(
-        Action.RESTORE_MODELS, actor, filename=filename, database=target or "", permission="restore_models"
+        Action.RESTORE_MODELS,
+        actor,
+        filename=filename,
+        database=target or "",
+        permission=RESTORE_PERMISSIONS[Action.RESTORE_MODELS],
+        operation=operation,
     ) as record:
         backup = get_restorable_backup(filename)
         chosen = resolve_models(models)
@@ -88,15 +120,18 @@ def restore_models(filename, *, actor, models, include_related=False, target=Non
         engine, manifest = check_restore(backup, alias)
         result = ModelRestoreResult(backup=backup, database=alias, models=[], rows={}, operation=record)
         with engine.lock(exclusive=True):
+            stage("checking")
             with verified_copy_anywhere(filename, manifest, result.warnings) as source, engine.scratch() as scratch:
-                load_dump(scratch, source, filename, manifest.get("uncompressed_bytes"))
+                stage("loading")
+                load_dump(scratch, source, filename, manifest.get("uncompressed_bytes"), progress=progress)
                 with connection_to(scratch) as scratch_connection:
                     refuse_missing_columns(chosen, scratch_connection)
                     if backup_settings.PRE_RESTORE_BACKUP if pre_restore_backup is None else pre_restore_backup:
                         result.pre_restore_backup = take_pre_restore_backup(
-                            engine, actor, f"Before restoring {len(chosen)} models' tables from {filename}"
+                            engine, actor, f"Before restoring {len(chosen)} models' tables from {filename}", stage
                         )
                         record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
+                    stage("copying rows")
                     result.rows = replace_until_consistent(chosen, scratch_connection, alias, include_related)
         result.models = sorted(model._meta.label for model in chosen if not model._meta.auto_created)
         result.finished_at = timezone.now()
@@ -185,9 +220,10 @@ def replace_until_consistent(chosen, scratch, alias, include_related):
             related = with_many_to_many({model._meta.concrete_model for model in related}) - chosen
             if not include_related or not related:
                 listed = "; ".join(str(finding) for finding in dangling.findings)
-                raise InvalidRequest(
+                raise ForeignKeysWouldBreak(
                     f"Restoring only these models would break foreign keys: {listed}. Include the related models "
-                    '(--include-related, API: "include_related": true) or choose them too. Nothing was changed.'
+                    '(--include-related, API: "include_related": true) or choose them too. Nothing was changed.',
+                    [finding.as_dict() for finding in dangling.findings],
                 ) from None
             logger.info("Model restore: adding related models %s", sorted(model._meta.label for model in related))
             chosen |= related
