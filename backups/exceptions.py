@@ -50,6 +50,11 @@ class ForeignKeysWouldBreak(InvalidRequest):
         self.findings = findings
         self.related = related
 
+    @property
+    def details(self):
+        """For the journal and the API: each finding as JSON (model, table, column, target, values)."""
+        return {"findings": [finding.as_dict() for finding in self.findings]}
+
 
 class NotAuthenticated(BackupError):
     status_code = 401

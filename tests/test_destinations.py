@@ -7,6 +7,7 @@ import hashlib
 import json
 
 import pytest
+from django.urls import reverse
 
 from backups import checks, services
 from backups.models import Backup
@@ -134,6 +135,24 @@ def test_health_asks_for_enough_copies_and_one_off_site(settings, tmp_path):
         "The newest backup of database 'default' has 2 of the 3 copies BACKUP_MIN_COPIES asks for.",
         "The newest backup of database 'default' has no off-site copy (BACKUP_REQUIRE_OFFSITE).",
     ]
+
+
+def test_the_overview_counts_the_copies_in_every_destination(settings, tmp_path, admin_client):
+    local, nas = tmp_path / "local", tmp_path / "nas"
+    settings.BACKUP_DESTINATIONS = json.dumps({"local": {"url": f"file://{local}"}})
+    older = services.create_backup(actor=COMMAND)
+    settings.BACKUP_DESTINATIONS = json.dumps(
+        {"local": {"url": f"file://{local}"}, "nas": {"url": f"file://{nas}", "offsite": True}}
+    )
+    newer = services.create_backup(actor=COMMAND)  # nas holds only this one
+    use = services.overview(actor=COMMAND).storages
+    assert [(place.location, place.where, place.offsite, place.count, place.size_bytes) for place in use] == [
+        ("local", f"file://{local}", False, 2, older.size_bytes + newer.size_bytes),
+        ("nas", f"file://{nas}", True, 1, newer.size_bytes),
+    ]
+    page = admin_client.get(reverse("admin:backups_backup_overview")).content.decode()
+    assert f"<tr><td>nas (off-site)</td><td>file://{nas}</td><td>1</td>" in page
+    assert f"<tr><td>local</td><td>file://{local}</td><td>2</td>" in page
 
 
 @pytest.mark.parametrize(

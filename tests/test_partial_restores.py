@@ -6,15 +6,17 @@ import io
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connections
 
 from backups import services
+from backups.engines import get_engine
 from backups.exceptions import ForeignKeysWouldBreak, InvalidRequest
 from backups.models import Backup, DatabaseCopy, Operation, Trigger
 from tests.recoveryapp.models import Brewery, Ingredient, Recipe, Tasting
 
-from .conftest import brew_recipes, database_exists, make_staff, names, read_copy, token_client
+from .conftest import brew_recipes, database_exists, job_worker_pids, make_staff, names, read_copy, token_client
+from .test_jobs import DONE, poll, start_restore
 
 COMMAND = services.Actor.command()
 
@@ -169,3 +171,133 @@ def test_model_restores_refuse_unknown_models_the_catalog_and_missing_permission
     )
     assert response.status_code == 403 and "backups.restore_models" in response.json()["message"]
     assert names(alias, Recipe) == ["Pale Ale", "Stout"]
+
+
+# -- in the background ("async": true) ---------------------------------------------------------
+
+
+@pytest.fixture
+def model_workers(monkeypatch):
+    """Job workers that know the test app's models, as this process does."""
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "tests.worker_settings")
+
+
+@pytest.mark.parametrize("alias", ENGINES[:2], indirect=True)
+def test_an_async_copy_is_polled_to_its_end_and_leaves_the_live_database_untouched(alias, brewing, api, settings):
+    Brewery.objects.using(alias).filter(pk=1).update(name="Renamed since")
+    into = f"hb_copy{settings.SUFFIX}"
+    response = start_restore(api, brewing.filename, into=into)
+    body = response.json()
+    assert body["status"] == "pending" and body["message"].startswith("Restore into a new database started; poll")
+    assert response["Location"] == f"http://testserver/backups/restores/{body['job_id']}"
+
+    done = poll(api, response["Location"], lambda item: item["status"] in DONE)
+    assert done["status"] == "succeeded", done["message"]
+    copy = DatabaseCopy.objects.get()
+    try:
+        assert (done["action"], done["into"], done["database"], done["filename"]) == (
+            "restore-copy",
+            copy.name,
+            alias,
+            brewing.filename,
+        )
+        assert (done["models"], done["rows"], done["findings"], done["pre_restore_backup"]) == ([], {}, [], None)
+        assert read_copy(alias, copy.name, "SELECT name FROM recoveryapp_brewery ORDER BY id") == [
+            ("Hoppy",),
+            ("Malty",),
+        ]
+        assert names(alias, Brewery) == ["Renamed since", "Malty"]
+        assert not Backup.objects.filter(trigger=Trigger.PRE_RESTORE).exists()
+        operation = Operation.objects.get(pk=body["job_id"])
+        assert (operation.action, operation.actor, operation.details["copy"]) == ("restore-copy", "root", str(copy.pk))
+        assert services.restore_progress(operation.pk).finished  # the worker recorded its phases
+    finally:
+        assert api.delete(f"/backups/copies/{into}").status_code == 200
+    assert not database_exists(alias, copy.name)
+
+
+@pytest.mark.parametrize("alias", ENGINES[:1], indirect=True)
+def test_an_async_model_restore_is_polled_to_its_end(alias, brewing, api, model_workers):
+    Recipe.objects.using(alias).filter(pk=2).delete()
+    Brewery.objects.using(alias).create(id=3, name="Opened today")
+    response = start_restore(api, brewing.filename, models=["recoveryapp.Recipe"])
+    assert response.json()["message"].startswith("Restore of chosen models started; poll")
+
+    done = poll(api, response["Location"], lambda item: item["status"] in DONE)
+    assert done["status"] == "succeeded", done["message"]
+    assert (done["action"], done["models"], done["rows"]) == (
+        "restore-models",
+        ["recoveryapp.Recipe"],
+        {"recoveryapp_recipe": 2, "recoveryapp_recipe_ingredients": 1},
+    )
+    assert done["pre_restore_backup"] == Backup.objects.get(trigger=Trigger.PRE_RESTORE).filename
+    assert (done["into"], done["findings"]) == (None, [])
+    assert names(alias, Recipe) == ["Pale Ale", "Stout"]
+    assert names(alias, Brewery) == ["Hoppy", "Malty", "Opened today"]
+
+
+@pytest.mark.parametrize("alias", ENGINES[:1], indirect=True)
+def test_an_async_model_restore_refused_for_its_foreign_keys_lists_them_when_polled(alias, brewing, api, model_workers):
+    newer = Recipe.objects.using(alias).create(id=3, name="Session IPA", brewery_id=1)
+    Tasting.objects.using(alias).create(id=2, recipe=newer, note="new")
+    findings = [
+        {
+            "model": "recoveryapp.Tasting",
+            "table": "recoveryapp_tasting",
+            "column": "recipe_id",
+            "target": "recoveryapp.Recipe",
+            "values": [3],
+            "more": False,
+        }
+    ]
+    request = {"filename": brewing.filename, "models": ["recoveryapp.Recipe"], "pre_restore_backup": False}
+    response = start_restore(api, **request)
+
+    done = poll(api, response["Location"], lambda item: item["status"] in DONE)
+    assert done["status"] == "failed" and "Restoring only these models would break foreign keys" in done["message"]
+    assert done["findings"] == findings
+    assert (done["models"], done["rows"]) == ([], {})
+    assert names(alias, Recipe) == ["Pale Ale", "Stout", "Session IPA"]
+    # Synchronously, the error answer lists them too.
+    answer = api.post("/backups/restore", request, format="json")
+    assert answer.status_code == 400 and answer.json()["findings"] == findings
+
+
+@pytest.mark.parametrize("alias", ENGINES[:1], indirect=True)
+def test_async_copies_and_model_restores_refuse_at_once_and_start_nothing(alias, brewing, api):
+    restorer = token_client(make_staff("restorer", "restore_backup", "view_backup"))
+    unknown = "hoppybrew_backup_19990101_000000.sql.gz"
+
+    def refused(status, fragment, client=api, **body):
+        body = {"filename": brewing.filename, **body, "async": True}
+        response = client.post("/backups/restore", body, format="json")
+        assert response.status_code == status, response.content
+        assert fragment in response.json()["message"]
+
+    refused(400, "a copy never replaces a configured database", into=connections[alias].settings_dict["NAME"])
+    refused(400, "into: Letters, digits", into="1abc")
+    refused(400, "no model or app", models=["recoveryapp.Nope"])
+    refused(400, "catalog is rebuilt", models=["backups.Backup"])
+    refused(400, "takes the whole backup", into="hb_nope", models=["recoveryapp.Recipe"])
+    refused(403, "backups.restore_copy", client=restorer, into="hb_nope")
+    refused(403, "backups.restore_models", client=restorer, models=["recoveryapp.Recipe"])
+    refused(404, unknown, filename=unknown, into="hb_nope")
+    refused(404, unknown, filename=unknown, into="hb_nope", models=["recoveryapp.Recipe"])  # 404 first, as ever
+    with get_engine(alias).lock(exclusive=False):  # a backup is running
+        refused(409, "running", models=["recoveryapp.Recipe"])
+    assert job_worker_pids() == []
+    assert not Operation.objects.filter(status__in=["pending", "running"]).exists()
+    refusals = Operation.objects.filter(status="failed").values_list("action", flat=True)
+    assert sorted(refusals) == ["restore-copy"] * 3 + ["restore-models"] * 4
+    assert not DatabaseCopy.objects.exists()
+    assert not Backup.objects.filter(trigger=Trigger.PRE_RESTORE).exists()
+
+    # A copy of chosen models is refused by the service whoever asks: the API, or the command.
+    response = api.post(
+        "/backups/restore",
+        {"filename": brewing.filename, "into": "hb_nope", "models": ["recoveryapp.Recipe"]},
+        format="json",
+    )
+    assert response.status_code == 400 and "takes the whole backup" in response.json()["message"]
+    with pytest.raises(CommandError, match="takes the whole backup"):
+        call_command("backups", "restore", brewing.filename, "--into", "hb_nope", "--models", "recoveryapp.Recipe")

@@ -82,7 +82,13 @@ def test_an_old_backup_is_previewed_restored_and_migrated_forward(alias, api, ad
     assert (preview.migrations.state, preview.migrations.behind, preview.refused) == ("behind", LATER, None)
     assert "3 migrations will be applied after the restore" in preview.migrations.message
     body = api.get(f"/backups/{old.filename}/restore-preview").json()
-    assert body["migrations"] == preview.migrations.as_dict()
+    assert body["migrations"] == {
+        "state": "behind",
+        "behind": LATER,
+        "ahead": [],
+        "message": preview.migrations.message,
+    }
+    assert (body["filename"], body["database"]["alias"], body["refused"]) == (old.filename, alias, None)
     page = admin_client.get(reverse("admin:backups_backup_restore", args=[old.pk]))
     assert b"3 migrations will be applied after the restore" in page.content
     assert b"recoveryapp.0004_tasting" in page.content

@@ -12,7 +12,7 @@ from django.utils.functional import cached_property
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..models import Backup, BackupRow
+from ..models import Action, Backup, BackupRow
 from ..naming import FILENAME_REGEX, MAX_LENGTH, NOT_A_FILENAME
 from ..services.backups import DESCRIPTION_MAX_LENGTH
 from ..services.database_copies import COPY_NAME
@@ -369,6 +369,9 @@ class CreateResponseSerializer(StatusSerializer):
     warnings = serializers.ListField(child=serializers.CharField(), help_text="The off-site copy failed, say")
 
 
+JOB_ID_HELP = "The restore's id: GET /backups/restores/{job_id} shows it"
+
+
 class RestoreResponseSerializer(StatusSerializer):
     pre_restore_backup = serializers.CharField(allow_null=True)
     method = serializers.ChoiceField(
@@ -381,7 +384,7 @@ class RestoreResponseSerializer(StatusSerializer):
     migrations_applied = serializers.ListField(
         child=serializers.CharField(), help_text="What migrate applied after the restore (app.migration, in order)"
     )
-    job_id = serializers.UUIDField(help_text="The restore's id: GET /backups/restores/{job_id} shows it")
+    job_id = serializers.UUIDField(help_text=JOB_ID_HELP)
 
 
 class MigrationDiffSerializer(serializers.Serializer):
@@ -400,9 +403,9 @@ class DatabaseDescriptionSerializer(serializers.Serializer):
 
 
 class RestorePreviewSerializer(serializers.Serializer):
-    """What a restore would do, before it runs."""
+    """What a restore would do, before it runs (``services.restore_preview``)."""
 
-    filename = serializers.CharField()
+    filename = serializers.CharField(source="backup.filename")
     database = DatabaseDescriptionSerializer(help_text="The database it would overwrite")
     pre_restore_backup = serializers.BooleanField(help_text="Whether the current state is backed up first")
     all_or_nothing = serializers.BooleanField(help_text="False where a failed restore is undone by that backup")
@@ -425,6 +428,7 @@ class DatabaseCopySerializer(serializers.Serializer):
 class CopyResponseSerializer(StatusSerializer):
     copy = DatabaseCopySerializer()
     warnings = serializers.ListField(child=serializers.CharField())
+    job_id = serializers.UUIDField(help_text=JOB_ID_HELP)
 
 
 class ModelRestoreResponseSerializer(StatusSerializer):
@@ -432,6 +436,7 @@ class ModelRestoreResponseSerializer(StatusSerializer):
     rows = serializers.DictField(child=serializers.IntegerField(), help_text="Rows copied per table")
     pre_restore_backup = serializers.CharField(allow_null=True)
     warnings = serializers.ListField(child=serializers.CharField())
+    job_id = serializers.UUIDField(help_text=JOB_ID_HELP)
 
 
 class InsertedRowsSerializer(serializers.Serializer):
@@ -465,10 +470,27 @@ class RestoreAcceptedSerializer(AcceptedSerializer):
     job_id = serializers.UUIDField(help_text="The restore's id: poll /backups/restores/{job_id}")
 
 
+class ForeignKeyFindingSerializer(serializers.Serializer):
+    """Rows whose foreign key would point at rows that a restore of chosen models would leave missing."""
+
+    model = serializers.CharField(help_text="The model whose rows would point nowhere")
+    table = serializers.CharField()
+    column = serializers.CharField()
+    target = serializers.CharField(help_text="The model they would point at")
+    values = serializers.ListField(child=serializers.JSONField(), help_text="The missing keys (the first ten)")
+    more = serializers.BooleanField(help_text="Whether more are missing than listed")
+
+
 class RestoreJobSerializer(serializers.Serializer):
-    """A restore as the journal records it; an asynchronous one is polled here."""
+    """A restore (of any kind) as the journal records it; an asynchronous one is polled here.
+    Fields that another kind of restore fills stay empty."""
 
     id = serializers.UUIDField()
+    action = serializers.ChoiceField(
+        choices=[Action.RESTORE, Action.RESTORE_COPY, Action.RESTORE_MODELS],
+        help_text='restore: the whole database; restore-copy: into a new database ("into"); '
+        'restore-models: chosen models ("models")',
+    )
     status = serializers.CharField(help_text="pending, running, succeeded or failed")
     filename = serializers.CharField(help_text="The backup being restored")
     database = serializers.CharField(help_text="Database alias restored into")
@@ -487,6 +509,18 @@ class RestoreJobSerializer(serializers.Serializer):
     )
     undo_database = serializers.CharField(
         source="details.undo_database", allow_null=True, default=None, help_text="After a switch: the replaced database"
+    )
+    into = serializers.CharField(
+        source="details.into", allow_null=True, default=None, help_text="A copy: its database (SQLite: its file)"
+    )
+    models = serializers.ListField(
+        child=serializers.CharField(), source="details.models", default=list, help_text="Models whose rows it replaced"
+    )
+    rows = serializers.DictField(
+        child=serializers.IntegerField(), source="details.rows", default=dict, help_text="Rows copied per table"
+    )
+    findings = ForeignKeyFindingSerializer(
+        many=True, source="details.findings", default=list, help_text="Why a restore of chosen models was refused"
     )
 
 
@@ -567,4 +601,7 @@ class ErrorSerializer(serializers.Serializer):
     )
     migrations_applied = serializers.ListField(
         child=serializers.CharField(), required=False, help_text="What that migrate applied before it failed"
+    )
+    findings = ForeignKeyFindingSerializer(
+        many=True, required=False, help_text="A restore of chosen models refused: the foreign keys that would break"
     )

@@ -28,7 +28,7 @@ from rest_framework.throttling import ScopedRateThrottle
 from .. import services
 from ..conf import backup_settings
 from ..downloads import download_response
-from ..models import Origin
+from ..models import Action, Origin
 from ..naming import FILENAME_REGEX
 from . import serializers
 from .errors import exception_handler
@@ -75,6 +75,14 @@ BACKUP_LIST = PolymorphicProxySerializer(
     resource_type_field_name=None,
     many=False,
 )
+
+
+# The 202's message for each kind of restore (``services.restore_kind``).
+STARTED = {
+    Action.RESTORE: "Restore started",
+    Action.RESTORE_COPY: "Restore into a new database started",
+    Action.RESTORE_MODELS: "Restore of chosen models started",
+}
 
 
 def errors(*codes):
@@ -312,31 +320,36 @@ class BackupViewSet(viewsets.ViewSet):
     @action(detail=False, methods=["post"])
     def restore(self, request):
         data = self.parse(serializers.RestoreRequestSerializer, request)
-        if (data["into"] or data["models"]) and (data["async"] or (data["into"] and data["models"])):
-            services.get_backup(data["filename"], actor=actor_for(request))  # a missing backup is a 404 first
-            raise ValidationError(
-                {
-                    "into": [
-                        "A copy takes the whole backup (not models), and copies and model restores run synchronously."
-                    ]
-                }
-            )
-        if data["into"]:
-            return self.restore_copy(request, data)
-        if data["models"]:
-            return self.restore_models(request, data)
-        options = {
-            "target": data["target_database"],
-            "pre_restore_backup": data["pre_restore_backup"],
-            "force_ahead": data["force_ahead"],
-            "migrate": data["migrate"],
-        }
         if data["async"]:
-            job = services.start_restore(data["filename"], actor=actor_for(request), **options)
-            body = status_body("Restore started", job.filename, job.started_at, state="pending")
+            job = services.start_restore(
+                data["filename"],
+                actor=actor_for(request),
+                target=data["target_database"],
+                into=data["into"],
+                models=data["models"],
+                include_related=data["include_related"],
+                pre_restore_backup=data["pre_restore_backup"],
+                force_ahead=data["force_ahead"],
+                migrate=data["migrate"],
+            )
+            body = status_body(STARTED[job.action], job.filename, job.started_at, state="pending")
             body["job_id"] = str(job.pk)
             return self.accepted(body, self.reverse_action("restore-job", kwargs={"job_id": job.pk}))
-        result = services.restore_backup(data["filename"], actor=actor_for(request), **options)
+        kind = services.restore_kind(
+            data["filename"], actor=actor_for(request), into=data["into"], models=data["models"]
+        )
+        if kind == Action.RESTORE_COPY:
+            return self.restore_copy(request, data)
+        if kind == Action.RESTORE_MODELS:
+            return self.restore_models(request, data)
+        result = services.restore_backup(
+            data["filename"],
+            actor=actor_for(request),
+            target=data["target_database"],
+            pre_restore_backup=data["pre_restore_backup"],
+            force_ahead=data["force_ahead"],
+            migrate=data["migrate"],
+        )
         body = status_body("Database restored successfully", result.backup.filename, result.finished_at)
         body["pre_restore_backup"] = result.pre_restore_backup.filename if result.pre_restore_backup else None
         body["method"] = result.method
@@ -353,6 +366,7 @@ class BackupViewSet(viewsets.ViewSet):
         body = status_body(f"Restored into the new database {result.copy.name}", data["filename"])
         body["copy"] = serializers.DatabaseCopySerializer(result.copy).data
         body["warnings"] = result.warnings
+        body["job_id"] = str(result.operation.pk)
         return Response(body, status=status.HTTP_201_CREATED)
 
     def restore_models(self, request, data):
@@ -370,6 +384,7 @@ class BackupViewSet(viewsets.ViewSet):
             rows=result.rows,
             pre_restore_backup=result.pre_restore_backup.filename if result.pre_restore_backup else None,
             warnings=result.warnings,
+            job_id=str(result.operation.pk),
         )
         return Response(body)
 
@@ -437,17 +452,7 @@ class BackupViewSet(viewsets.ViewSet):
     def restore_preview(self, request, filename=None):
         target = request.query_params.get("target_database") or None
         preview = services.restore_preview(filename, actor=actor_for(request), target=target)
-        return Response(
-            {
-                "filename": preview.backup.filename,
-                "database": preview.database,
-                "pre_restore_backup": preview.pre_restore_backup,
-                "all_or_nothing": preview.all_or_nothing,
-                "warning": preview.warning,
-                "migrations": preview.migrations.as_dict(),
-                "refused": preview.refused,
-            }
-        )
+        return Response(serializers.RestorePreviewSerializer(preview).data)
 
     @extend_schema(
         summary="A restore: its status, timing and outcome (where an asynchronous restore is polled)",

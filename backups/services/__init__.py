@@ -21,7 +21,7 @@ from .model_restore import chosen_models, model_restore_preview, restorable_mode
 from .overview import overview
 from .premigrate import migrate_with_backup
 from .progress import backup_progress, restore_progress
-from .restore import restore_backup, restore_preview, verification_warning
+from .restore import restore_backup, restore_kind, restore_preview, verification_warning
 from .retention import cleanup_backups
 from .schedule import schedule_status
 from .undelete import undelete
@@ -54,6 +54,7 @@ __all__ = [
     "overview",
     "backup_progress",
     "restore_backup",
+    "restore_kind",
     "restore_progress",
     "restore_preview",
     "run_job",

@@ -14,10 +14,10 @@ from django.utils import timezone
 
 from ..engines import get_engine
 from ..exceptions import BackupNotFound, InvalidRequest
-from ..models import Action, DatabaseCopy
+from ..models import Action, DatabaseCopy, Operation
 from .backups import get_restorable_backup
 from .journal import journal
-from .restore import check_restore, load_dump, verified_copy_anywhere
+from .restore import RESTORE_PERMISSIONS, check_restore, ignore_stage, load_dump, verified_copy_anywhere
 
 COPY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 COPY_NAME_RULE = "A copy's name is a letter or '_' followed by letters, digits and '_' (at most 63)."
@@ -27,6 +27,7 @@ COPY_NAME_RULE = "A copy's name is a letter or '_' followed by letters, digits a
 class CopyResult:
     copy: DatabaseCopy
     warnings: list = field(default_factory=list)
+    operation: Operation | None = None
 
 
 def copy_location(engine, into):
@@ -47,20 +48,30 @@ def copy_location(engine, into):
     return name
 
 
-def restore_copy(filename, *, actor, into, target=None):
+def restore_copy(filename, *, actor, into, target=None, operation=None, progress=None, stage=None):
     """Restore ``filename`` into the new database ``into``, created for it on the server of its
     alias (or of ``target``, of the same engine); returns the copy. A restore that fails leaves no
-    database behind."""
-    with journal(Action.RESTORE_COPY, actor, filename=filename, permission="restore_copy") as record:
+    database behind. ``operation``, ``progress`` and ``stage`` as for ``restore_backup``."""
+    stage = stage or ignore_stage
+    with journal(
+        Action.RESTORE_COPY,
+        actor,
+        filename=filename,
+        permission=RESTORE_PERMISSIONS[Action.RESTORE_COPY],
+        operation=operation,
+    ) as record:
         backup = get_restorable_backup(filename)
         record.database = target or backup.database
         engine, manifest = check_restore(backup, record.database)
         name = copy_location(engine, into)
+        record.details = {**record.details, "into": name}
         warnings = []
+        stage("checking")
         with verified_copy_anywhere(filename, manifest, warnings) as source:
+            stage("loading")
             copy_engine = engine.create_database(name)
             try:
-                load_dump(copy_engine, source, filename, manifest.get("uncompressed_bytes"))
+                load_dump(copy_engine, source, filename, manifest.get("uncompressed_bytes"), progress=progress)
             except BaseException:
                 engine.drop_database(name)
                 raise
@@ -74,8 +85,8 @@ def restore_copy(filename, *, actor, into, target=None):
             created_by=actor.name,
         )
         record.message = f"Restored {filename} into the new database {copy_engine.describe()}"
-        record.details = {**record.details, "into": name, "copy": str(copy.pk), "warnings": warnings}
-    return CopyResult(copy=copy, warnings=warnings)
+        record.details = {**record.details, "copy": str(copy.pk), "warnings": warnings}
+    return CopyResult(copy=copy, warnings=warnings, operation=record)
 
 
 def list_copies(*, actor):

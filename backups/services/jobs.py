@@ -27,14 +27,29 @@ from ..exceptions import BackupError, BackupNotFound, InvalidRequest, OperationI
 from ..models import Action, Backup, BackupStatus, Operation, OperationStatus, Trigger
 from .backups import clean_description, create_backup, get_restorable_backup, mark_failed, reserve_backup
 from .catalog import mark_operation_interrupted, operation_interrupted
+from .database_copies import copy_location, restore_copy
 from .journal import Actor, journal, this_worker
 from .migrations import migration_diff, refuse_ahead
-from .restore import check_restore, restore_backup, wants_pre_restore_backup
+from .model_restore import resolve_models, restore_models
+from .restore import (
+    RESTORE_PERMISSIONS,
+    check_restore,
+    restore_backup,
+    restore_kind,
+    wants_pre_restore_backup,
+)
 
 logger = logging.getLogger("backups")
 
 # Seconds a poll waits for a restore of the journal's database to put the journal back.
 JOURNAL_RESTORE_WAIT = 10
+
+# The service that carries out each kind of restore, by the journal's action.
+RESTORES = {
+    Action.RESTORE: restore_backup,
+    Action.RESTORE_COPY: restore_copy,
+    Action.RESTORE_MODELS: restore_models,
+}
 
 
 def start_backup(*, actor, description="", database="default"):
@@ -56,23 +71,45 @@ def start_backup(*, actor, description="", database="default"):
     return backup
 
 
-def start_restore(filename, *, actor, target=None, pre_restore_backup=None, force_ahead=False, migrate=None):
-    """Check a restore and start a worker that carries it out; returns its pending operation."""
+def start_restore(
+    filename,
+    *,
+    actor,
+    target=None,
+    into=None,
+    models=None,
+    include_related=False,
+    pre_restore_backup=None,
+    force_ahead=False,
+    migrate=None,
+):
+    """Check a restore (of the whole database; as a copy ``into`` a new database; of chosen
+    ``models``: ``restore_kind``) and start a worker that carries it out with the service that
+    does it synchronously; returns its pending operation, whose action says which kind it is."""
+    action = restore_kind(filename, actor=actor, into=into, models=models)
     with journal(
-        Action.RESTORE, actor, filename=filename, database=target or "", permission="restore_backup"
+        action, actor, filename=filename, database=target or "", permission=RESTORE_PERMISSIONS[action]
     ) as operation:
         backup = get_restorable_backup(filename)
         alias = operation.database = target or backup.database
         engine, manifest = check_restore(backup, alias)
-        refuse_ahead(migration_diff(manifest), force_ahead)
-        pre_restore_backup = wants_pre_restore_backup(engine, pre_restore_backup)
-        refuse_if_locked(engine, exclusive=True)
-        operation.details = {
-            **operation.details,
-            "take_pre_restore_backup": pre_restore_backup,
-            "force_ahead": force_ahead,
-            "migrate": migrate,
-        }
+        if action == Action.RESTORE_COPY:
+            copy_location(engine, into)
+            arguments = {"into": into}
+        elif action == Action.RESTORE_MODELS:
+            resolve_models(models)
+            arguments = {"models": models, "include_related": include_related, "pre_restore_backup": pre_restore_backup}
+        else:
+            refuse_ahead(migration_diff(manifest), force_ahead)
+            arguments = {
+                "pre_restore_backup": wants_pre_restore_backup(engine, pre_restore_backup),
+                "force_ahead": force_ahead,
+                "migrate": migrate,
+            }
+        if action != Action.RESTORE_COPY:  # a copy leaves the live database alone
+            refuse_if_locked(engine, exclusive=True)
+        # What the worker passes to the service, beside what the row holds already.
+        operation.details = {**operation.details, "arguments": arguments}
         hand_over(operation)
     return operation
 
@@ -148,16 +185,14 @@ def run_job(job_id):
         )
     progress = RestoreProgressFile(job_id)
     try:
-        return restore_backup(
+        return RESTORES[operation.action](
             operation.filename,
             actor=actor,
             target=operation.database,
-            pre_restore_backup=operation.details["take_pre_restore_backup"],
             operation=operation,
             progress=progress.replayed,
             stage=progress.stage,
-            force_ahead=operation.details.get("force_ahead", False),
-            migrate=operation.details.get("migrate"),
+            **operation.details["arguments"],
         )
     finally:
         progress.finish()
@@ -215,16 +250,17 @@ def forget_restore_progress(job_id):
 
 
 def get_restore(job_id, *, actor):
-    """A restore's journal row, which is how an asynchronous restore is polled; one whose
-    worker died is failed."""
+    """A restore's journal row (of any kind: whole, copy, models), which is how an asynchronous
+    restore is polled; one whose worker died is failed."""
     actor.require("view_backup")
     try:
         pk = uuid.UUID(str(job_id))
     except ValueError:
         raise BackupNotFound(f"No restore with the id {job_id}.") from None
-    operation = Operation.objects.filter(pk=pk, action=Action.RESTORE).first()
+    restores = Operation.objects.filter(pk=pk, action__in=tuple(RESTORES))
+    operation = restores.first()
     if operation is None and wait_for_journal_restore():
-        operation = Operation.objects.filter(pk=pk, action=Action.RESTORE).first()
+        operation = restores.first()
     if operation is None:
         raise BackupNotFound(f"No restore with the id {job_id}.")
     if operation.status in (OperationStatus.PENDING, OperationStatus.RUNNING):

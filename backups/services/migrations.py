@@ -102,9 +102,6 @@ class MigrationDiff:
             parts.append(f"{len(self.behind)} migrations will be applied after the restore: {', '.join(self.behind)}.")
         return " ".join(parts)
 
-    def as_dict(self):
-        return {"state": self.state, "behind": self.behind, "ahead": self.ahead, "message": self.message}
-
 
 def migration_diff(manifest):
     """The difference between the migrations recorded in ``manifest`` and the code's graph.

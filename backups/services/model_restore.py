@@ -26,7 +26,9 @@ from ..models import Action
 from .backups import get_restorable_backup
 from .journal import journal
 from .restore import (
+    RESTORE_PERMISSIONS,
     check_restore,
+    ignore_stage,
     load_dump,
     refuse_inside_transaction,
     restore_preview,
@@ -84,6 +86,17 @@ class Dangling:
             f"exist: {self.shown_values}"
         )
 
+    def as_dict(self):
+        """For the journal and the API: JSON, whatever the type of the key."""
+        return {
+            "model": self.model._meta.label,
+            "table": self.model._meta.db_table,
+            "column": self.column,
+            "target": self.target._meta.label,
+            "values": [value if isinstance(value, (int, str)) else str(value) for value in self.values[:SHOWN_VALUES]],
+            "more": len(self.values) > SHOWN_VALUES,
+        }
+
 
 @dataclass(frozen=True)
 class RestorableModel:
@@ -120,12 +133,31 @@ class DanglingReferences(Exception):
         self.findings = findings
 
 
-def restore_models(filename, *, actor, models, include_related=False, target=None, pre_restore_backup=None):
+def restore_models(
+    filename,
+    *,
+    actor,
+    models,
+    include_related=False,
+    target=None,
+    pre_restore_backup=None,
+    operation=None,
+    progress=None,
+    stage=None,
+):
     """Replace the rows of ``models`` (labels: "app.Model", or "app" for all its models) and of
-    their many-to-many tables in the backup's database (or ``target``) with the backup's."""
+    their many-to-many tables in the backup's database (or ``target``) with the backup's.
+    ``operation``, ``progress`` and ``stage`` as for ``restore_backup``; after the phases it
+    shares with it comes "copying rows"."""
+    stage = stage or ignore_stage
     refuse_inside_transaction()
     with journal(
-        Action.RESTORE_MODELS, actor, filename=filename, database=target or "", permission="restore_models"
+        Action.RESTORE_MODELS,
+        actor,
+        filename=filename,
+        database=target or "",
+        permission=RESTORE_PERMISSIONS[Action.RESTORE_MODELS],
+        operation=operation,
     ) as record:
         backup = get_restorable_backup(filename)
         chosen = resolve_models(models)
@@ -133,15 +165,18 @@ def restore_models(filename, *, actor, models, include_related=False, target=Non
         engine, manifest = check_restore(backup, alias)
         result = ModelRestoreResult(backup=backup, database=alias, models=[], rows={}, operation=record)
         with engine.lock(exclusive=True):
+            stage("checking")
             with verified_copy_anywhere(filename, manifest, result.warnings) as source, engine.scratch() as scratch:
-                load_dump(scratch, source, filename, manifest.get("uncompressed_bytes"))
+                stage("loading")
+                load_dump(scratch, source, filename, manifest.get("uncompressed_bytes"), progress=progress)
                 with connection_to(scratch) as scratch_connection:
                     refuse_missing_columns(chosen, scratch_connection)
                     if takes_pre_restore_backup(pre_restore_backup):
                         result.pre_restore_backup = take_pre_restore_backup(
-                            engine, actor, f"Before restoring {len(chosen)} models' tables from {filename}"
+                            engine, actor, f"Before restoring {len(chosen)} models' tables from {filename}", stage
                         )
                         record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
+                    stage("copying rows")
                     result.rows = replace_until_consistent(chosen, scratch_connection, alias, include_related)
         result.models = labels_of(chosen)
         result.finished_at = timezone.now()

@@ -1,6 +1,6 @@
 """The operator's overview: per database a status with its reasons (from the health check), the
 last good backup, the next scheduled run, the last restore drill and the history of sizes and
-durations; the space used in each storage; the most recent failures with their reasons."""
+durations; the space used in each destination; the most recent failures with their reasons."""
 
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from ..conf import backup_settings
 from ..models import Action, Backup, BackupStatus, Operation, OperationStatus
-from ..storage import OFFSITE, PRIMARY, get_offsite_storage, get_storage
+from ..storage import destinations
 from .health import check_health
 from .schedule import next_runs
 
@@ -40,8 +40,9 @@ class DatabaseStatus:
 
 @dataclass
 class StorageUse:
-    location: str  # "primary" or "offsite"
+    location: str  # the destination's name, as backups' ``locations`` have it
     where: str
+    offsite: bool
     count: int
     size_bytes: int
 
@@ -122,18 +123,18 @@ def database_status(alias, facts, findings, next_run):
 
 
 def storage_use():
-    """The verified copies in each storage, counted from the catalog."""
-    totals = {PRIMARY: [0, 0], OFFSITE: [0, 0]}
+    """The verified copies in each destination, in destination order, counted from the catalog."""
+    places = destinations()
+    totals = {destination.name: [0, 0] for destination in places}
     for size, locations in Backup.objects.restorable().values_list("size_bytes", "locations"):
-        for location in locations or [PRIMARY]:
-            if location in totals:
+        for location in locations:
+            if location in totals:  # not a destination that is no longer configured
                 totals[location][0] += 1
                 totals[location][1] += size or 0
-    storages = [StorageUse(PRIMARY, get_storage().where, *totals[PRIMARY])]
-    offsite = get_offsite_storage()
-    if offsite is not None:
-        storages.append(StorageUse(OFFSITE, offsite.where, *totals[OFFSITE]))
-    return storages
+    return [
+        StorageUse(destination.name, destination.storage.where, destination.offsite, *totals[destination.name])
+        for destination in places
+    ]
 
 
 def recent_failures():

@@ -11,7 +11,9 @@ from .jobs import read_restore_progress
 
 @dataclass
 class JobProgress:
-    phase: str  # "waiting", "checking", "pre-restore backup", "loading", "catalog", "dumping", "finished"
+    # "waiting", "checking", "pre-restore backup", "loading", "catalog", "copying rows" (chosen models),
+    # "dumping", "finished"
+    phase: str
     done: int | None = None  # bytes so far
     total: int | None = None  # bytes expected, when known or estimated
     elapsed: float | None = None  # seconds in this phase

@@ -29,7 +29,14 @@ from ..exceptions import (
 from ..models import Action, Backup, DatabaseCopy, HealthState, Operation, Trigger
 from ..storage import backup_storages, is_storage_failure, storage_error
 from ..streams import RawReader
-from .backups import PROGRESS_INTERVAL, describe_database, get_restorable_backup, reserve_backup, write_backup
+from .backups import (
+    PROGRESS_INTERVAL,
+    describe_database,
+    get_backup,
+    get_restorable_backup,
+    reserve_backup,
+    write_backup,
+)
 from .catalog import sync_catalog
 from .copies import usable_manifest
 from .journal import journal
@@ -105,6 +112,32 @@ def restore_backup(
     return result
 
 
+# The permission each kind of restore needs, by the journal's name for it.
+RESTORE_PERMISSIONS = {
+    Action.RESTORE: "restore_backup",
+    Action.RESTORE_COPY: "restore_copy",
+    Action.RESTORE_MODELS: "restore_models",
+}
+
+
+def restore_kind(filename, *, actor, into=None, models=None):
+    """What a restore request asks for, as the journal names it: a copy ``into`` a new
+    database, the rows of chosen ``models``, or else the whole database. A copy takes the whole
+    backup, so it never goes with models; but a backup that does not exist is a 404 first, as
+    for any other restore of it."""
+    if into is not None and models is not None:
+        get_backup(filename, actor=actor)
+        raise InvalidRequest(
+            'A copy (--into, API: "into") takes the whole backup: it does not go with chosen models (--models, '
+            'API: "models"). Nothing was changed.'
+        )
+    if into is not None:
+        return Action.RESTORE_COPY
+    if models is not None:
+        return Action.RESTORE_MODELS
+    return Action.RESTORE
+
+
 def announce_restore(subject, actor, database, outcome):
     if backup_settings.NOTIFY_ON_RESTORE:
         notify(subject, f"{actor.name} (via {actor.origin}) restored database {database or 'default'}: {outcome}")
@@ -121,7 +154,7 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress, s
         actor,
         filename=filename,
         database=target or "",
-        permission="restore_backup",
+        permission=RESTORE_PERMISSIONS[Action.RESTORE],
         operation=operation,
     ) as record:
         backup = get_restorable_backup(filename)
@@ -200,9 +233,10 @@ class RestorePreview:
         return ahead_refusal(self.migrations)
 
 
-def restore_preview(filename, *, actor, target=None, permission="restore_backup"):
-    """What restoring ``filename`` (into ``target``) would overwrite and how, before it runs."""
-    actor.require(permission)
+def restore_preview(filename, *, actor, target=None, kind=Action.RESTORE):
+    """What restoring ``filename`` (into ``target``) would overwrite and how, before it runs;
+    ``kind`` (``restore_kind``) says whose permission it needs."""
+    actor.require(RESTORE_PERMISSIONS[kind])
     backup = get_restorable_backup(filename)
     alias = target or backup.database
     engine = get_engine(alias)
@@ -391,23 +425,18 @@ def replace_database(
     """
     carried = snapshot_carried_rows(engine.alias)
     connections.close_all()
-    if progress is not None:
-        source = ReadProgress(source, progress)
-    undo_database = None
     try:
+        undo_database = load_dump(
+            engine, source, filename, expected_size, table_rows=table_rows, switch=switch, progress=progress
+        )
         if switch:
-            undo_database = load_dump(engine, source, filename, expected_size, table_rows=table_rows, switch=True)
             connections.close_all()  # the switch ended their sessions: reconnect, to the new database
-        else:
-            load_dump(engine, source, filename, expected_size)
     except RestoreIncomplete as incomplete:
         if undo is None:
             raise
         failure = undo_incomplete_restore(engine, filename, incomplete, undo)
         carry_back(carried)
         raise failure from incomplete
-    if progress is not None:
-        source.finish()
     try:
         if after_load is not None:
             after_load()
@@ -416,18 +445,25 @@ def replace_database(
     return warnings, undo_database
 
 
-def load_dump(engine, source, filename, expected_size=None, table_rows=None, switch=False):
-    """In place, or beside the live database and then switched (returning the undo database)."""
+def load_dump(engine, source, filename, expected_size=None, table_rows=None, switch=False, progress=None):
+    """In place, or beside the live database and then switched (returning the undo database).
+    ``progress`` hears how much of the stored file has been read (``ReadProgress``)."""
+    if progress is not None:
+        source = ReadProgress(source, progress)
     reader = codec_for(filename).decompressor(source)
     guarded = GuardedReader(reader, filename, expected_size)
+    timeout = backup_settings.RESTORE_LOCK_TIMEOUT
     try:
         if switch:
-            timeout = backup_settings.RESTORE_LOCK_TIMEOUT
-            return engine.restore_beside(guarded, timeout, lambda loaded: check_loaded(loaded, table_rows))
-        engine.restore(guarded, backup_settings.RESTORE_LOCK_TIMEOUT)
-        return None
+            undo_database = engine.restore_beside(guarded, timeout, lambda loaded: check_loaded(loaded, table_rows))
+        else:
+            engine.restore(guarded, timeout)
+            undo_database = None
     finally:
         reader.close()
+    if progress is not None:
+        source.finish()
+    return undo_database
 
 
 def prove_loadable(engine, source, filename, expected_size):

@@ -16,6 +16,7 @@ from ... import checks, services
 from ...conf import backup_settings
 from ...exceptions import BackupError, catalog_error
 from ...formatting import TerminalProgress, human_duration, human_size, local_time, verification_label
+from ...models import Action
 from ...services.migrations import refuse_ahead
 from ...services.verification import LEVELS
 
@@ -321,11 +322,10 @@ class Command(BaseCommand):
         self.write_json(data)
 
     def handle_restore(self, filename, yes, target, pre_restore_backup, force_ahead, migrate, into, models, **options):
-        if into and models:
-            raise CommandError("--into makes a copy of the whole backup: it does not go with --models.")
-        if into:
+        kind = services.restore_kind(filename, actor=self.actor, into=into, models=models)
+        if kind == Action.RESTORE_COPY:
             return self.restore_copy(filename, into, target)
-        if models:
+        if kind == Action.RESTORE_MODELS:
             return self.restore_models(filename, yes, target, pre_restore_backup, models, options["include_related"])
         preview = services.restore_preview(filename, actor=self.actor, target=target)
         database = preview.database
@@ -377,7 +377,7 @@ class Command(BaseCommand):
             self.stderr.write(f"Warning: {warning}")
 
     def restore_models(self, filename, yes, target, pre_restore_backup, models, include_related):
-        preview = services.restore_preview(filename, actor=self.actor, target=target, permission="restore_models")
+        preview = services.restore_preview(filename, actor=self.actor, target=target, kind=Action.RESTORE_MODELS)
         self.confirm(
             yes,
             f"This replaces all rows of {', '.join(models)} (and their many-to-many tables) in database "
