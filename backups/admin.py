@@ -24,7 +24,7 @@ from . import services
 from .downloads import download_response
 from .exceptions import BackupError, ForeignKeysWouldBreak
 from .formatting import human_age, human_duration, human_size, local_time
-from .models import Backup, BackupStatus, DatabaseCopy, Operation, OperationStatus, Origin, RestoreHistory
+from .models import Action, Backup, BackupStatus, DatabaseCopy, Operation, OperationStatus, Origin, RestoreHistory
 from .services.database_copies import COPY_NAME_RULE
 
 # Progress pages poll with a signed ticket instead of the session: while a restore loads the
@@ -569,7 +569,7 @@ class BackupAdmin(admin.ModelAdmin):
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         actor = actor_for(request)
         try:
-            preview = services.restore_preview(backup.filename, actor=actor, permission="restore_copy")
+            preview = services.restore_preview(backup.filename, actor=actor, kind=Action.RESTORE_COPY)
         except BackupError as error:
             self.report_failure(request, self.cannot_restore(backup, error))
             return self.changelist_redirect()

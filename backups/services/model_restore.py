@@ -194,7 +194,7 @@ def takes_pre_restore_backup(requested):
 def model_restore_preview(filename, *, actor, target=None):
     """What a restore of chosen models from ``filename`` (into ``target``) would restore from and
     into, and whether it backs up the current state first."""
-    preview = restore_preview(filename, actor=actor, target=target, permission="restore_models")
+    preview = restore_preview(filename, actor=actor, target=target, kind=Action.RESTORE_MODELS)
     return ModelRestorePreview(
         backup=preview.backup,
         database=preview.database,

@@ -404,7 +404,7 @@ class Command(BaseCommand):
         for label, pks in objects:
             chosen.setdefault(label, []).extend(pks)
         if not dry_run:
-            preview = services.restore_preview(filename, actor=self.actor, target=target, permission="restore_models")
+            preview = services.restore_preview(filename, actor=self.actor, target=target, kind=Action.RESTORE_MODELS)
             named = ", ".join(f"{label} {','.join(pks)}" for label, pks in chosen.items())
             self.confirm(
                 yes,
