@@ -183,7 +183,7 @@ def run_job(job_id):
             backup=backup,
             operation=operation,
         )
-    progress = RestoreProgressFile(job_id)
+    progress = RestoreProgressFile(job_id, rebuilds_catalog=operation.action == Action.RESTORE)
     try:
         return RESTORES[operation.action](
             operation.filename,
@@ -208,8 +208,9 @@ class RestoreProgressFile:
     the very database being restored, whose tables psql keeps locked until it commits.
     Best effort: a file that cannot be written never stops a restore."""
 
-    def __init__(self, job_id):
+    def __init__(self, job_id, rebuilds_catalog=True):
         self.path = progress_path(job_id)
+        self.rebuilds_catalog = rebuilds_catalog
         self.state = {"phase": "checking", "started": time.time()}
 
     def stage(self, phase, backup=None):
@@ -217,8 +218,10 @@ class RestoreProgressFile:
         self.write()
 
     def replayed(self, read, total, elapsed, final):
-        # After the last byte the catalog is carried across and synchronised.
-        self.state.update(phase="catalog" if final else "loading", read=read, total=total, elapsed=elapsed)
+        # After the last byte a whole restore carries the catalog across and synchronises it; a
+        # copy or a model restore does not (the latter names its next phases itself).
+        phase = "catalog" if final and self.rebuilds_catalog else "loading"
+        self.state.update(phase=phase, read=read, total=total, elapsed=elapsed)
         self.write()
 
     def finish(self):

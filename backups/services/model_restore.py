@@ -177,7 +177,12 @@ def restore_models(
                         )
                         record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
                     stage("copying rows")
-                    result.rows = replace_until_consistent(chosen, scratch_connection, alias, include_related)
+                    try:
+                        result.rows = replace_until_consistent(chosen, scratch_connection, alias, include_related)
+                    except ForeignKeysWouldBreak as refusal:
+                        # For a page that offers to restore again with them (the admin's result page).
+                        record.details = {**record.details, "related": refusal.related}
+                        raise
         result.models = labels_of(chosen)
         result.finished_at = timezone.now()
         record.message = f"Restored the rows of {', '.join(result.models)} from {filename}"
