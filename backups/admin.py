@@ -22,9 +22,18 @@ from django.views.decorators.cache import never_cache
 
 from . import services
 from .downloads import download_response
-from .exceptions import BackupError, ForeignKeysWouldBreak
+from .exceptions import BackupError
 from .formatting import human_age, human_duration, human_size, local_time
-from .models import Action, Backup, BackupStatus, DatabaseCopy, Operation, OperationStatus, Origin, RestoreHistory
+from .models import (
+    Action,
+    Backup,
+    BackupStatus,
+    DatabaseCopy,
+    Operation,
+    OperationStatus,
+    Origin,
+    RestoreHistory,
+)
 from .services.database_copies import COPY_NAME_RULE
 
 # Progress pages poll with a signed ticket instead of the session: while a restore loads the
@@ -37,10 +46,35 @@ PHASES = {
     "pre-restore backup": "Backing up the current state (the undo)",
     "loading": "Loading the backup into the database",
     "catalog": "Rebuilding the backup catalog",
+    "copying rows": "Copying the chosen tables' rows from the backup",
     "dumping": "Writing the backup",
     "finished": "Finished",
 }
 NOT_RESTORABLE = (BackupStatus.FAILED, BackupStatus.MISSING)
+
+
+@dataclass(frozen=True)
+class RestoreKind:
+    """How the progress and result pages speak of one kind of restore job."""
+
+    name: str  # what the templates tell the kinds apart by
+    crumb: str
+    running: str
+    succeeded: str
+    failed: str
+
+
+RESTORE_KINDS = {
+    Action.RESTORE: RestoreKind(
+        "whole", "Restore", "Restoring the database", "Database restored", "The restore failed"
+    ),
+    Action.RESTORE_COPY: RestoreKind(
+        "copy", "Restore as a copy", "Restoring a backup as a copy", "Backup restored as a copy", "The copy failed"
+    ),
+    Action.RESTORE_MODELS: RestoreKind(
+        "models", "Restore chosen models", "Restoring chosen models", "Models restored", "The model restore failed"
+    ),
+}
 
 # Set on the request when an operation was refused or failed; see BackupAdmin.report_failure.
 FAILED_ON_REQUEST = "_backups_failed"
@@ -541,7 +575,7 @@ class BackupAdmin(admin.ModelAdmin):
             except BackupError as error:
                 self.report_failure(request, self.cannot_restore(backup, error))
                 return self.changelist_redirect()
-            return HttpResponseRedirect(reverse("admin:backups_backup_restore_job", args=[job.pk]))
+            return self.job_redirect(job)
         context = self.page_context(
             request,
             title="Restore the database from a backup",
@@ -561,7 +595,8 @@ class BackupAdmin(admin.ModelAdmin):
 
     def restore_copy_view(self, request, object_id):
         """GET: what is copied, and where the new database goes. POST, with its name: the backup
-        restored into that new database, never the live one; then the list of copies."""
+        is restored into that new database, never the live one, by a worker; then the page that
+        follows it. A name the service refuses at once is said here, on the form."""
         if not self.has_restore_copy_permission(request):
             raise PermissionDenied
         backup = self.get_object(request, unquote(object_id))
@@ -576,19 +611,11 @@ class BackupAdmin(admin.ModelAdmin):
         form = CopyForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
-                result = services.restore_copy(backup.filename, actor=actor, into=form.cleaned_data["into"])
+                job = services.start_restore(backup.filename, actor=actor, into=form.cleaned_data["into"])
             except BackupError as error:
                 self.report_failure(request, f"{backup.filename} was not restored as a copy: {error.message}")
             else:
-                self.message_user(
-                    request,
-                    f"Restored {backup.filename} into the new database {result.copy.name}; the live database "
-                    f"{preview.database['name']} was not touched.",
-                    messages.SUCCESS,
-                )
-                for warning in result.warnings:
-                    self.message_user(request, warning, messages.WARNING)
-                return HttpResponseRedirect(reverse("admin:backups_databasecopy_changelist"))
+                return self.job_redirect(job)
         context = self.page_context(
             request,
             title="Restore a backup as a copy",
@@ -602,9 +629,9 @@ class BackupAdmin(admin.ModelAdmin):
 
     def restore_models_view(self, request, object_id):
         """Chosen models' rows from the backup, in steps (each a POST but the first, as Django's
-        delete_selected): choose the apps and models; see what will be replaced; confirm. A
-        refusal for foreign keys lists the rows that would point nowhere and offers the restore
-        again with the related models."""
+        delete_selected): choose the apps and models; see what will be replaced; confirm, and a
+        worker restores them while the job's page follows it (which, should foreign keys refuse
+        the restore, lists them and offers it again with the related models)."""
         if not self.has_restore_models_permission(request):
             raise PermissionDenied
         backup = self.get_object(request, unquote(object_id))
@@ -641,27 +668,17 @@ class BackupAdmin(admin.ModelAdmin):
         if not form.cleaned_data["post"]:
             return TemplateResponse(request, page, context)
         try:
-            result = services.restore_models(
+            job = services.start_restore(
                 backup.filename, actor=actor, models=labels, include_related=form.cleaned_data["include_related"]
             )
-        except ForeignKeysWouldBreak as refusal:
-            context.update(step="refused", refusal=refusal)
         except BackupError as error:
             self.report_failure(request, f"The models were not restored from {backup.filename}: {error.message}")
             context["step"] = "choose"
-        else:
-            self.report_model_restore(request, result)
-            return self.changelist_redirect()
-        return TemplateResponse(request, page, context)
+            return TemplateResponse(request, page, context)
+        return self.job_redirect(job)
 
-    def report_model_restore(self, request, result):
-        rows = ", ".join(f"{table} {count}" for table, count in sorted(result.rows.items()))
-        text = f"Restored the rows of {', '.join(result.models)} from {result.backup.filename} ({rows})."
-        if result.pre_restore_backup:
-            text += f" To undo, restore {result.pre_restore_backup.filename} (taken just before)."
-        self.message_user(request, text, messages.SUCCESS)
-        for warning in result.warnings:
-            self.message_user(request, warning, messages.WARNING)
+    def job_redirect(self, job):
+        return HttpResponseRedirect(reverse("admin:backups_backup_restore_job", args=[job.pk]))
 
     @staticmethod
     def cannot_restore(backup, error):
@@ -669,37 +686,54 @@ class BackupAdmin(admin.ModelAdmin):
         return reason if backup.filename in reason else f"{backup.filename} cannot be restored: {reason}"
 
     def restore_job_view(self, request, job_id):
-        """A restore's progress while it runs; its result once it has ended. Its state is the
-        journal's row (and the worker's progress file), so a reload finds it again."""
+        """A restore's progress while it runs; its result once it has ended: of the whole
+        database, as a copy, or of chosen models (``RESTORE_KINDS``). Its state is the journal's
+        row (and the worker's progress file), so a reload finds it again."""
         try:
             operation = services.get_restore(job_id, actor=actor_for(request))
         except BackupError as error:
             self.report_failure(request, error.message)
             return self.changelist_redirect()
-        backup = Backup.objects.filter(filename=operation.filename).first()
+        kind = RESTORE_KINDS[operation.action]
+        details = operation.details
+        # What the request asked for (a synchronous restore's row has none): the job's page
+        # names it before the worker has begun, and a retry repeats it.
+        arguments = details.get("arguments", {})
         context = self.page_context(
-            request, operation=operation, backup=backup, filename=operation.filename, database=operation.database
+            request,
+            operation=operation,
+            kind=kind,
+            backup=Backup.objects.filter(filename=operation.filename).first(),
+            filename=operation.filename,
+            database=operation.database,
+            into=details.get("into") or arguments.get("into"),
+            chosen=arguments.get("models", []),
         )
         if operation.status in (OperationStatus.PENDING, OperationStatus.RUNNING):
             context.update(
-                title="Restoring the database",
+                title=kind.running,
                 progress=progress_facts(services.restore_progress(operation.pk)),
                 poll_url=reverse("admin:backups_backup_progress", args=[progress_ticket("restore", operation.pk)]),
             )
             return TemplateResponse(request, "admin/backups/backup/job_progress.html", context)
         services.forget_restore_progress(operation.pk)
-        undo_name = operation.details.get("pre_restore_backup")
+        succeeded = operation.status == OperationStatus.SUCCEEDED
+        undo_name = details.get("pre_restore_backup")
         context.update(
-            title="Database restored" if operation.status == OperationStatus.SUCCEEDED else "The restore failed",
-            succeeded=operation.status == OperationStatus.SUCCEEDED,
+            title=kind.succeeded if succeeded else kind.failed,
+            succeeded=succeeded,
             finished=local_time(operation.finished_at),
-            warnings=operation.details.get("warnings", []),
-            migrations_applied=operation.details.get("migrations_applied", []),
+            warnings=details.get("warnings", []),
+            migrations_applied=details.get("migrations_applied", []),
             undo=Backup.objects.filter(filename=undo_name).first() if undo_name else None,
             undo_name=undo_name,
             # A restore that stopped partway, or whose migrate failed after it had loaded, says
             # itself what became of the database.
-            unchanged=not {"undone", "failed_migration"} & set(operation.details),
+            unchanged=not {"undone", "failed_migration"} & set(details),
+            restored_models=details.get("models", []),
+            rows=sorted(details.get("rows", {}).items()),
+            findings=details.get("findings", []),
+            related=details.get("related", []),
         )
         return TemplateResponse(request, "admin/backups/backup/restore_result.html", context)
 

@@ -141,6 +141,12 @@ def job_workers(monkeypatch, settings, backup_dir, tmp_path):
         time.sleep(0.1)
 
 
+@pytest.fixture
+def model_workers(monkeypatch):
+    """Job workers that know the test app's models, as this process does: model restores need them."""
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "tests.worker_settings")
+
+
 def job_worker_pids():
     """The ``manage.py backups job`` processes this test process started and that still run."""
     found = []

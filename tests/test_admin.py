@@ -1,7 +1,7 @@
 """The admin, through Django's test client, against the real PostgreSQL server (and SQLite) and
 real files: every button, link and action, each permission allowed and refused, errors as admin
-messages, backups and restores run by real worker processes, copies and model restores by the
-service as the API and the command run them."""
+messages, backups and restores of every kind (whole, as a copy, chosen models) run by real worker
+processes, undeletes by the service in the request as the API and the command run them."""
 
 import re
 import time
@@ -11,19 +11,31 @@ from pathlib import Path
 import pytest
 from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.admin.utils import quote
-from django.db import connection, connections
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import strip_tags
 
 from backups import services
+from backups.engines import get_engine
 from backups.formatting import human_size
 from backups.models import Backup, BackupStatus, DatabaseCopy, Operation, Origin, Trigger
 from backups.services.jobs import RestoreProgressFile, progress_path
 from backups.services.journal import this_worker
 from tests.recoveryapp.models import Brewery, Recipe, Tasting
 
-from .conftest import brew_recipes, database_exists, execute, fetch, make_staff, names, read_copy, read_manifest
+from .conftest import (
+    brew_recipes,
+    database_exists,
+    execute,
+    fetch,
+    job_worker_pids,
+    make_staff,
+    names,
+    read_copy,
+    read_manifest,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,6 +45,7 @@ SYNC = reverse("admin:backups_backup_sync")
 OVERVIEW = reverse("admin:backups_backup_overview")
 HISTORY = reverse("admin:backups_restorehistory_changelist")
 AUDIT_LOG = reverse("admin:backups_operation_changelist")
+RESTORE_JOBS = f"{CHANGELIST}restores/"
 EVERYTHING_BUT_RESTORE = ("view_backup", "add_backup", "change_backup", "delete_backup", "download_backup")
 MARKUP = '<script>alert("owned")</script><b>bold</b>'
 # A bound on waiting for a worker process, not a measurement.
@@ -83,12 +96,31 @@ def restore(client, backup, typed=None):
 
 def finished_restore(client, backup, typed=None):
     """Confirm the restore, wait for its worker, and return the job's page: the result."""
-    response = restore(client, backup, typed)
+    return finished_job(client, restore(client, backup, typed))
+
+
+def finished_job(client, response):
+    """The page of the restore job that ``response`` (a form's answer) redirects to, once its
+    worker has ended: the result."""
     assert response.status_code == 302, response.content.decode()[:500]
     job_url = response["Location"]
+    assert job_url.startswith(RESTORE_JOBS), job_url
     job_id = job_url.rstrip("/").rsplit("/", 1)[-1]
     wait_for(lambda: Operation.objects.filter(pk=job_id, status__in=("succeeded", "failed")).exists())
     return client.get(job_url)
+
+
+def text_of(html):
+    """What a person reads of ``html``: its text, each run of white space one space."""
+    return " ".join(strip_tags(html).split())
+
+
+def outcome(response):
+    """The result page's outcome line: (its level, what it says)."""
+    level, html = re.search(
+        r'<li class="(\w+)" id="restore-outcome">(.*?)</li>', response.content.decode(), re.S
+    ).groups()
+    return level, text_of(html)
 
 
 def delete_selected(client, backups):
@@ -438,17 +470,17 @@ def test_restore_runs_as_a_job_brings_the_data_back_and_names_the_undo(admin, br
     assert not progress_path(record.pk).exists()  # the journal holds the outcome now
 
 
-def pending_restore(backup):
+def pending_restore(backup, action="restore", **arguments):
     """A restore job as a request leaves it, its worker (this process) yet to begin."""
     return Operation.objects.create(
-        action="restore",
+        action=action,
         status="pending",
         filename=backup.filename,
         database="default",
         actor="root",
         origin=Origin.ADMIN,
         started_at=timezone.now(),
-        details={"worker": this_worker()},
+        details={"worker": this_worker(), "arguments": arguments},
     )
 
 
@@ -639,16 +671,16 @@ def hidden_fields(page, form_id):
 
 
 @pytest.mark.parametrize("alias", ENGINES, indirect=True)
-def test_a_copy_started_from_a_backups_page_holds_the_backup_and_leaves_the_live_database_alone(admin, alias, settings):
+def test_a_copy_started_from_a_backups_page_runs_as_a_job_and_leaves_the_live_database_alone(admin, alias, settings):
     backup = brew_recipes(alias)
     Brewery.objects.using(alias).filter(pk=1).update(name="Renamed since")
-    live = connections[alias].settings_dict["NAME"]
     detail = admin.get(url("change", backup)).content.decode()
     assert f'href="{url("restore_copy", backup)}">Restore as a copy…</a>' in detail
     page = admin.get(url("restore_copy", backup)).content.decode()
     assert backup.filename in page and "The live database is not touched" in page
-    assert 'aria-describedby="copy-name-help"' in page
+    assert "restored in a process of its own" in page and 'aria-describedby="copy-name-help"' in page
 
+    # A name the service refuses at once is said on the form, and no job starts.
     response = admin.post(url("restore_copy", backup), {"into": "1 bad name"})
     assert response.status_code == 200 and 'id="copy-form"' in response.content.decode()
     assert messages_of(response) == [
@@ -658,20 +690,20 @@ def test_a_copy_started_from_a_backups_page_holds_the_backup_and_leaves_the_live
             "digits and '_' (at most 63). Nothing was changed.",
         )
     ]
-    assert not DatabaseCopy.objects.exists()
+    assert not DatabaseCopy.objects.exists() and job_worker_pids() == []
 
-    response = admin.post(url("restore_copy", backup), {"into": f"hb_admin_copy{settings.SUFFIX}"}, follow=True)
+    response = finished_job(admin, admin.post(url("restore_copy", backup), {"into": f"hb_admin_copy{settings.SUFFIX}"}))
     copy = DatabaseCopy.objects.get()
     try:
-        assert response.redirect_chain == [(COPIES, 302)]
-        assert messages_of(response) == [
-            (
-                "success",
-                f"Restored {backup.filename} into the new database {copy.name}; the live database {live} was not "
-                "touched.",
-            )
-        ]
-        assert f'<td class="field-filename">{backup.filename}</td>' in response.content.decode()
+        assert response.context["title"] == "Backup restored as a copy"
+        level, text = outcome(response)
+        assert level == "success" and text.startswith(f"{backup.filename} (taken ")
+        assert f"was restored into the new database {copy.name}, finished " in text
+        assert text.endswith(f"The live database {alias} was not touched.")
+        page = response.content.decode()
+        assert f'The copy is listed under <a href="{COPIES}">Database copies</a>' in page
+        assert "restore it…" not in page and "Users and sessions" not in page  # a whole restore's lines
+        assert f'<td class="field-filename">{backup.filename}</td>' in admin.get(COPIES).content.decode()
         assert read_copy(alias, copy.name, "SELECT name FROM recoveryapp_brewery ORDER BY id") == [
             ("Hoppy",),
             ("Malty",),
@@ -680,14 +712,56 @@ def test_a_copy_started_from_a_backups_page_holds_the_backup_and_leaves_the_live
         assert not Backup.objects.filter(trigger=Trigger.PRE_RESTORE).exists()  # nothing live was replaced
         record = Operation.objects.get(action="restore-copy", status="succeeded")
         assert (record.origin, record.actor, record.details["into"]) == (Origin.ADMIN, "root", copy.name)
+        assert not progress_path(record.pk).exists()  # the journal holds the outcome now
     finally:
         response = admin.post(COPIES, {"action": "drop_copies", "_selected_action": [copy.pk]}, follow=True)
     assert messages_of(response) == [("success", f"Dropped the copy {copy.name}.")]
     assert not database_exists(alias, copy.name)
 
 
+def test_a_copy_that_fails_in_its_worker_says_why_and_leaves_no_database(admin, backup_dir, settings):
+    backup = create()
+    with open(backup_dir / backup.filename, "ab") as file:
+        file.write(b"tampered")  # found out by the worker's checksum, not by the request
+    into = f"hb_admin_failed_copy{settings.SUFFIX}"
+    response = finished_job(admin, admin.post(url("restore_copy", backup), {"into": into}))
+    assert response.context["title"] == "The copy failed"
+    level, text = outcome(response)
+    assert level == "error" and "does not match its manifest" in text
+    assert "The live database default was not touched." in text_of(response.content.decode())
+    assert not DatabaseCopy.objects.exists() and not database_exists("default", into)
+    assert Operation.objects.get(action="restore-copy").status == "failed"
+
+
+def test_copy_and_model_restore_jobs_say_what_they_restore_and_follow_their_phases(admin):
+    backup = create()
+    copy = pending_restore(backup, "restore-copy", into="hb_lastweek")
+    page = admin.get(reverse("admin:backups_backup_restore_job", args=[copy.pk])).content.decode()
+    assert "<title>Restoring a backup as a copy |" in page and "&rsaquo; Restore as a copy\n" in page
+    assert '<h2 id="job-phase">Waiting for the worker to start</h2>' in page
+    text = text_of(page)
+    assert f"Restoring {backup.filename} into the new database hb_lastweek, beside the database default" in text
+    assert "loading the backup into the new database." in text
+
+    models = pending_restore(backup, "restore-models", models=["recoveryapp.Recipe", "auth"], include_related=False)
+    page = admin.get(reverse("admin:backups_backup_restore_job", args=[models.pk])).content.decode()
+    assert "<title>Restoring chosen models |" in page and "&rsaquo; Restore chosen models\n" in page
+    text = text_of(page)
+    assert f"Restoring the rows of recoveryapp.Recipe, auth in the database default from {backup.filename}" in text
+    assert "copying the chosen tables' rows in one transaction." in text
+    poll_url = re.search(r'data-poll-url="([^"]+)"', page).group(1)
+    # As run_job records it for a model restore: the load's last byte is followed by its own phases.
+    progress = RestoreProgressFile(models.pk, rebuilds_catalog=False)
+    progress.replayed(read=2048, total=2048, elapsed=4.0, final=True)
+    assert Client().get(poll_url).json()["phase_label"] == "Loading the backup into the database"
+    progress.stage("copying rows")
+    assert Client().get(poll_url).json()["phase_label"] == "Copying the chosen tables' rows from the backup"
+
+
 @pytest.mark.parametrize("alias", ENGINES, indirect=True)
-def test_a_model_restore_from_the_admin_replaces_only_the_chosen_tables_rows(admin, alias):
+def test_a_model_restore_from_the_admin_runs_as_a_job_and_replaces_only_the_chosen_tables_rows(
+    admin, alias, model_workers
+):
     backup = brew_recipes(alias)
     # The morning's mistake, and the day's work in other tables that must survive it.
     Recipe.objects.using(alias).filter(pk=2).delete()
@@ -714,30 +788,42 @@ def test_a_model_restore_from_the_admin_replaces_only_the_chosen_tables_rows(adm
     assert response.context["step"] == "confirm"
     assert response.context["chosen"].tables == ["recoveryapp_recipe", "recoveryapp_recipe_ingredients"]
     page = response.content.decode()
-    assert "a backup of the current state is taken" in page
+    assert "a backup of the current state is taken" in page and "runs in a process of its own" in page
     assert hidden_fields(page, "models-confirm-form") == {"models": ["recoveryapp.Recipe"], "post": ["yes"]}
     assert names(alias, Recipe) == ["Pale Ale"]  # looking changes nothing
 
-    response = restore_models(admin, backup, "recoveryapp.Recipe")
-    assert response.status_code == 302 and response["Location"] == CHANGELIST
+    # What the service refuses at once (a backup holds the database) is said on the form.
+    with get_engine(alias).lock(exclusive=False):
+        response = restore_models(admin, backup, "recoveryapp.Recipe")
+    assert response.status_code == 200 and response.context["step"] == "choose"
+    [(level, text)] = messages_of(response)
+    assert level == "error" and text.startswith(f"The models were not restored from {backup.filename}: ")
+    assert "running" in text and job_worker_pids() == []
+
+    response = finished_job(admin, restore_models(admin, backup, "recoveryapp.Recipe"))
     undo = Backup.objects.get(trigger=Trigger.PRE_RESTORE)
-    assert messages_of(admin.get(CHANGELIST)) == [
-        (
-            "success",
-            f"Restored the rows of recoveryapp.Recipe from {backup.filename} (recoveryapp_recipe 2, "
-            f"recoveryapp_recipe_ingredients 1). To undo, restore {undo.filename} (taken just before).",
-        )
-    ]
+    assert response.context["title"] == "Models restored"
+    level, text = outcome(response)
+    assert level == "success"
+    assert text.startswith(
+        f"The rows of recoveryapp.Recipe in the database {alias} were restored from {backup.filename}"
+    )
+    page = response.content.decode()
+    assert (
+        "<tr><td><code>recoveryapp_recipe</code></td><td>2</td></tr>"
+        "<tr><td><code>recoveryapp_recipe_ingredients</code></td><td>1</td></tr>"
+    ) in page
+    assert f"To undo this restore, restore <strong>{undo.filename}</strong>" in page and url("restore", undo) in page
     assert names(alias, Recipe) == ["Pale Ale", "Stout"]
     assert list(Recipe.objects.using(alias).get(pk=1).ingredients.values_list("name", flat=True)) == ["Citra"]
     assert names(alias, Brewery) == ["Hoppy", "Malty", "Opened today"]
     assert Tasting.objects.using(alias).get().note == "tasted again today"
-    record = Operation.objects.get(action="restore-models")
-    assert (record.status, record.origin, record.actor) == ("succeeded", Origin.ADMIN, "root")
+    record = Operation.objects.get(action="restore-models", status="succeeded")
+    assert (record.origin, record.actor) == (Origin.ADMIN, "root")
 
 
 @pytest.mark.parametrize("alias", ENGINES, indirect=True)
-def test_a_foreign_key_refusal_lists_what_would_dangle_and_offers_the_related_models(admin, alias):
+def test_a_foreign_key_refusal_lists_what_would_dangle_and_offers_the_related_models(admin, alias, model_workers):
     backup = brew_recipes(alias)
     # Since the backup: a recipe with a tasting (which a restore of recipes would orphan), and
     # the Malty brewery gone with its stout (which a restore of recipes would point at).
@@ -746,8 +832,10 @@ def test_a_foreign_key_refusal_lists_what_would_dangle_and_offers_the_related_mo
     Recipe.objects.using(alias).filter(pk=2).delete()
     Brewery.objects.using(alias).filter(pk=2).delete()
 
-    response = restore_models(admin, backup, "recoveryapp.Recipe")
-    assert response.status_code == 200 and response.context["step"] == "refused"
+    response = finished_job(admin, restore_models(admin, backup, "recoveryapp.Recipe"))
+    assert response.context["title"] == "The model restore failed"
+    level, text = outcome(response)
+    assert level == "error" and text.startswith("Restoring only these models would break foreign keys")
     page = response.content.decode()
     for row in (
         "<tr><td>recoveryapp.Recipe (<code>recoveryapp_recipe</code>)</td><td><code>brewery_id</code></td>"
@@ -757,16 +845,21 @@ def test_a_foreign_key_refusal_lists_what_would_dangle_and_offers_the_related_mo
     ):
         assert row in page, row
     assert "the rows of recoveryapp.Brewery, recoveryapp.Tasting (and of any models" in page
+    assert "Nothing was changed: the rows are replaced in one transaction" in page
     assert names(alias, Recipe) == ["Pale Ale", "Session IPA"]  # nothing changed
     assert Tasting.objects.using(alias).count() == 2
     assert Operation.objects.get(action="restore-models").status == "failed"
 
     retry = hidden_fields(page, "retry-form")
     assert retry == {"models": ["recoveryapp.Recipe"], "include_related": ["on"], "post": ["yes"]}
-    response = admin.post(url("restore_models", backup), retry, follow=True)
-    [(level, text)] = messages_of(response)
+    assert f'action="{url("restore_models", backup)}" id="retry-form"' in page
+    response = finished_job(admin, admin.post(url("restore_models", backup), retry))
+    level, text = outcome(response)
     assert level == "success"
-    assert text.startswith("Restored the rows of recoveryapp.Brewery, recoveryapp.Recipe, recoveryapp.Tasting from")
+    assert text.startswith(
+        f"The rows of recoveryapp.Brewery, recoveryapp.Recipe, recoveryapp.Tasting in the database {alias} were "
+        "restored from"
+    )
     assert names(alias, Recipe) == ["Pale Ale", "Stout"]
     assert names(alias, Brewery) == ["Hoppy", "Malty"]
     assert list(Tasting.objects.using(alias).values_list("note", flat=True)) == ["bright"]

@@ -176,12 +176,6 @@ def test_model_restores_refuse_unknown_models_the_catalog_and_missing_permission
 # -- in the background ("async": true) ---------------------------------------------------------
 
 
-@pytest.fixture
-def model_workers(monkeypatch):
-    """Job workers that know the test app's models, as this process does."""
-    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "tests.worker_settings")
-
-
 @pytest.mark.parametrize("alias", ENGINES[:2], indirect=True)
 def test_an_async_copy_is_polled_to_its_end_and_leaves_the_live_database_untouched(alias, brewing, api, settings):
     Brewery.objects.using(alias).filter(pk=1).update(name="Renamed since")
