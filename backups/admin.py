@@ -25,6 +25,7 @@ from .downloads import download_response
 from .exceptions import BackupError
 from .formatting import human_age, human_duration, human_size, local_time
 from .models import (
+    RESTORE_ACTIONS,
     Action,
     Backup,
     BackupStatus,
@@ -873,10 +874,27 @@ class OperationAdmin(ReadOnlyAdmin):
         return local_time(operation.finished_at)
 
 
+class RestoreKindFilter(admin.SimpleListFilter):
+    """The kinds of restore the history holds (the journal's actions hold many more)."""
+
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request, model_admin):
+        return [(action.value, action.label) for action in RESTORE_ACTIONS]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(action=self.value()) if self.value() else queryset
+
+
 @admin.register(RestoreHistory)
 class RestoreHistoryAdmin(OperationAdmin):
+    """Whatever put a backup's data somewhere: whole restores, copies, model restores and
+    undeletes (dry runs too, as refused attempts are: who tried what)."""
+
     list_display = (
         "started",
+        "kind",
         "actor",
         "filename",
         "database",
@@ -886,12 +904,13 @@ class RestoreHistoryAdmin(OperationAdmin):
         "message",
         "pre_restore_backup",
     )
-    list_filter = ("status", "origin", "database")
+    list_filter = (RestoreKindFilter, "status", "origin", "database")
     search_fields = ("filename", "actor", "message")
     date_hierarchy = "started_at"
     fields = (
         "started",
         "finished",
+        "kind",
         "actor",
         "origin",
         "client_address",
@@ -902,6 +921,12 @@ class RestoreHistoryAdmin(OperationAdmin):
         "pre_restore_backup",
     )
     readonly_fields = fields
+
+    @admin.display(description="kind", ordering="action")
+    def kind(self, operation):
+        if operation.details.get("dry_run"):
+            return f"{operation.get_action_display()} (dry run)"
+        return operation.get_action_display()
 
     @admin.display(description="pre-restore backup")
     def pre_restore_backup(self, operation):

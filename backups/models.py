@@ -229,13 +229,18 @@ class Operation(models.Model):
         return ((self.finished_at or timezone.now()) - self.started_at).total_seconds()
 
 
+# What puts a backup's data somewhere: over the whole database, into a new one, over chosen
+# tables, or beside the rows there (missing ones only).
+RESTORE_ACTIONS = (Action.RESTORE, Action.RESTORE_COPY, Action.RESTORE_MODELS, Action.UNDELETE)
+
+
 class RestoreHistoryManager(models.Manager):
     def get_queryset(self):
-        return super().get_queryset().filter(action=Action.RESTORE)
+        return super().get_queryset().filter(action__in=RESTORE_ACTIONS)
 
 
 class RestoreHistory(Operation):
-    """The restores among the operations, for the admin's read-only history."""
+    """The restores of every kind among the operations, for the admin's read-only history."""
 
     objects = RestoreHistoryManager()
 

@@ -1015,6 +1015,7 @@ def test_restore_history_shows_who_what_when_and_the_undo_backup(admin, brew):
     [record] = response.context["cl"].result_list
     page = response.content.decode()
     for column, fact in (
+        ("kind", "restore"),
         ("actor", "root"),
         ("filename", brew.filename),
         ("origin", "admin"),
@@ -1025,6 +1026,26 @@ def test_restore_history_shows_who_what_when_and_the_undo_backup(admin, brew):
         assert f'class="field-{column}">{fact}</td>' in page, column
     assert f"Restored {database_name()}" in page
     assert record.action == "restore"  # creates and deletes are in the audit log only
+
+
+def test_restore_history_lists_copies_model_restores_and_undeletes_by_their_kind(admin, settings):
+    backup = brew_recipes("default")
+    command = services.Actor.command()
+    services.restore_models(backup.filename, actor=command, models=["recoveryapp.Tasting"], pre_restore_backup=False)
+    services.undelete(backup.filename, actor=command, objects={"recoveryapp.Recipe": [1]}, dry_run=True)
+    into = f"hb_history_copy{settings.SUFFIX}"
+    services.restore_copy(backup.filename, actor=command, into=into)
+    services.drop_copy(into, actor=command)
+
+    page = admin.get(HISTORY).content.decode()
+    assert sorted(re.findall(r'<td class="field-kind">([^<]*)</td>', page)) == [
+        "restore as a copy",
+        "restore chosen models",
+        "undelete chosen objects (dry run)",
+    ]  # and neither the backup nor the copy's drop, which are in the audit log only
+    filtered = admin.get(HISTORY, {"kind": "restore-copy"}).context["cl"].result_list
+    assert [(record.action, record.details["into"]) for record in filtered] == [("restore-copy", into)]
+    assert 'href="?kind=undelete"' in page  # the filter offers each kind
 
 
 def test_history_and_audit_log_are_read_only(admin, brew):
