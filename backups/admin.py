@@ -17,7 +17,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
-from django.utils.text import Truncator
+from django.utils.text import Truncator, capfirst
 from django.views.decorators.cache import never_cache
 
 from . import services
@@ -128,6 +128,44 @@ class ModelRestoreForm(forms.Form):
         self.fields["models"].choices = [
             (value, value) for group in groups for value in (group.label, *(model.label for model in group.models))
         ]
+
+
+class UndeleteForm(forms.Form):
+    """A model and the primary keys of its objects to bring back; ``post`` is set once the dry
+    run's list of what would come back is confirmed."""
+
+    model = forms.ChoiceField(label="Model", error_messages={"required": "Choose a model. Nothing was changed."})
+    pks = forms.CharField(
+        label="Primary keys",
+        max_length=10000,
+        help_text="Separated by commas, e.g. 12, 13, 14.",
+        error_messages={"required": "Name at least one primary key. Nothing was changed."},
+    )
+    post = forms.BooleanField(required=False, widget=forms.HiddenInput)
+
+    def __init__(self, *args, models, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = [
+            ("", "Choose a model"),
+            *(
+                (group.name, [(model.label, f"{capfirst(model.name)} ({model.label})") for model in group.models])
+                for group in model_groups(models)
+            ),
+        ]
+        self.fields["pks"].widget.attrs.update(
+            {"autocomplete": "off", "spellcheck": "false", "size": 40, "aria-describedby": "undelete-pks-help"}
+        )
+
+    def clean_pks(self):
+        pks = [key.strip() for key in self.cleaned_data["pks"].split(",") if key.strip()]
+        if not pks:
+            raise forms.ValidationError("Name at least one primary key. Nothing was changed.")
+        return pks
+
+    @property
+    def objects(self):
+        """What the undelete service takes: {"app.Model": [primary keys]}."""
+        return {self.cleaned_data["model"]: self.cleaned_data["pks"]}
 
 
 @dataclass
@@ -436,6 +474,7 @@ class BackupAdmin(admin.ModelAdmin):
             path(
                 "<path:object_id>/restore-models/", view(self.restore_models_view), name="backups_backup_restore_models"
             ),
+            path("<path:object_id>/undelete/", view(self.undelete_view), name="backups_backup_undelete"),
             path("<path:object_id>/download/", view(self.download_view), name="backups_backup_download"),
             path("<path:object_id>/job/", view(self.backup_job_view), name="backups_backup_job"),
             *super().get_urls(),
@@ -677,6 +716,55 @@ class BackupAdmin(admin.ModelAdmin):
             context["step"] = "choose"
             return TemplateResponse(request, page, context)
         return self.job_redirect(job)
+
+    def undelete_view(self, request, object_id):
+        """Deleted objects and those that depended on them, back from the backup, in steps (each
+        a POST): choose a model and primary keys; see what a dry run finds would be inserted, is
+        there already, or conflicts; confirm, and the missing rows are inserted. The request
+        waits for both: an undelete inserts few rows (though it loads the backup first)."""
+        if not self.has_restore_models_permission(request):
+            raise PermissionDenied
+        backup = self.get_object(request, unquote(object_id))
+        if backup is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        actor = actor_for(request)
+        try:
+            preview = services.model_restore_preview(backup.filename, actor=actor)
+        except BackupError as error:
+            self.report_failure(request, self.cannot_restore(backup, error))
+            return self.changelist_redirect()
+        form = UndeleteForm(request.POST or None, models=services.restorable_models(preview.database["alias"]))
+        context = self.page_context(
+            request,
+            title="Undelete objects from a backup",
+            backup=backup,
+            backup_created=local_time(backup.created_at),
+            preview=preview,
+            form=form,
+            step="choose",
+        )
+        page = "admin/backups/backup/undelete.html"
+        if not (form.is_bound and form.is_valid()):
+            return TemplateResponse(request, page, context)
+        confirmed = form.cleaned_data["post"]
+        try:
+            result = services.undelete(backup.filename, actor=actor, objects=form.objects, dry_run=not confirmed)
+        except BackupError as error:
+            self.report_failure(request, f"Nothing was undeleted from {backup.filename}: {error.message}")
+            return TemplateResponse(request, page, context)
+        if not confirmed:
+            context.update(step="preview", result=result, to_insert=sum(map(len, result.inserted.values())))
+            return TemplateResponse(request, page, context)
+        self.message_user(
+            request,
+            f"Undeleted from {backup.filename} into the database {result.database}: {result.summary}.",
+            messages.SUCCESS,
+        )
+        for conflict in result.conflicts:
+            self.message_user(request, f"Conflict, not overwritten: {conflict}.", messages.WARNING)
+        for warning in result.warnings:
+            self.message_user(request, warning, messages.WARNING)
+        return HttpResponseRedirect(reverse("admin:backups_backup_change", args=[quote(backup.pk)]))
 
     def job_redirect(self, job):
         return HttpResponseRedirect(reverse("admin:backups_backup_restore_job", args=[job.pk]))

@@ -865,6 +865,102 @@ def test_a_foreign_key_refusal_lists_what_would_dangle_and_offers_the_related_mo
     assert list(Tasting.objects.using(alias).values_list("note", flat=True)) == ["bright"]
 
 
+# -- undelete -----------------------------------------------------------------------------------
+
+
+def undelete(client, backup, model, pks, confirmed=False):
+    data = {"model": model, "pks": pks, **({"post": "yes"} if confirmed else {})}
+    return client.post(url("undelete", backup), data)
+
+
+@pytest.mark.parametrize("alias", ENGINES, indirect=True)
+def test_undelete_from_a_backups_page_shows_what_would_come_back_then_brings_it_back(admin, alias):
+    backup = brew_recipes(alias)
+    # The mistake: the Hoppy brewery deleted, with its recipe, the recipe's tasting and hop.
+    Brewery.objects.using(alias).filter(pk=1).delete()
+    Recipe.objects.using(alias).filter(pk=2).update(style="porter")  # changed since: a conflict
+    Brewery.objects.using(alias).create(id=3, name="Opened today")
+
+    detail = admin.get(url("change", backup)).content.decode()
+    assert f'href="{url("undelete", backup)}">Undelete objects…</a>' in detail
+    page = admin.get(url("undelete", backup)).content.decode()
+    assert '<optgroup label="Recoveryapp">' in page
+    assert '<option value="recoveryapp.Brewery">Brewerys (recoveryapp.Brewery)</option>' in page
+    assert 'value="backups.' not in page and 'aria-describedby="undelete-pks-help"' in page
+
+    # Refusals, on the form: no key, a key the backup does not hold.
+    response = undelete(admin, backup, "recoveryapp.Brewery", " , ")
+    assert "Name at least one primary key. Nothing was changed." in response.content.decode()
+    response = undelete(admin, backup, "recoveryapp.Brewery", "9")
+    assert response.context["step"] == "choose" and 'id="undelete-form"' in response.content.decode()
+    assert messages_of(response) == [
+        (
+            "error",
+            f"Nothing was undeleted from {backup.filename}: Not in the backup: recoveryapp.Brewery 9. Nothing was "
+            "changed.",
+        )
+    ]
+
+    response = undelete(admin, backup, "recoveryapp.Brewery", "1, 2")
+    assert response.context["step"] == "preview"
+    page = response.content.decode()
+    for row in (
+        "<tr><td>recoveryapp.Brewery</td><td>1</td><td>1</td></tr>",
+        "<tr><td>recoveryapp.Recipe</td><td>1</td><td>1</td></tr>",
+        "<tr><td>recoveryapp.Recipe_ingredients</td><td>1</td><td>",  # its own key, from a sequence
+        "<tr><td>recoveryapp.Tasting</td><td>1</td><td>1</td></tr>",
+        "<caption>There already, the same (left as they are)</caption>",
+        "<tr><td>recoveryapp.Brewery</td><td>1</td></tr>",  # Malty
+        "<tr><td>recoveryapp.Recipe</td><td>2</td><td>style</td></tr>",  # the conflict
+    ):
+        assert row in page, row
+    assert hidden_fields(page, "undelete-confirm-form") == {
+        "model": ["recoveryapp.Brewery"],
+        "pks": ["1,2"],
+        "post": ["yes"],
+    }
+    assert 'value="Yes, insert these 4 rows"' in page
+    assert names(alias, Brewery) == ["Malty", "Opened today"]  # the dry run changed nothing
+
+    response = undelete(admin, backup, "recoveryapp.Brewery", "1,2", confirmed=True)
+    assert response.status_code == 302 and response["Location"] == url("change", backup)
+    assert messages_of(admin.get(response["Location"])) == [
+        (
+            "success",
+            f"Undeleted from {backup.filename} into the database {alias}: 4 rows inserted (recoveryapp.Brewery 1, "
+            "recoveryapp.Recipe 1, recoveryapp.Recipe_ingredients 1, recoveryapp.Tasting 1); 1 there already; "
+            "1 conflicts, not overwritten.",
+        ),
+        ("warning", "Conflict, not overwritten: recoveryapp.Recipe 2 (differs in style)."),
+    ]
+    assert names(alias, Brewery) == ["Hoppy", "Malty", "Opened today"]
+    assert names(alias, Recipe) == ["Pale Ale", "Stout"]
+    assert Recipe.objects.using(alias).get(pk=2).style == "porter"  # never overwritten
+    assert list(Recipe.objects.using(alias).get(pk=1).ingredients.values_list("name", flat=True)) == ["Citra"]
+    assert list(Tasting.objects.using(alias).values_list("note", flat=True)) == ["bright"]
+    journal = Operation.objects.filter(action="undelete").order_by("started_at")
+    assert [(record.status, record.details.get("dry_run"), record.origin) for record in journal] == [
+        ("failed", None, Origin.ADMIN),
+        ("succeeded", True, Origin.ADMIN),
+        ("succeeded", False, Origin.ADMIN),
+    ]
+
+
+def test_undelete_with_nothing_missing_offers_nothing_to_confirm_and_needs_restore_models(admin):
+    backup = brew_recipes("default")
+    page = undelete(admin, backup, "recoveryapp.Recipe", "1").content.decode()
+    assert '<p id="undelete-nothing">Nothing to insert: every row is in the database already.</p>' in page
+    assert 'id="undelete-confirm-form"' not in page
+
+    restorer = login(make_staff("restorer", "view_backup", "restore_backup", "restore_copy"))
+    assert url("undelete", backup) not in restorer.get(url("change", backup)).content.decode()
+    Recipe.objects.filter(pk=2).delete()
+    assert restorer.get(url("undelete", backup)).status_code == 403
+    assert undelete(restorer, backup, "recoveryapp.Recipe", "2", confirmed=True).status_code == 403
+    assert names("default", Recipe) == ["Pale Ale"]
+    assert Operation.objects.filter(action="undelete").count() == 1  # the admin's dry run above
+
+
 def test_copies_and_model_restores_are_hidden_and_refused_without_their_permissions():
     backup = brew_recipes("default")
     restorer = login(make_staff("restorer", "view_backup", "restore_backup"))
