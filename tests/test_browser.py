@@ -1,9 +1,9 @@
 """The admin in a real browser: Debian's Chromium, driven by Playwright, against a live server on
 the real PostgreSQL server, with real worker processes for backups and restores. The list fits
-the screen, a restore goes from the confirmation through the progress page to its result, the
-overview tells a stale database from a healthy one, and axe-core (from npm, see package.json)
-finds no serious or critical accessibility violation on any of these pages. The screenshots in
-docs/ come from here.
+the screen, a restore (and a copy) goes from the confirmation through the progress page to its
+result, the overview tells a stale database from a healthy one, and axe-core (from npm, see
+package.json) finds no serious or critical accessibility violation on any of these pages. The
+screenshots in docs/ come from here.
 
 Playwright's sync API keeps an asyncio loop running in this thread, so Django refuses ORM calls
 made inside the ``sync_playwright()`` block (SynchronousOnlyOperation): the tests prepare and
@@ -29,6 +29,7 @@ from tests.recoveryapp.models import Brewery
 
 from .conftest import IN_CI, brew_recipes, database_exists, names, read_copy
 from .test_admin import pending_restore
+from .test_hardening import TableBlocker
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -277,6 +278,7 @@ def test_detail_confirmation_and_progress_pages_have_no_serious_accessibility_vi
         "confirmation": reverse("admin:backups_backup_restore", args=[quote(backup.pk)]),
         "copy": reverse("admin:backups_backup_restore_copy", args=[quote(backup.pk)]),
         "models": reverse("admin:backups_backup_restore_models", args=[quote(backup.pk)]),
+        "undelete": reverse("admin:backups_backup_undelete", args=[quote(backup.pk)]),
         "progress": reverse("admin:backups_backup_restore_job", args=[job.pk]),
         "list": reverse("admin:backups_backup_changelist"),
         "overview": reverse("admin:backups_backup_overview"),
@@ -295,15 +297,27 @@ def test_detail_confirmation_and_progress_pages_have_no_serious_accessibility_vi
                 expect(page.locator("#models-to-replace")).to_contain_text("auth_user_groups")
                 assert_accessible(page, axe)
                 page.screenshot(path=ARTIFACTS / f"admin-restore-models-confirm-{color_scheme}.png", full_page=True)
+            if name == "undelete":  # and the dry run's list: root has logged in since, a conflict
+                page.select_option("#id_model", "auth.User")
+                page.fill("#id_pks", str(superuser.pk))
+                page.click("#undelete-next-button")
+                expect(page.locator("#undelete-conflicts")).to_contain_text("last_login")
+                assert_accessible(page, axe)
+                page.screenshot(path=ARTIFACTS / f"admin-undelete-preview-{color_scheme}.png", full_page=True)
             if color_scheme == "light" and name in ("detail", "progress"):
                 page.screenshot(path=DOCS / f"admin-{name}.png", full_page=True)
 
 
-def test_restore_a_backup_as_a_copy_from_its_page_and_drop_the_copy(live_server, superuser, chromium, axe, settings):
+def test_restore_a_backup_as_a_copy_from_its_page_through_its_progress_and_drop_the_copy(
+    live_server, superuser, chromium, axe, settings
+):
     backup = brew_recipes("default")
     Brewery.objects.filter(pk=1).update(name="Renamed since")
     detail_url = live_server.url + reverse("admin:backups_backup_change", args=[quote(backup.pk)])
     into = f"hb_browser_copy{settings.SUFFIX}"
+    # The worker's last step, recording the copy, waits on this lock (reads pass): the progress
+    # page is seen while the job runs, however quick the copy.
+    blocker = TableBlocker("backups_databasecopy", mode="SHARE")
     try:
         with browser_page(chromium, live_server, {"width": 1280, "height": 800}) as page:
             page.goto(detail_url)
@@ -315,7 +329,22 @@ def test_restore_a_backup_as_a_copy_from_its_page_and_drop_the_copy(live_server,
             page.get_by_label("Name of the new database").fill(into)
             page.screenshot(path=ARTIFACTS / "admin-restore-copy.png", full_page=True)
             page.click("#copy-button")
-            expect(page.locator(".messagelist .success")).to_contain_text(f"into the new database {into}")
+
+            expect(page.locator("#job-progress")).to_be_visible()
+            assert "/admin/backups/backup/restores/" in page.url
+            progress_url = page.url
+            expect(page.locator("#content-main")).to_contain_text(f"into the new database {into}")
+            expect(page.locator("#job-phase")).to_have_text("Loading the backup into the database")
+            expect(page.locator("#job-done")).to_contain_text("(100%)")
+            assert_accessible(page, axe)
+            page.screenshot(path=ARTIFACTS / "admin-restore-copy-progress.png", full_page=True)
+            blocker.release()
+            # The page polls, then reloads itself onto the result.
+            expect(page.locator("#restore-outcome")).to_contain_text(f"was restored into the new database {into}")
+            assert page.url == progress_url
+            assert_accessible(page, axe)
+            page.screenshot(path=ARTIFACTS / "admin-restore-copy-result.png", full_page=True)
+            page.locator("#copy").get_by_role("link", name="Database copies").click()
             expect(page.locator("#result_list tbody tr", has_text=into)).to_contain_text(backup.filename)
             assert_accessible(page, axe)
         # Outside the browser's block: Django refuses database calls inside it (see the top).
@@ -330,6 +359,7 @@ def test_restore_a_backup_as_a_copy_from_its_page_and_drop_the_copy(live_server,
             page.click("button[name=index]")
             expect(page.locator(".messagelist .success")).to_contain_text(f"Dropped the copy {into}.")
     finally:
+        blocker.release()
         if DatabaseCopy.objects.exists():
             services.drop_copy(into, actor=services.Actor.command())
     assert not database_exists("default", into)

@@ -34,12 +34,13 @@ def fresh_throttle_history():
 
 
 class TableBlocker:
-    """Another session holding ACCESS EXCLUSIVE on a table: pg_dump (and a restore's lock
-    step) wait on it, which keeps them running while a test looks at them."""
+    """Another session holding a lock on a table, ACCESS EXCLUSIVE unless told: pg_dump (and a
+    restore's lock step) wait on it, which keeps them running while a test looks at them.
+    (SHARE lets reads through and holds up writes.)"""
 
-    def __init__(self, table="brew"):
+    def __init__(self, table="brew", mode="ACCESS EXCLUSIVE"):
         self.connection = raw_postgres_connection()
-        self.connection.cursor().execute(f"BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        self.connection.cursor().execute(f"BEGIN; LOCK TABLE {table} IN {mode} MODE")
 
     def release(self):
         self.connection.close()
