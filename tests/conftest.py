@@ -14,6 +14,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg2
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
@@ -219,12 +220,41 @@ def fetch(alias, sql):
 
 def raw_postgres_connection(alias="default"):
     """A psycopg2 session of its own on the test database, outside Django's connections."""
-    import psycopg2
-
     params = connections[alias].get_connection_params()
     params.pop("cursor_factory", None)
     params.pop("context", None)
     return psycopg2.connect(**params)
+
+
+# The PostgreSQL server and its superuser (trust authentication), for what no site's role may
+# do: create and drop databases and roles, end others' sessions, look into other databases.
+POSTGRES_SERVER = {"host": "127.0.0.1", "port": 5432}
+SUPERUSER = "postgres"
+
+
+def superuser_url(database):
+    """A DATABASE_URL as the superuser, for the site's own processes."""
+    return f"postgres://{SUPERUSER}@{POSTGRES_SERVER['host']}:{POSTGRES_SERVER['port']}/{database}"
+
+
+def server_connection(database="postgres", role=SUPERUSER):
+    """A psycopg2 session on the server's ``database`` as ``role``, in autocommit."""
+    connection = psycopg2.connect(dbname=database, user=role, **POSTGRES_SERVER)
+    connection.autocommit = True
+    return connection
+
+
+def as_superuser(database, *statements):
+    """Runs ``statements`` as the superuser on ``database``, each committed on its own;
+    returns the rows of the last one, if it has any."""
+    connection = server_connection(database)
+    try:
+        with connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+            return cursor.fetchall() if cursor.description else None
+    finally:
+        connection.close()
 
 
 def table_exists(alias, name):

@@ -12,18 +12,28 @@ import urllib.request
 from io import StringIO
 from pathlib import Path
 
-import psycopg2
 import pytest
 from django.core.management import CommandError, call_command
 
 from backups import services
 from backups.models import Backup
 
-from .conftest import IN_CI, execute, fetch, flip_byte, free_port, require_server, require_tool, server_reachable
+from .conftest import (
+    IN_CI,
+    POSTGRES_SERVER,
+    as_superuser,
+    execute,
+    fetch,
+    flip_byte,
+    free_port,
+    require_server,
+    require_tool,
+    server_reachable,
+    superuser_url,
+)
 
 PROJECT = Path(__file__).resolve().parent.parent
 SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
-POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 
 
 def site_environment(database_url, backup_dir, **extra):
@@ -51,17 +61,6 @@ def manage(environment, *args, check=False):
     if check and result.returncode != 0:
         pytest.fail(f"manage.py {' '.join(args)} failed: {result.stderr[-3000:]}")
     return result
-
-
-def postgres_admin(*statements):
-    connection = psycopg2.connect(**POSTGRES)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            for statement in statements:
-                cursor.execute(statement)
-    finally:
-        connection.close()
 
 
 def request(url, method="GET", headers=None):
@@ -105,14 +104,14 @@ class Server:
 def new_site(name, directory, **extra):
     """A site of its own on a new, migrated PostgreSQL database ``name``, with one backup:
     (environment of its processes, admin's API token, the backup's filename)."""
-    require_server("PostgreSQL", POSTGRES["host"], POSTGRES["port"])
+    require_server("PostgreSQL", POSTGRES_SERVER["host"], POSTGRES_SERVER["port"])
     environment = site_environment(
-        f"postgres://postgres@127.0.0.1:5432/{name}",
+        superuser_url(name),
         directory / "backups",
         BACKUP_JOB_LOG=str(directory / "jobs.log"),
         **extra,
     )
-    postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+    as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
     manage(environment, "migrate", "--noinput", "-v", "0", check=True)
     token = manage(environment, "ensure_admin", check=True).stdout.rsplit("API token:", 1)[1].split()[0]
     backup = manage(environment, "backups", "create", check=True).stdout.split()[1]
@@ -120,7 +119,9 @@ def new_site(name, directory, **extra):
 
 
 def drop_database(name):
-    postgres_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    as_superuser(
+        "postgres", f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    )
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,8 @@ def site_down(tmp_path_factory):
     try:
         environment, token, backup = new_site(name, directory, BACKUP_HEALTH_TOKEN="monitor-token")
         server = Server(environment, directory / "runserver.log")
-        postgres_admin(
+        as_superuser(
+            "postgres",
             f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
             f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
         )

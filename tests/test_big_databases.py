@@ -19,16 +19,15 @@ from backups.services import restore as restore_service
 from backups.services.copies import write_manifest
 from backups.services.retention import drop_expired_undo_databases
 
+from .conftest import as_superuser, server_connection
 from .test_exact_postgresql import (  # noqa: F401  (pagila, pagila_template: fixtures used here)
     CHANGES,
     assert_same,
     backup_of,
-    connect,
     fingerprint,
     pagila,
     pagila_template,
     restore,
-    run_sql,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,7 +43,7 @@ FROM pg_database d WHERE d.datname = %s
 
 
 def database_properties(database):
-    connection = connect("postgres")
+    connection = server_connection("postgres")
     try:
         with connection.cursor() as cursor:
             cursor.execute(DATABASE_PROPERTIES, (database,))
@@ -54,7 +53,7 @@ def database_properties(database):
 
 
 def databases_like(prefix):
-    connection = connect("postgres")
+    connection = server_connection("postgres")
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1", (prefix,))
@@ -66,11 +65,11 @@ def databases_like(prefix):
 def drop_databases_left_beside(database):
     """Undo databases, and restored copies an interrupted run may have left."""
     for name in databases_like(f"{database}_undo_") + databases_like(f"{database}_restore_"):
-        run_sql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def give_database_properties(database, role):
-    run_sql(
+    as_superuser(
         "postgres",
         f"""
         COMMENT ON DATABASE {database} IS 'the brewery''s own';
@@ -98,9 +97,9 @@ def test_a_switch_restores_exactly_keeps_what_lives_on_the_database_and_keeps_th
     give_database_properties(database, role)
     before, properties = fingerprint(database), database_properties(database)
     made = backup_of(alias)
-    run_sql(database, CHANGES.format(role=role))
+    as_superuser(database, CHANGES.format(role=role))
     changed = fingerprint(database)
-    site_session = connect(database)  # the site's: ended by the switch
+    site_session = server_connection(database)  # the site's: ended by the switch
 
     result = restore(made.filename)
 
@@ -164,7 +163,7 @@ def fail_after(function):
 def test_a_switch_that_fails_at_any_step_leaves_the_live_database_as_it_was(switching, monkeypatch, step):
     alias, database, role = switching
     made = backup_of(alias)
-    run_sql(database, CHANGES.format(role=role))
+    as_superuser(database, CHANGES.format(role=role))
     changed, properties = fingerprint(database), database_properties(database)
     owner, name = step
     monkeypatch.setattr(owner, name, fail_after(getattr(owner, name)))
@@ -184,7 +183,7 @@ def test_a_switch_whose_rows_do_not_match_the_manifest_changes_nothing(switching
     table = sorted(made.manifest["table_rows"])[0]
     made.manifest["table_rows"][table] += 1
     write_manifest(made)  # as if rows had been lost on the way
-    run_sql(database, CHANGES.format(role=role))
+    as_superuser(database, CHANGES.format(role=role))
     changed = fingerprint(database)
 
     with pytest.raises(RestoreFailed, match=f"not changed. Table {table} has"):
@@ -198,14 +197,13 @@ def owned_database(extra_alias, settings):
     """A database owned, with everything in it, by a login role that is no superuser; the alias
     "small" connects as that role. Yields (alias, database, role, a connection as the role)."""
     role, database = f"hb_site{settings.SUFFIX}", f"hb_small{settings.SUFFIX}"
-    run_sql("postgres", f"DO $$BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
-    run_sql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    as_superuser("postgres", f"DO $$BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    as_superuser("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     drop_databases_left_beside(database)
-    run_sql("postgres", f"CREATE DATABASE {database} OWNER {role}")
-    run_sql(database, f"ALTER SCHEMA public OWNER TO {role}")
+    as_superuser("postgres", f"CREATE DATABASE {database} OWNER {role}")
+    as_superuser(database, f"ALTER SCHEMA public OWNER TO {role}")
     alias = extra_alias("small", NAME=database, USER=role)
-    owned = psycopg2.connect(dbname=database, host="127.0.0.1", user=role)
-    owned.autocommit = True
+    owned = server_connection(database, role=role)
     with owned.cursor() as cursor:
         cursor.execute("CREATE TABLE brew (id serial PRIMARY KEY, name text)")
         cursor.execute("INSERT INTO brew (name) VALUES ('ale')")
@@ -214,9 +212,9 @@ def owned_database(extra_alias, settings):
     from django.db import connections
 
     connections[alias].close()
-    run_sql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    as_superuser("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     drop_databases_left_beside(database)
-    run_sql("postgres", f"DROP ROLE IF EXISTS {role}")
+    as_superuser("postgres", f"DROP ROLE IF EXISTS {role}")
 
 
 def change(owned):
@@ -228,13 +226,13 @@ def test_a_switch_waits_for_sessions_it_cannot_end_then_changes_nothing(owned_da
     """A superuser's session on the live database cannot be ended by the site's role: the
     rename cannot happen, and after the lock timeout nothing has changed."""
     alias, database, role, owned = owned_database
-    run_sql("postgres", f"ALTER ROLE {role} CREATEDB")
+    as_superuser("postgres", f"ALTER ROLE {role} CREATEDB")
     settings.BACKUP_RESTORE_METHOD = "switch"
     settings.BACKUP_RESTORE_LOCK_TIMEOUT = 1
     made = backup_of(alias)
     change(owned)
     changed, properties = fingerprint(database), database_properties(database)
-    superuser_session = connect(database)
+    superuser_session = server_connection(database)
     try:
         with pytest.raises(DatabaseBusy, match="could not be ended"):
             restore(made.filename)
@@ -249,7 +247,7 @@ def test_a_switch_waits_for_sessions_it_cannot_end_then_changes_nothing(owned_da
 
 def test_without_createdb_a_restore_works_in_place(owned_database, settings):
     alias, database, role, owned = owned_database
-    run_sql("postgres", f"ALTER ROLE {role} NOCREATEDB")
+    as_superuser("postgres", f"ALTER ROLE {role} NOCREATEDB")
     settings.BACKUP_RESTORE_METHOD = "auto"
     before = fingerprint(database)
     made = backup_of(alias)
@@ -295,6 +293,6 @@ def test_a_parallel_backup_restores_exactly_as_a_serial_one(pagila, backup_dir, 
 
     assert statements(parallel) == statements(serial)
     assert parallel.manifest["table_rows"] == serial.manifest["table_rows"]
-    run_sql(database, CHANGES.format(role=role))
+    as_superuser(database, CHANGES.format(role=role))
     restore(parallel.filename)
     assert_same(fingerprint(database), before)

@@ -14,7 +14,6 @@ import subprocess
 import threading
 import time
 
-import psycopg2
 import pytest
 from django.core.management import call_command
 
@@ -22,11 +21,10 @@ from backups import services
 from backups.exceptions import BackupDamaged, InvalidRequest, RestoreFailed
 from backups.models import Backup, Trigger
 
-from .conftest import DATASETS, require_tool, resign
+from .conftest import DATASETS, as_superuser, require_tool, resign, server_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 COMMAND = services.Actor.command()
-SERVER = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 # Objects of the kinds Pagila lacks, in the backup: a range type with its constructors (whose
 # cleanup once failed every restore), a large object, grants and default privileges to a role.
@@ -112,21 +110,6 @@ OID_IN_NAME = re.compile(r"(?<=_)\d{5,}(?!\d)")
 NOTHING = re.compile(r"(?!)")
 
 
-def connect(database):
-    connection = psycopg2.connect(dbname=database, **SERVER)
-    connection.autocommit = True
-    return connection
-
-
-def run_sql(database, sql):
-    connection = connect(database)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-    finally:
-        connection.close()
-
-
 def fingerprint(database):
     """Everything a restore must bring back, as a dict of sorted lines."""
     print_ = {}
@@ -137,7 +120,7 @@ def fingerprint(database):
         check=True,
     ).stdout
     print_["schema"] = [line for line in dump.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))]
-    connection = connect(database)
+    connection = server_connection(database)
     try:
         with connection.cursor() as cursor:
 
@@ -204,19 +187,19 @@ def pagila_template(django_db_blocker):
     require_tool("psql")
     template = f"pagila_template{settings.SUFFIX}"
     role = f"hb_reporter{settings.SUFFIX}"
-    run_sql("postgres", f"DROP DATABASE IF EXISTS {template}")
-    run_sql("postgres", f"CREATE DATABASE {template}")
-    run_sql("postgres", f"DO $$BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    as_superuser("postgres", f"DROP DATABASE IF EXISTS {template}")
+    as_superuser("postgres", f"CREATE DATABASE {template}")
+    as_superuser("postgres", f"DO $$BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
     subprocess.run(
         ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", template,
          "-f", DATASETS / "pagila-schema.sql", "-f", DATASETS / "pagila-data.sql"],
         check=True,
         capture_output=True,
     )  # fmt: skip
-    run_sql(template, BACKED_UP.format(role=role))
+    as_superuser(template, BACKED_UP.format(role=role))
     yield template, role
-    run_sql("postgres", f"DROP DATABASE IF EXISTS {template}")
-    run_sql("postgres", f"DROP ROLE IF EXISTS {role}")  # its grants went with the databases
+    as_superuser("postgres", f"DROP DATABASE IF EXISTS {template}")
+    as_superuser("postgres", f"DROP ROLE IF EXISTS {role}")  # its grants went with the databases
 
 
 @pytest.fixture
@@ -224,15 +207,15 @@ def pagila(pagila_template, extra_alias, settings):
     """A fresh copy of Pagila under the alias "pagila"; yields (alias, database name, role)."""
     template, role = pagila_template
     database = f"pagila_exact{settings.SUFFIX}"
-    run_sql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-    run_sql("postgres", f"CREATE DATABASE {database} TEMPLATE {template}")
+    as_superuser("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    as_superuser("postgres", f"CREATE DATABASE {database} TEMPLATE {template}")
     alias = extra_alias("pagila", NAME=database)
     yield alias, database, role
     from django.db import connections
 
     connections["pagila"].close()
-    run_sql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-    run_sql("postgres", f"DROP DATABASE IF EXISTS {database}_by_hand WITH (FORCE)")
+    as_superuser("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    as_superuser("postgres", f"DROP DATABASE IF EXISTS {database}_by_hand WITH (FORCE)")
 
 
 def backup_of(alias):
@@ -249,13 +232,13 @@ def test_pagila_comes_back_exactly_after_changes_of_every_kind(pagila):
     before = fingerprint(database)
     made = backup_of(alias)
     assert Backup.objects.get(filename=made.filename).manifest["restore_requirements"] == {"roles": [role]}
-    run_sql(database, CHANGES.format(role=role))
+    as_superuser(database, CHANGES.format(role=role))
     assert fingerprint(database) != before
     restore(made.filename)
     assert_same(fingerprint(database), before)
     # Once more over the rebuilt database: OIDs come in another order now (an aggregate once
     # failed to drop here), and nothing of the first restore may be left to trip on.
-    run_sql(database, CHANGES.format(role=role))
+    as_superuser(database, CHANGES.format(role=role))
     restore(made.filename)
     assert_same(fingerprint(database), before)
 
@@ -264,11 +247,11 @@ def test_pagila_restores_exactly_through_the_api_and_the_command(pagila, api):
     alias, database, role = pagila
     before = fingerprint(database)
     made = backup_of(alias)
-    run_sql(database, CHANGES.format(role=role))
+    as_superuser(database, CHANGES.format(role=role))
     answer = api.post("/backups/restore", {"filename": made.filename}, format="json")
     assert answer.status_code == 200, answer.content
     assert_same(fingerprint(database), before)
-    run_sql(database, CHANGES.format(role=role))
+    as_superuser(database, CHANGES.format(role=role))
     call_command("backups", "restore", made.filename, "--yes", "--no-pre-restore-backup")
     assert_same(fingerprint(database), before)
 
@@ -283,7 +266,7 @@ def changed_backup(pagila, backup_dir, rewrite):
     returns the backup and the fingerprint of the changed database."""
     alias, database, role = pagila
     made = backup_of(alias)
-    run_sql(database, CHANGES.format(role=role))
+    as_superuser(database, CHANGES.format(role=role))
     sql = sql_of(backup_dir, made.filename)
     rewritten = rewrite(sql, sql.rindex(b"\nCOMMIT;"))
     resign(backup_dir, made.filename, gzip.compress(rewritten), uncompressed_bytes=len(rewritten))
@@ -326,7 +309,7 @@ def test_a_restore_whose_connection_is_lost_changes_nothing(pagila, backup_dir):
 
     worker = threading.Thread(target=attempt)
     worker.start()
-    watcher = connect("postgres")
+    watcher = server_connection("postgres")
     try:
         with watcher.cursor() as cursor:
             deadline = time.monotonic() + 120
@@ -350,13 +333,13 @@ def test_a_restore_whose_connection_is_lost_changes_nothing(pagila, backup_dir):
 def test_a_grant_to_a_missing_role_is_refused_before_anything_is_touched(pagila, backup_dir):
     alias, database, role = pagila
     gone = f"{role}_gone"
-    run_sql("postgres", f"DROP ROLE IF EXISTS {gone}")
-    run_sql("postgres", f"CREATE ROLE {gone} NOLOGIN")
-    run_sql(database, f"GRANT SELECT ON film TO {gone}")
+    as_superuser("postgres", f"DROP ROLE IF EXISTS {gone}")
+    as_superuser("postgres", f"CREATE ROLE {gone} NOLOGIN")
+    as_superuser(database, f"GRANT SELECT ON film TO {gone}")
     made = backup_of(alias)
-    run_sql(database, f"REVOKE SELECT ON film FROM {gone}")
-    run_sql("postgres", f"DROP ROLE {gone}")
-    run_sql(database, CHANGES.format(role=role))
+    as_superuser(database, f"REVOKE SELECT ON film FROM {gone}")
+    as_superuser("postgres", f"DROP ROLE {gone}")
+    as_superuser(database, CHANGES.format(role=role))
     changed = fingerprint(database)
     with pytest.raises(InvalidRequest, match=f"roles that do not exist.*{gone}.*CREATE ROLE") as refusal:
         services.restore_backup(made.filename, actor=COMMAND)
@@ -383,18 +366,18 @@ def test_by_hand_into_an_empty_database_and_over_the_live_one(pagila, backup_dir
     made = backup_of(alias)
     pipeline = f"gunzip -c {backup_dir / made.filename} | "
     empty = f"{database}_by_hand"
-    run_sql("postgres", f"CREATE DATABASE {empty}")
+    as_superuser("postgres", f"CREATE DATABASE {empty}")
     # Owners are not in a backup (it restores on another server, as whoever restores): public
     # keeps the owner its database gave it, and Pagila's database had given it to postgres.
-    run_sql(empty, "ALTER SCHEMA public OWNER TO postgres")
+    as_superuser(empty, "ALTER SCHEMA public OWNER TO postgres")
     subprocess.run(["bash", "-o", "pipefail", "-c", pipeline + by_hand_psql(empty)], check=True, capture_output=True)
     assert_same(fingerprint(empty), before)
     # Over the live database, partitions and all.
-    run_sql(database, CHANGES.format(role=role))
+    as_superuser(database, CHANGES.format(role=role))
     subprocess.run(["bash", "-o", "pipefail", "-c", pipeline + by_hand_psql(database)], check=True, capture_output=True)
     assert_same(fingerprint(database), before)
     # A copy cut short in the middle commits nothing, and the pipeline says it failed.
-    run_sql(database, CHANGES.format(role=role))
+    as_superuser(database, CHANGES.format(role=role))
     changed = fingerprint(database)
     cut = backup_dir / "cut.sql.gz"
     compressed = (backup_dir / made.filename).read_bytes()

@@ -24,7 +24,15 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port, require_server, require_tool
+from .conftest import (
+    POSTGRES_SERVER,
+    SUPERUSER,
+    as_superuser,
+    free_port,
+    require_server,
+    require_tool,
+    server_connection,
+)
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
@@ -109,7 +117,7 @@ def test_new_project(engine, venv, tmp_path):
     if engine == "sqlite":
         project.exercise()  # on the project's own db.sqlite3
         return
-    require_server("PostgreSQL", "127.0.0.1", 5432)
+    require_server("PostgreSQL", POSTGRES_SERVER["host"], POSTGRES_SERVER["port"])
     require_tool("pg_dump")
     require_tool("psql")
     database = f"package_site{SUFFIX}"
@@ -185,12 +193,13 @@ class Project:
 
     def use_postgresql(self, name):
         drop_database(name)
-        postgres_command(f'CREATE DATABASE "{name}"')
+        as_superuser("postgres", f'CREATE DATABASE "{name}"')
         self.postgresql_database = name
         with open(self.directory / "mysite" / "settings.py", "a") as handle:
             handle.write(
                 "\nDATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', "
-                f"'NAME': {name!r}, 'USER': 'postgres', 'HOST': '127.0.0.1', 'PORT': 5432}}}}\n"
+                f"'NAME': {name!r}, 'USER': {SUPERUSER!r}, 'HOST': {POSTGRES_SERVER['host']!r}, "
+                f"'PORT': {POSTGRES_SERVER['port']}}}}}\n"
             )
 
     def manage(self, *arguments, check=True):
@@ -202,9 +211,7 @@ class Project:
     def sql(self, statement, *parameters):
         """Straight to the project's database: a row to see restored, without another manage.py."""
         if self.postgresql_database:
-            import psycopg2
-
-            connect = partial(psycopg2.connect, host="127.0.0.1", user="postgres", dbname=self.postgresql_database)
+            connect = partial(server_connection, self.postgresql_database)
             statement = statement.replace("?", "%s")
         else:
             connect = partial(sqlite3.connect, self.directory / "db.sqlite3")
@@ -414,17 +421,5 @@ def loaded_by_backups_list(python, directory, env, modules):
     return output.rsplit("LOADED", 1)[1].split()
 
 
-def postgres_command(sql):
-    """One statement on the server's maintenance database: the project's database is not Django's."""
-    import psycopg2
-
-    connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
-    try:
-        connection.autocommit = True
-        connection.cursor().execute(sql)
-    finally:
-        connection.close()
-
-
 def drop_database(name):
-    postgres_command(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
