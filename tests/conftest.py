@@ -23,6 +23,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+PROJECT = Path(__file__).resolve().parent.parent
 
 
 def server_reachable(host, port):
@@ -334,16 +335,60 @@ def extra_alias():
         connections.settings.pop(alias, None)
 
 
-# -- S3: moto in server mode, a real HTTP API on 127.0.0.1 --------------------------------------
-
-REGION = "us-east-1"
-AWS_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
+# -- servers as child processes on 127.0.0.1 ----------------------------------------------------
 
 
 def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def start_listening(name, command, port, log, **options):
+    """``command`` as a child process with its output in ``log``, once it listens on
+    127.0.0.1:``port``; fails with the end of that log if it exits first or takes over a minute."""
+    with open(log, "wb") as output:
+        process = subprocess.Popen([str(part) for part in command], stdout=output, stderr=subprocess.STDOUT, **options)
+    deadline = time.monotonic() + 60
+    while not server_reachable("127.0.0.1", port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            pytest.fail(f"{name} did not start: {Path(log).read_text()[-3000:]}")
+        time.sleep(0.1)
+    return process
+
+
+def stop_process(process):
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+class RunServer:
+    """``manage.py runserver`` (without its reloader) on a free port, until ``stop()`` or the end
+    of a ``with`` block. The checkout's site unless ``python`` and ``directory`` say another."""
+
+    def __init__(self, environment, log, python=sys.executable, directory=PROJECT):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(log)
+        command = [python, "manage.py", "runserver", "--noreload", f"127.0.0.1:{self.port}"]
+        self.process = start_listening("runserver", command, self.port, self.log, cwd=directory, env=environment)
+
+    def stop(self):
+        stop_process(self.process)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+
+# -- S3: moto in server mode, a real HTTP API on 127.0.0.1 --------------------------------------
+
+REGION = "us-east-1"
+AWS_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
 
 
 @pytest.fixture(scope="session")
@@ -355,20 +400,11 @@ def moto_server(tmp_path_factory):
         executable = shutil.which("moto_server")
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto_server.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [str(executable), "-H", "127.0.0.1", "-p", str(port)], stdout=output, stderr=subprocess.STDOUT
-        )
+    process = start_listening("moto_server", [executable, "-H", "127.0.0.1", "-p", port], port, log)
     try:
-        deadline = time.monotonic() + 60
-        while not server_reachable("127.0.0.1", port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"moto_server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_process(process)
 
 
 class S3:

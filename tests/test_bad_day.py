@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from io import StringIO
@@ -21,14 +20,13 @@ from backups.models import Backup
 from .conftest import (
     IN_CI,
     POSTGRES_SERVER,
+    RunServer,
     as_superuser,
     execute,
     fetch,
     flip_byte,
-    free_port,
     require_server,
     require_tool,
-    server_reachable,
     superuser_url,
 )
 
@@ -73,34 +71,6 @@ def request(url, method="GET", headers=None):
         return error.code, json.loads(error.read())
 
 
-class Server:
-    """``manage.py runserver`` as a child process on a free port."""
-
-    def __init__(self, environment, log):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        with open(log, "wb") as output:
-            self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{self.port}"],
-                cwd=PROJECT,
-                env=environment,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while not server_reachable("127.0.0.1", self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"runserver did not start: {Path(log).read_text()[-3000:]}")
-            time.sleep(0.2)
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
-
 def new_site(name, directory, **extra):
     """A site of its own on a new, migrated PostgreSQL database ``name``, with one backup:
     (environment of its processes, admin's API token, the backup's filename)."""
@@ -133,7 +103,7 @@ def site_down(tmp_path_factory):
     server = None
     try:
         environment, token, backup = new_site(name, directory, BACKUP_HEALTH_TOKEN="monitor-token")
-        server = Server(environment, directory / "runserver.log")
+        server = RunServer(environment, directory / "runserver.log")
         as_superuser(
             "postgres",
             f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
@@ -282,7 +252,7 @@ def unwritable_storage(tmp_path_factory):
     mounted = False
     try:
         environment, token, backup = new_site(name, directory)
-        server = Server(environment, directory / "runserver.log")
+        server = RunServer(environment, directory / "runserver.log")
         mount_read_only(backups)
         mounted = True
         yield {"environment": environment, "server": server, "token": token, "backup": backup, "dir": backups}

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,8 +26,8 @@ import pytest
 from .conftest import (
     POSTGRES_SERVER,
     SUPERUSER,
+    RunServer,
     as_superuser,
-    free_port,
     require_server,
     require_tool,
     server_connection,
@@ -257,9 +256,9 @@ class Project:
         assert "Restored database 'default'" in self.manage("backups", "restore", filename, "--yes")
         assert self.groups() == ["kept"]
 
-        with self.server() as base:
+        with self.server() as server:
             # The REST API.
-            api = Client(base, {"Authorization": f"Token {token}"})
+            api = Client(server.url, {"Authorization": f"Token {token}"})
             status, created = api.json("POST", "/backups", {"description": "api"})
             assert status == 201, created
             status, listed = api.json("GET", "/backups")
@@ -270,7 +269,7 @@ class Project:
             assert self.groups() == ["kept"]
 
             # The admin pages, and the app's static files beside them.
-            admin = Client(base)
+            admin = Client(server.url)
             admin.log_in("admin", PASSWORD)
             # Backups and restores run as jobs: the page that follows shows their progress
             # until they end.
@@ -288,39 +287,10 @@ class Project:
             assert self.groups() == ["kept"]
 
     def server(self):
-        return Server(self)
-
-
-class Server:
-    """``manage.py runserver`` (without its reloader) on a free port, for one ``with`` block."""
-
-    def __init__(self, project):
-        self.project = project
-        self.port = free_port()
-
-    def __enter__(self):
-        self.log = open(self.project.directory / "server.log", "wb")
-        self.process = subprocess.Popen(
-            [self.project.python, "manage.py", "runserver", "--noreload", f"127.0.0.1:{self.port}"],
-            cwd=self.project.directory,
-            env=environment(self.project.environment),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+        """The project's ``manage.py runserver``, for one ``with`` block."""
+        return RunServer(
+            environment(self.environment), self.directory / "server.log", python=self.python, directory=self.directory
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return f"http://127.0.0.1:{self.port}"
-            except OSError:
-                time.sleep(0.1)
-        self.__exit__()
-        pytest.fail("runserver did not start: " + (self.project.directory / "server.log").read_text())
-
-    def __exit__(self, *exc_info):
-        self.process.terminate()
-        self.process.wait(timeout=10)
-        self.log.close()
 
 
 class Client:
