@@ -9,10 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg2
 import pytest
@@ -383,6 +386,60 @@ class RunServer:
 
     def __exit__(self, *exc_info):
         self.stop()
+
+
+class Received(NamedTuple):
+    """A request as an HTTPReceiver got it."""
+
+    method: str
+    path: str
+    content_type: str | None
+    body: str
+
+
+class HTTPReceiver(ThreadingHTTPServer):
+    """A real HTTP server on 127.0.0.1 that keeps every POST it receives and answers ``answer``."""
+
+    def __init__(self, answer=200):
+        self.requests = []
+        self.answer = answer
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                receiver.requests.append(Received(self.command, self.path, self.headers["Content-Type"], body))
+                self.send_response(receiver.answer)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_port}"
+
+    @property
+    def paths(self):
+        return [request.path for request in self.requests]
+
+    @property
+    def json_bodies(self):
+        return [json.loads(request.body) for request in self.requests]
+
+
+@contextmanager
+def http_receiver(answer=200):
+    """An HTTPReceiver serving from a thread of this process, for one block."""
+    receiver = HTTPReceiver(answer)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        yield receiver
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
 
 
 # -- S3: moto in server mode, a real HTTP API on 127.0.0.1 --------------------------------------
