@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -299,6 +300,34 @@ def rewrite_backup(directory, filename, transform):
     backup had been made that way: for tests of what a restore does with bad SQL."""
     sql = transform(gzip.decompress((directory / filename).read_bytes()).decode()).encode()
     resign(directory, filename, gzip.compress(sql), uncompressed_bytes=len(sql))
+
+
+def first_half(path):
+    """A file's first half, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    return data[: len(data) // 2]
+
+
+def break_near_the_end(sql):
+    """The SQL with a statement that fails just before its last three lines: after every row of
+    every table, before the end of the transaction or the dump's closing settings."""
+    lines = sql.splitlines(keepends=True)
+    return "".join([*lines[:-3], "INSERT INTO no_such_table VALUES (1);\n", *lines[-3:]])
+
+
+def cut_in_a_statement(sql, table="brew"):
+    """The SQL up to 30 characters into the first INSERT into ``table`` (quoted either way)."""
+    return sql[: re.search(rf'INSERT INTO [`"]{table}[`"]', sql).start() + 30]
+
+
+# Damage that the checksum cannot see (the manifest is re-signed to match), by name: each
+# damages the backup ``filename`` in ``directory``.
+DAMAGES = {
+    "bad-sql-at-end": lambda directory, filename: rewrite_backup(directory, filename, break_near_the_end),
+    "cut-statement": lambda directory, filename: rewrite_backup(directory, filename, cut_in_a_statement),
+    "truncated-near-end": truncate_and_resign,
+    "truncated-in-middle": lambda directory, filename: resign(directory, filename, first_half(directory / filename)),
+}
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from backups import services
 from backups.exceptions import BackupDamaged, InvalidRequest, RestoreFailed
 from backups.models import Backup, Trigger
 
-from .conftest import DATASETS, as_superuser, require_tool, resign, server_connection
+from .conftest import DATASETS, as_superuser, first_half, require_tool, resign, server_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 COMMAND = services.Actor.command()
@@ -380,8 +380,7 @@ def test_by_hand_into_an_empty_database_and_over_the_live_one(pagila, backup_dir
     as_superuser(database, CHANGES.format(role=role))
     changed = fingerprint(database)
     cut = backup_dir / "cut.sql.gz"
-    compressed = (backup_dir / made.filename).read_bytes()
-    cut.write_bytes(compressed[: len(compressed) // 2])
+    cut.write_bytes(first_half(backup_dir / made.filename))
     result = subprocess.run(
         ["bash", "-o", "pipefail", "-c", f"gunzip -c {cut} | {by_hand_psql(database)}"], capture_output=True
     )
