@@ -13,7 +13,6 @@ from django.contrib.admin.utils import quote
 from django.db import connection
 from django.test import Client
 from django.urls import reverse
-from django.utils import timezone
 
 from backups import services
 from backups.formatting import human_size
@@ -21,7 +20,7 @@ from backups.models import Backup, BackupStatus, Operation, Origin
 from backups.services.jobs import RestoreProgressFile, progress_path
 from backups.services.journal import this_worker
 
-from .conftest import execute, fetch, make_staff, read_manifest
+from .conftest import execute, fetch, make_staff, pending_restore, read_manifest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -434,20 +433,6 @@ def test_restore_runs_as_a_job_brings_the_data_back_and_names_the_undo(admin, br
         brew.filename,
     )
     assert not progress_path(record.pk).exists()  # the journal holds the outcome now
-
-
-def pending_restore(backup):
-    """A restore job as a request leaves it, its worker (this process) yet to begin."""
-    return Operation.objects.create(
-        action="restore",
-        status="pending",
-        filename=backup.filename,
-        database="default",
-        actor="root",
-        origin=Origin.ADMIN,
-        started_at=timezone.now(),
-        details={"worker": this_worker()},
-    )
 
 
 def test_the_progress_page_and_its_poller_follow_the_phases(admin, brew):

@@ -5,11 +5,9 @@ documented code) with a reason, one line on stderr and a non-zero exit, never a 
 import json
 import os
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from io import StringIO
-from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -25,12 +23,12 @@ from .conftest import (
     execute,
     fetch,
     flip_byte,
+    manage,
     require_server,
     require_tool,
     superuser_url,
 )
 
-PROJECT = Path(__file__).resolve().parent.parent
 SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
 
 
@@ -45,20 +43,6 @@ def site_environment(database_url, backup_dir, **extra):
         "BACKUP_DIR": str(backup_dir),
         **extra,
     }
-
-
-def manage(environment, *args, check=False):
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=PROJECT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check and result.returncode != 0:
-        pytest.fail(f"manage.py {' '.join(args)} failed: {result.stderr[-3000:]}")
-    return result
 
 
 def request(url, method="GET", headers=None):

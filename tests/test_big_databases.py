@@ -19,15 +19,14 @@ from backups.services import restore as restore_service
 from backups.services.copies import write_manifest
 from backups.services.retention import drop_expired_undo_databases
 
-from .conftest import as_superuser, server_connection
-from .test_exact_postgresql import (  # noqa: F401  (pagila, pagila_template: fixtures used here)
-    CHANGES,
-    assert_same,
+from .conftest import (
+    PAGILA_CHANGES,
+    as_superuser,
+    assert_same_fingerprint,
     backup_of,
-    fingerprint,
-    pagila,
-    pagila_template,
-    restore,
+    postgres_fingerprint,
+    quick_restore,
+    server_connection,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -84,7 +83,7 @@ def give_database_properties(database, role):
 
 
 @pytest.fixture
-def switching(pagila, settings):  # noqa: F811  (the fixture of that name)
+def switching(pagila, settings):
     alias, database, role = pagila
     settings.BACKUP_RESTORE_METHOD = "switch"
     drop_databases_left_beside(database)
@@ -95,20 +94,20 @@ def switching(pagila, settings):  # noqa: F811  (the fixture of that name)
 def test_a_switch_restores_exactly_keeps_what_lives_on_the_database_and_keeps_the_old_one(switching):
     alias, database, role = switching
     give_database_properties(database, role)
-    before, properties = fingerprint(database), database_properties(database)
+    before, properties = postgres_fingerprint(database), database_properties(database)
     made = backup_of(alias)
-    as_superuser(database, CHANGES.format(role=role))
-    changed = fingerprint(database)
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
+    changed = postgres_fingerprint(database)
     site_session = server_connection(database)  # the site's: ended by the switch
 
-    result = restore(made.filename)
+    result = quick_restore(made.filename)
 
     assert result.method == "switch"
-    assert_same(fingerprint(database), before)
+    assert_same_fingerprint(postgres_fingerprint(database), before)
     assert database_properties(database) == properties
     # The replaced database is the undo: as it was just before the restore, listed by the engine.
     assert result.undo_database in dict(get_engine(alias).undo_databases())
-    assert_same(fingerprint(result.undo_database), changed)
+    assert_same_fingerprint(postgres_fingerprint(result.undo_database), changed)
     assert databases_like(f"{database}_restore_") == []
     with pytest.raises(psycopg2.OperationalError), site_session.cursor() as cursor:
         cursor.execute("SELECT 1")
@@ -126,7 +125,7 @@ def test_the_catalog_is_carried_across_a_switch_of_the_site_database(settings):
     first = backup_of("default")
     second = backup_of("default")
     try:
-        result = restore(first.filename)
+        result = quick_restore(first.filename)
         assert result.method == "switch"
         assert set(Backup.objects.values_list("filename", flat=True)) >= {first.filename, second.filename}
         with connection.cursor() as cursor:
@@ -163,15 +162,15 @@ def fail_after(function):
 def test_a_switch_that_fails_at_any_step_leaves_the_live_database_as_it_was(switching, monkeypatch, step):
     alias, database, role = switching
     made = backup_of(alias)
-    as_superuser(database, CHANGES.format(role=role))
-    changed, properties = fingerprint(database), database_properties(database)
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
+    changed, properties = postgres_fingerprint(database), database_properties(database)
     owner, name = step
     monkeypatch.setattr(owner, name, fail_after(getattr(owner, name)))
 
     with pytest.raises(Failure):
-        restore(made.filename)
+        quick_restore(made.filename)
 
-    assert_same(fingerprint(database), changed)
+    assert_same_fingerprint(postgres_fingerprint(database), changed)
     assert database_properties(database) == properties  # connections allowed again, among others
     assert databases_like(f"{database}_restore_") == []
     assert databases_like(f"{database}_undo_") == []
@@ -183,12 +182,12 @@ def test_a_switch_whose_rows_do_not_match_the_manifest_changes_nothing(switching
     table = sorted(made.manifest["table_rows"])[0]
     made.manifest["table_rows"][table] += 1
     write_manifest(made)  # as if rows had been lost on the way
-    as_superuser(database, CHANGES.format(role=role))
-    changed = fingerprint(database)
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
+    changed = postgres_fingerprint(database)
 
     with pytest.raises(RestoreFailed, match=f"not changed. Table {table} has"):
-        restore(made.filename)
-    assert_same(fingerprint(database), changed)
+        quick_restore(made.filename)
+    assert_same_fingerprint(postgres_fingerprint(database), changed)
     assert databases_like(f"{database}_restore_") == []
 
 
@@ -231,43 +230,43 @@ def test_a_switch_waits_for_sessions_it_cannot_end_then_changes_nothing(owned_da
     settings.BACKUP_RESTORE_LOCK_TIMEOUT = 1
     made = backup_of(alias)
     change(owned)
-    changed, properties = fingerprint(database), database_properties(database)
+    changed, properties = postgres_fingerprint(database), database_properties(database)
     superuser_session = server_connection(database)
     try:
         with pytest.raises(DatabaseBusy, match="could not be ended"):
-            restore(made.filename)
+            quick_restore(made.filename)
     finally:
         superuser_session.close()
-    assert_same(fingerprint(database), changed)
+    assert_same_fingerprint(postgres_fingerprint(database), changed)
     assert database_properties(database) == properties
     assert databases_like(f"{database}_restore_") == []
     # Once that session is gone, the same role switches.
-    assert restore(made.filename).method == "switch"
+    assert quick_restore(made.filename).method == "switch"
 
 
 def test_without_createdb_a_restore_works_in_place(owned_database, settings):
     alias, database, role, owned = owned_database
     as_superuser("postgres", f"ALTER ROLE {role} NOCREATEDB")
     settings.BACKUP_RESTORE_METHOD = "auto"
-    before = fingerprint(database)
+    before = postgres_fingerprint(database)
     made = backup_of(alias)
     change(owned)
 
-    result = restore(made.filename)
+    result = quick_restore(made.filename)
 
     assert result.method == "in-place"
     assert result.undo_database is None
-    assert_same(fingerprint(database), before)
+    assert_same_fingerprint(postgres_fingerprint(database), before)
     settings.BACKUP_RESTORE_METHOD = "switch"
     with pytest.raises(InvalidRequest, match="cannot be restored beside the live one"):
-        restore(made.filename)
+        quick_restore(made.filename)
 
 
 def test_the_undo_database_is_dropped_after_its_time(switching, settings):
     alias, database, role = switching
     settings.BACKUP_RESTORE_KEEP_OLD_HOURS = 2
     made = backup_of(alias)
-    undo = restore(made.filename).undo_database
+    undo = quick_restore(made.filename).undo_database
     now = timezone.now()
 
     assert drop_expired_undo_databases(now + timedelta(hours=1)) == []
@@ -277,12 +276,12 @@ def test_the_undo_database_is_dropped_after_its_time(switching, settings):
     assert databases_like(undo) == []
 
 
-def test_a_parallel_backup_restores_exactly_as_a_serial_one(pagila, backup_dir, settings):  # noqa: F811
+def test_a_parallel_backup_restores_exactly_as_a_serial_one(pagila, backup_dir, settings):
     """BACKUP_JOBS=2: pg_dump -j from one snapshot, turned into the same one-transaction plain SQL
     (cleanup included), which restores to the same fingerprint; the two files differ only in
     psql's random \\restrict key."""
     alias, database, role = pagila
-    before = fingerprint(database)
+    before = postgres_fingerprint(database)
     serial = backup_of(alias)
     settings.BACKUP_JOBS = 2
     parallel = backup_of(alias)
@@ -293,6 +292,6 @@ def test_a_parallel_backup_restores_exactly_as_a_serial_one(pagila, backup_dir, 
 
     assert statements(parallel) == statements(serial)
     assert parallel.manifest["table_rows"] == serial.manifest["table_rows"]
-    as_superuser(database, CHANGES.format(role=role))
-    restore(parallel.filename)
-    assert_same(fingerprint(database), before)
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
+    quick_restore(parallel.filename)
+    assert_same_fingerprint(postgres_fingerprint(database), before)

@@ -26,8 +26,7 @@ from backups import services
 from backups.models import Backup, BackupStatus, Operation
 from backups.services.jobs import RestoreProgressFile
 
-from .conftest import IN_CI
-from .test_admin import pending_restore
+from .conftest import IN_CI, pending_restore
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -10,7 +10,7 @@ from backups import checks, services
 from backups.exceptions import DatabaseUnavailable
 from backups.services.verification import run_scheduled_verification
 
-from .conftest import as_superuser, rewrite_backup, server_connection, superuser_url
+from .conftest import as_superuser, rewrite_backup, scratch_pattern, server_connection, superuser_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
@@ -48,7 +48,7 @@ def site(role_without_createdb, extra_alias, settings):
 
 
 def scratch_databases():
-    return as_superuser("postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{DATABASE}\\_drill\\_%'")
+    return as_superuser("postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{scratch_pattern(DATABASE)}'")
 
 
 def test_without_a_drill_server_drills_are_said_to_be_impossible_once(site, caplog):

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -34,10 +33,11 @@ from .conftest import (
     fetch,
     first_half,
     mariadb_user,
+    processes_named,
     read_manifest,
     rewrite_backup,
+    scratch_pattern,
 )
-from .test_mysql import scratch_pattern
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mariadb"])
 COMMAND = services.Actor.command()
@@ -372,17 +372,7 @@ class Killer(threading.Thread):
             time.sleep(0.005)
 
     def live_clients(self):
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            parent = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
-            if parent == str(os.getpid()) and argv[0] == b"mysql" and self.database in argv:
-                yield int(entry.name)
+        return [pid for pid, argv, _environ in processes_named("mysql") if self.database in argv]
 
 
 def test_a_killed_restore_is_undone_and_a_second_kill_is_reported(backup_dir):

@@ -22,9 +22,16 @@ from backups.services.catalog import mark_interrupted
 from backups.services.journal import this_worker
 from backups.storage import process_alive
 
-from .conftest import execute, fetch, make_staff, token_client
-from .test_api import assert_error
-from .test_hardening import TableBlocker, parent_of, wait_for_process
+from .conftest import (
+    TableBlocker,
+    assert_error,
+    execute,
+    fetch,
+    make_staff,
+    parent_of,
+    token_client,
+    wait_for_process,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

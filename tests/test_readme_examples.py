@@ -9,14 +9,11 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from .conftest import IN_CI, RunServer
-from .test_bad_day import manage
+from .conftest import IN_CI, PROJECT, RunServer, manage
 
-PROJECT = Path(__file__).resolve().parent.parent
 README = PROJECT / "README.md"
 MARKER = "<!-- readme-test -->"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.MULTILINE | re.DOTALL)

@@ -21,7 +21,7 @@ from backups.exceptions import BackupDamaged, DumpFailed
 from backups.models import Backup, BackupStatus
 from backups.storage import get_storage
 
-from .conftest import execute, fetch, flip_byte, read_manifest
+from .conftest import execute, fetch, fill_big_table, flip_byte, read_manifest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 VERIFY_ADVICE = "consider 'manage.py backups verify --level restore' first."
@@ -38,16 +38,6 @@ def brew():
 
 def names():
     return fetch("default", "SELECT id, name FROM brew ORDER BY id")
-
-
-def fill_big_table(rows, first=1):
-    """Rows of hex digits, which compress to a little over half: about 75 bytes of backup each."""
-    execute("default", "CREATE TABLE IF NOT EXISTS big (id integer, payload text)")
-    execute(
-        "default",
-        "INSERT INTO big SELECT g, md5(g || 'a') || md5(g || 'b') || md5(g || 'c') || md5(g || 'd') "
-        f"FROM generate_series({first}, {first + rows - 1}) g",
-    )
 
 
 @pytest.fixture
