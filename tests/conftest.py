@@ -373,11 +373,10 @@ def table_exists(alias, name):
 
 
 def create_brew(alias):
-    execute(
-        alias,
-        "CREATE TABLE brew (id integer PRIMARY KEY, name varchar(100), notes text)",
-        "INSERT INTO brew VALUES (1, 'Pale Ale', 'citra'), (2, 'Stout', 'roasty\nand dark'), (3, 'Saison', NULL)",
-    )
+    """The brew table, holding BREW_ROWS."""
+    execute(alias, "CREATE TABLE brew (id integer PRIMARY KEY, name varchar(100), notes text)")
+    with connections[alias].cursor() as cursor:
+        cursor.executemany("INSERT INTO brew VALUES (%s, %s, %s)", BREW_ROWS)
 
 
 def brew_rows(alias):
@@ -398,6 +397,9 @@ def scratch_pattern(database):
     """The LIKE pattern (MariaDB's GRANT takes it too) of the scratch databases that drills and
     MariaDB's restores make beside ``database``."""
     return database.replace("_", "\\_") + "\\_drill\\_%"
+
+
+# -- backups and restores through the service, as the command makes them ---------------------
 
 
 def backup_of(alias, **options):
