@@ -356,6 +356,22 @@ def as_superuser(database, *statements):
         connection.close()
 
 
+@contextmanager
+def new_database(name):
+    """A new, empty database ``name`` on the server for one block, made and dropped by the
+    superuser (and dropped first, should an interrupted run have left it)."""
+    as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def by_hand_psql(database):
+    """README's psql command for a restore by hand, as a shell command line."""
+    return f"psql -X -q -v ON_ERROR_STOP=1 -h {POSTGRES_SERVER['host']} -U {SUPERUSER} {database}"
+
+
 class TableBlocker:
     """Another session holding ACCESS EXCLUSIVE on a table: pg_dump (and a restore's lock
     step) wait on it, which keeps them running while a test looks at them."""

@@ -31,12 +31,15 @@ from backups.models import Backup, BackupStatus, Operation
 from .conftest import (
     ALIASES,
     BREW_ROWS,
+    as_superuser,
     backup_of,
     brew_rows,
+    by_hand_psql,
     create_brew,
     execute,
     fetch,
     flip_byte,
+    new_database,
     quick_restore,
     raw_postgres_connection,
     read_manifest,
@@ -316,31 +319,10 @@ def test_postgresql_restore_commits_nothing_when_its_feeder_dies_midway(brew, ba
 @pytest.mark.parametrize("alias", [on("default")])
 def test_postgresql_backup_restores_by_hand_with_gunzip_and_psql(brew, backup_dir, settings):
     made = backup_of("default")
-    scratch = f"hoppybrew_by_hand{settings.SUFFIX}"
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", scratch], check=True)
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", scratch], check=True)
-    try:
-        psql = f"psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres {scratch}"
-        pipeline = f"gunzip -c {backup_dir / made.filename} | {psql}"
+    with new_database(f"hoppybrew_by_hand{settings.SUFFIX}") as scratch:
+        pipeline = f"gunzip -c {backup_dir / made.filename} | {by_hand_psql(scratch)}"
         subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], check=True, capture_output=True)
-        out = subprocess.run(
-            [
-                "psql",
-                "-X",
-                "-At",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                scratch,
-                "-c",
-                "SELECT name FROM brew ORDER BY id",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        assert out == ["Pale", "Ale", "Stout", "Saison"]
+        assert as_superuser(scratch, "SELECT name FROM brew ORDER BY id") == [("Pale Ale",), ("Stout",), ("Saison",)]
         # and once more over the now populated database, as the README says it can
         subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], check=True, capture_output=True)
         # The file is one transaction: a copy cut short anywhere before its COMMIT commits
@@ -348,16 +330,10 @@ def test_postgresql_backup_restores_by_hand_with_gunzip_and_psql(brew, backup_di
         sql = gzip.decompress((backup_dir / made.filename).read_bytes())
         truncated = backup_dir / "truncated.sql.gz"
         truncated.write_bytes(gzip.compress(sql[: sql.rindex(b"\nCOMMIT;")]))
-        subprocess.run(["psql", "-X", "-q", "-h", "127.0.0.1", "-U", "postgres", scratch, "-c", "DELETE FROM brew"])
+        as_superuser(scratch, "DELETE FROM brew")
         subprocess.run(["bash", "-o", "pipefail", "-c", pipeline.replace(made.filename, truncated.name)], check=True)
-        count = subprocess.run(
-            ["psql", "-X", "-At", "-h", "127.0.0.1", "-U", "postgres", scratch, "-c", "SELECT count(*) FROM brew"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        assert count == "0"  # still the emptied table: nothing of the truncated restore stayed
-    finally:
-        subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", scratch], check=True)
+        # still the emptied table: nothing of the truncated restore stayed
+        assert as_superuser(scratch, "SELECT count(*) FROM brew") == [(0,)]
 
 
 @pytest.mark.parametrize("alias", [on("sqlite")])

@@ -24,6 +24,7 @@ from .conftest import (
     as_superuser,
     assert_same_fingerprint,
     backup_of,
+    by_hand_psql,
     first_half,
     postgres_fingerprint,
     quick_restore,
@@ -161,11 +162,6 @@ def test_a_grant_to_a_missing_role_is_refused_before_anything_is_touched(pagila,
     )
     assert result.returncode != 0 and gone in result.stderr and "CREATE ROLE" in result.stderr
     assert_same_fingerprint(postgres_fingerprint(database), changed)
-
-
-def by_hand_psql(database):
-    """README's command for a restore by hand."""
-    return f"psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres {database}"
 
 
 def test_by_hand_into_an_empty_database_and_over_the_live_one(pagila, backup_dir):
