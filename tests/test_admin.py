@@ -14,7 +14,6 @@ from django.contrib.admin.utils import quote
 from django.db import connection, connections
 from django.test import Client
 from django.urls import reverse
-from django.utils import timezone
 
 from backups import services
 from backups.formatting import human_size
@@ -23,7 +22,17 @@ from backups.services.jobs import RestoreProgressFile, progress_path
 from backups.services.journal import this_worker
 from tests.recoveryapp.models import Brewery, Recipe, Tasting
 
-from .conftest import brew_recipes, database_exists, execute, fetch, make_staff, names, read_copy, read_manifest
+from .conftest import (
+    brew_recipes,
+    database_exists,
+    execute,
+    fetch,
+    make_staff,
+    names,
+    pending_restore,
+    read_copy,
+    read_manifest,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -436,20 +445,6 @@ def test_restore_runs_as_a_job_brings_the_data_back_and_names_the_undo(admin, br
         brew.filename,
     )
     assert not progress_path(record.pk).exists()  # the journal holds the outcome now
-
-
-def pending_restore(backup):
-    """A restore job as a request leaves it, its worker (this process) yet to begin."""
-    return Operation.objects.create(
-        action="restore",
-        status="pending",
-        filename=backup.filename,
-        database="default",
-        actor="root",
-        origin=Origin.ADMIN,
-        started_at=timezone.now(),
-        details={"worker": this_worker()},
-    )
 
 
 def test_the_progress_page_and_its_poller_follow_the_phases(admin, brew):

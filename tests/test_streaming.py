@@ -15,7 +15,7 @@ from backups.engines.base import CHUNK_SIZE, DumpStream
 from backups.engines.postgresql import CopyRowCounter
 from backups.models import Backup
 
-from .conftest import execute, fetch, read_manifest
+from .conftest import as_superuser, by_hand_psql, execute, fetch, new_database, read_manifest
 
 COMMAND = services.Actor.command()
 
@@ -131,23 +131,10 @@ def test_a_zstd_backup_restores_by_hand_and_through_the_app(backup_dir, settings
     execute("default", "CREATE TABLE brew (id integer PRIMARY KEY, name text)", "INSERT INTO brew VALUES (1, 'Gose')")
     made = services.create_backup(actor=COMMAND)
     assert made.filename.endswith(".sql.zst")
-    scratch = f"hoppybrew_zstd_by_hand{settings.SUFFIX}"
-    server = ["-h", "127.0.0.1", "-U", "postgres"]
-    subprocess.run(["dropdb", *server, "--if-exists", scratch], check=True)
-    subprocess.run(["createdb", *server, scratch], check=True)
-    try:
-        psql = f"psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres {scratch}"
-        pipeline = f"zstd -dc {backup_dir / made.filename} | {psql}"
+    with new_database(f"hoppybrew_zstd_by_hand{settings.SUFFIX}") as scratch:
+        pipeline = f"zstd -dc {backup_dir / made.filename} | {by_hand_psql(scratch)}"
         subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], check=True, capture_output=True)
-        names = subprocess.run(
-            ["psql", "-X", "-At", *server, scratch, "-c", "SELECT name FROM brew"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        assert names == ["Gose"]
-    finally:
-        subprocess.run(["dropdb", *server, "--if-exists", scratch], check=True)
+        assert as_superuser(scratch, "SELECT name FROM brew") == [("Gose",)]
     execute("default", "UPDATE brew SET name = 'Kriek'")
     services.restore_backup(made.filename, actor=COMMAND, pre_restore_backup=False)
     assert fetch("default", "SELECT name FROM brew") == [("Gose",)]
