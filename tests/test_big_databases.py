@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 from django.utils import timezone
 
-from backups.engines import get_engine, postgresql
+from backups.engines import get_engine, pg_parallel, postgresql
 from backups.exceptions import DatabaseBusy, InvalidRequest, RestoreFailed
 from backups.services import restore as restore_service
 from backups.services.copies import write_manifest
@@ -91,8 +91,11 @@ def switching(pagila, settings):
     drop_databases_left_beside(database)
 
 
-def test_a_switch_restores_exactly_keeps_what_lives_on_the_database_and_keeps_the_old_one(switching):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_switch_restores_exactly_keeps_what_lives_on_the_database_and_keeps_the_old_one(switching, settings, jobs):
+    """With one session, or with a pool loading rows and building indexes side by side."""
     alias, database, role = switching
+    settings.BACKUP_RESTORE_JOBS = jobs
     give_database_properties(database, role)
     before, properties = postgres_fingerprint(database), database_properties(database)
     made = backup_of(alias)
@@ -134,6 +137,104 @@ def test_the_catalog_is_carried_across_a_switch_of_the_site_database(settings):
         assert result.undo_database.startswith(f"{database[:40]}_undo_")
     finally:
         drop_databases_left_beside(database)
+
+
+# Text that looks like the entries of a dump, where the dump reader must not take it for them:
+# in a function body, in a string that spans lines (a real newline before each fake header), in
+# names with "$", and rows whose text starts with "\.".
+LOOKALIKES = r"""
+CREATE FUNCTION public.looks_like_a_dump() RETURNS text LANGUAGE sql AS $body$
+SELECT '
+--
+-- Data for Name: film; Type: TABLE DATA; Schema: public; Owner: -
+--
+
+COPY public.film (film_id) FROM stdin;
+1
+\.
+'::text $body$;
+CREATE TABLE public."odd$name" ("we$ird" text DEFAULT E'it\'s $x$ -- not a comment' NOT NULL, note text);
+COMMENT ON TABLE public."odd$name" IS '
+-- Name: odd$name_idx; Type: INDEX; Schema: public; Owner: -
+'' still the string /* no comment $$ no quote';
+INSERT INTO public."odd$name" (note) SELECT '\.' || g FROM generate_series(1, 5) g;
+CREATE INDEX "odd$name_idx" ON public."odd$name" (note);
+COMMENT ON INDEX public."odd$name_idx" IS 'an index; Type: TABLE DATA;';
+"""
+
+
+def test_the_dump_reader_sees_the_same_entries_whatever_the_size_of_the_reads(switching, backup_dir):
+    """Entries finds the same entries, rows and settings in a dump read 7 bytes at a time as in
+    one read in large chunks, and hands out every byte of it once, in order."""
+    alias, database, role = switching
+    run_sql(database, LOOKALIKES)
+    with gzip.open(backup_dir / backup_of(alias).filename, "rb") as dump:
+        text = dump.read()
+
+    def events(size):
+        position = 0
+
+        def read(_wanted):
+            nonlocal position
+            position += size
+            return text[position - size : position]
+
+        found, handed = [], []
+        for event, payload in pg_parallel.Entries(read):
+            if event == "copy_end":
+                handed.append(b"\\.")
+            elif event != "entry":
+                handed.append(payload)
+            found.append(event if event in ("text", "rows") else (event, payload))
+        return [item for index, item in enumerate(found) if index == 0 or item != found[index - 1]], b"".join(handed)
+
+    large, whole = events(1 << 20)
+    assert whole == text
+    assert events(7) == (large, text)
+    marked = [item for item in large if isinstance(item, tuple)]
+    kinds = [payload for event, payload in marked if event == "entry"]
+    assert kinds.count(b"TABLE DATA") == text.count(b"; Type: TABLE DATA; Schema: ") - 1  # one is in the function
+    assert (b"INDEX" in kinds, b"FK CONSTRAINT" in kinds, b"BLOBS" in kinds or b"BLOB" in kinds) == (True, True, True)
+    copies = [payload for event, payload in marked if event == "copy"]
+    assert b'COPY public."odd$name" ("we$ird", note) FROM stdin;\n' in copies
+    assert b"COPY public.film (film_id) FROM stdin;\n" not in copies[:1]
+
+
+def test_a_parallel_switch_restores_lookalikes_of_dump_entries_exactly(switching, settings):
+    alias, database, role = switching
+    settings.BACKUP_RESTORE_JOBS = 3
+    run_sql(database, LOOKALIKES)
+    before = fingerprint(database)
+    made = backup_of(alias)
+    run_sql(database, CHANGES.format(role=role))
+
+    assert restore(made.filename).method == "switch"
+    assert_same(fingerprint(database), before)
+
+
+def test_a_row_that_fails_in_the_pool_stops_the_load_and_changes_nothing(switching, settings, monkeypatch):
+    """A row the server refuses (here: one made up on the way) fails its session of the pool;
+    every session stops, the new database is dropped, and the live one is as it was."""
+    alias, database, role = switching
+    settings.BACKUP_RESTORE_JOBS = 2
+    made = backup_of(alias)
+    run_sql(database, CHANGES.format(role=role))
+    changed = fingerprint(database)
+    reader = pg_parallel.Entries.__iter__
+
+    def with_a_bad_row(self):
+        spoiled = False
+        for event, payload in reader(self):
+            if event == "rows" and not spoiled and payload.count(b"\n") > 100:
+                payload, spoiled = payload + b"not\ta\trow\n", True
+            yield event, payload
+
+    monkeypatch.setattr(pg_parallel.Entries, "__iter__", with_a_bad_row)
+
+    with pytest.raises(RestoreFailed, match="not changed.*(invalid input|extra data|missing data)"):
+        restore(made.filename)
+    assert_same(fingerprint(database), changed)
+    assert databases_like(f"{database}_restore_") == []
 
 
 class Failure(Exception):

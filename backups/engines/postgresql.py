@@ -13,6 +13,7 @@ from django.db.backends.postgresql.client import DatabaseClient
 from ..conf import backup_settings
 from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, InvalidRequest, RestoreFailed, ToolMissing
 from .base import CHUNK_SIZE, DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, run_fed, run_tool
+from .pg_parallel import ParallelLoad
 
 # Advisory lock keys: (application, purpose). Advisory locks live inside one database, so the
 # database being backed up is part of the key by construction.
@@ -207,6 +208,8 @@ ORDER BY 1
 """
 
 INDEX_MEMORY = "256MB"
+# psql replaying a dump fed on its standard input.
+PSQL_FED = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-f", "-"]
 # Restore beside, then switch.
 SWITCH_RETRY_SECONDS = 0.05
 CAN_RESTORE_BESIDE = """
@@ -360,14 +363,20 @@ class PostgreSQLEngine(DatabaseEngine):
                 "restore again. Nothing was changed."
             )
 
-    def restore(self, stream, lock_timeout):
-        args, env = self.command("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-f", "-"])
+    def restore(self, stream, lock_timeout, jobs=1):
+        """Replay the dump in one transaction; or, into a new database nobody uses yet (beside
+        the live one), with ``jobs`` sessions side by side (``pg_parallel``)."""
+        args, env = self.command("psql", PSQL_FED)
         head = read_head(stream)
         # Index builds (one sort each, with PostgreSQL's parallel workers) are much of a restore's
         # time; more memory than the 64 MB default keeps their sorts off the disk.
         setting = (
             f"SET hoppybrew.lock_timeout = '{int(lock_timeout)}s';\nSET maintenance_work_mem = '{INDEX_MEMORY}';\n"
         )
+        if jobs > 1 and opens_own_transaction(head):
+            load = ParallelLoad(self.command("psql", PSQL_FED), self.connect, jobs, setting.encode())
+            load.run(WithheldCommit(head, stream).read)
+            return
         if opens_own_transaction(head):
             # The file's own COMMIT is held back and sent only once the whole stream has been
             # read: whatever follows it, or a stream that fails at its end, stays inside the
@@ -457,7 +466,7 @@ class PostgreSQLEngine(DatabaseEngine):
             sibling = PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": new})
             with refused("give the new database's public schema the live one's owner"):
                 sibling.adopt_public_owner(live["public_owner"])
-            sibling.restore(stream, lock_timeout)
+            sibling.restore(stream, lock_timeout, jobs=backup_settings.RESTORE_JOBS)
             check(sibling)
             with self.maintenance_connection() as connection, refused("give the restored database its properties"):
                 copy_database_properties(connection, new, live)
