@@ -167,7 +167,7 @@ def test_the_dump_reader_sees_the_same_entries_whatever_the_size_of_the_reads(sw
     """Entries finds the same entries, rows and settings in a dump read 7 bytes at a time as in
     one read in large chunks, and hands out every byte of it once, in order."""
     alias, database, role = switching
-    run_sql(database, LOOKALIKES)
+    as_superuser(database, LOOKALIKES)
     with gzip.open(backup_dir / backup_of(alias).filename, "rb") as dump:
         text = dump.read()
 
@@ -203,13 +203,13 @@ def test_the_dump_reader_sees_the_same_entries_whatever_the_size_of_the_reads(sw
 def test_a_parallel_switch_restores_lookalikes_of_dump_entries_exactly(switching, settings):
     alias, database, role = switching
     settings.BACKUP_RESTORE_JOBS = 3
-    run_sql(database, LOOKALIKES)
-    before = fingerprint(database)
+    as_superuser(database, LOOKALIKES)
+    before = postgres_fingerprint(database)
     made = backup_of(alias)
-    run_sql(database, CHANGES.format(role=role))
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
 
-    assert restore(made.filename).method == "switch"
-    assert_same(fingerprint(database), before)
+    assert quick_restore(made.filename).method == "switch"
+    assert_same_fingerprint(postgres_fingerprint(database), before)
 
 
 def test_a_row_that_fails_in_the_pool_stops_the_load_and_changes_nothing(switching, settings, monkeypatch):
@@ -218,8 +218,8 @@ def test_a_row_that_fails_in_the_pool_stops_the_load_and_changes_nothing(switchi
     alias, database, role = switching
     settings.BACKUP_RESTORE_JOBS = 2
     made = backup_of(alias)
-    run_sql(database, CHANGES.format(role=role))
-    changed = fingerprint(database)
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
+    changed = postgres_fingerprint(database)
     reader = pg_parallel.Entries.__iter__
 
     def with_a_bad_row(self):
@@ -232,8 +232,8 @@ def test_a_row_that_fails_in_the_pool_stops_the_load_and_changes_nothing(switchi
     monkeypatch.setattr(pg_parallel.Entries, "__iter__", with_a_bad_row)
 
     with pytest.raises(RestoreFailed, match="not changed.*(invalid input|extra data|missing data)"):
-        restore(made.filename)
-    assert_same(fingerprint(database), changed)
+        quick_restore(made.filename)
+    assert_same_fingerprint(postgres_fingerprint(database), changed)
     assert databases_like(f"{database}_restore_") == []
 
 

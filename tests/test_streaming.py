@@ -21,27 +21,72 @@ COMMAND = services.Actor.command()
 
 # A plain dump in miniature, with what could fool a counter: a row that starts with "COPY ",
 # rows holding an escaped backslash before a dot (the data "\." is written "\\."), an empty
-# table right after another block, a table name with a space.
+# table right after another block, a table name with a space, and a function whose body looks
+# like a table's rows.
 DUMP = rb"""--
 -- PostgreSQL database dump
 --
 SET statement_timeout = 0;
+
+--
+-- Name: looks_like_rows; Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.looks_like_rows() RETURNS text LANGUAGE sql AS $_$SELECT '
+--
+-- Data for Name: brew; Type: TABLE DATA; Schema: public; Owner: -
+--
+
+COPY public.brew (id, name) FROM stdin;
+9	not a row
+\.
+'$_$;
+
+--
+-- Data for Name: brew; Type: TABLE DATA; Schema: public; Owner: -
+--
+
 COPY public.brew (id, name) FROM stdin;
 1	Pale Ale
 2	COPY public.fake (id) FROM stdin;
 3	ends with \\.
 \.
+
+--
+-- Data for Name: empty; Type: TABLE DATA; Schema: public; Owner: -
+--
+
 COPY public.empty (id) FROM stdin;
 \.
+
+--
+-- Data for Name: marks; Type: TABLE DATA; Schema: public; Owner: -
+--
+
 COPY public.marks (mark) FROM stdin;
 \\.
 .
 \.
+
+--
+-- Name: later; Type: TABLE; Schema: public; Owner: -
+--
+
 CREATE TABLE public.later (id integer);
+
+--
+-- Data for Name: odd name; Type: TABLE DATA; Schema: public; Owner: -
+--
+
 COPY public."odd name" (id, notes) FROM stdin;
 1	first\nline
 2	\N
 \.
+
+--
+-- Name: brew_id_seq; Type: SEQUENCE SET; Schema: public; Owner: -
+--
+
 SELECT pg_catalog.setval('public.brew_id_seq', 3, true);
 """
 COUNTS = {"public.brew": 3, "public.empty": 0, "public.marks": 2, 'public."odd name"': 2}
@@ -51,6 +96,7 @@ def count_rows(chunks):
     counter = CopyRowCounter()
     for chunk in chunks:
         counter.feed(chunk)
+    counter.finish()
     return counter.counts
 
 

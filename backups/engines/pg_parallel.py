@@ -57,13 +57,19 @@ NOTHING_TO_RUN = re.compile(rb"(?:[ \t]*\n|--[^\n]*\n?)*")
 SESSION_SETTING = re.compile(rb"^(?:SET [a-z_]+ = [^\n]*;|SELECT pg_catalog\.set_config\([^\n]*\);)\n", re.M)
 
 
-class Entries:
-    """The events of a dump read by ``read``: ("text", bytes) to run, ("entry", kind) where an
-    entry starts (its header follows as text), ("setting", line) for a tracked SET, ("meta",
-    line) for a line of psql's own, ("copy", line) where a table's rows start, ("rows", whole
-    lines) and ("copy_end", None)."""
+NEED = ("need", None)  # what Entries.scan() yields when it wants the next chunk sent in
 
-    def __init__(self, read):
+
+class Entries:
+    """The events of a dump: ("text", bytes) to run, ("entry", kind) where an entry starts (its
+    header follows as text), ("setting", line) for a tracked SET, ("meta", line) for a line of
+    psql's own, ("copy", line) where a table's rows start, ("rows", whole lines) and
+    ("copy_end", None).
+
+    Iterating pulls the dump from ``read``; ``scan()`` is the same as a generator to push chunks
+    into (``send``; an empty one ends the dump), as the row counter of a backup does."""
+
+    def __init__(self, read=None):
         self.read = read
         self.buffer = b""
         self.position = 0
@@ -73,17 +79,26 @@ class Entries:
         self.depth = 0  # of nested block comments
         self.kind = None  # of the current entry
 
-    def more(self):
-        """Drop what was handed out and read on; False once the stream had ended."""
-        if self.ended:
-            return False
-        chunk = self.read(CHUNK_SIZE)
+    def __iter__(self):
+        scan = self.scan()
+        try:
+            event = next(scan)
+            while True:
+                if event is NEED:
+                    event = scan.send(self.read(CHUNK_SIZE))
+                else:
+                    yield event
+                    event = next(scan)
+        except StopIteration:
+            return
+
+    def append(self, chunk):
+        """Drop what was handed out and add ``chunk``; an empty one is the end of the dump."""
         self.buffer = self.buffer[self.position :] + chunk
         self.position = 0
         self.ended = not chunk
-        return True
 
-    def __iter__(self):
+    def scan(self):
         handed = 0  # the buffer up to here was handed out
         while True:
             if self.state == "copy":
@@ -96,8 +111,9 @@ class Entries:
             if found is None:  # the buffer is scanned: hand it out and read on
                 if handed < self.position:
                     yield "text", self.buffer[handed : self.position]
-                if not self.more():
+                if self.ended:
                     return
+                self.append((yield NEED))
                 handed = 0
                 continue
             event, start, end = found
@@ -237,7 +253,7 @@ class Entries:
                     "Database restore failed; the database was not changed. The dump ends inside a table's "
                     "rows: the file is not whole."
                 )
-            self.more()
+            self.append((yield NEED))
 
 
 class Stopped(Exception):

@@ -13,7 +13,7 @@ from django.db.backends.postgresql.client import DatabaseClient
 from ..conf import backup_settings
 from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, InvalidRequest, RestoreFailed, ToolMissing
 from .base import CHUNK_SIZE, DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, run_fed, run_tool
-from .pg_parallel import ParallelLoad
+from .pg_parallel import NEED, Entries, ParallelLoad
 
 # Advisory lock keys: (application, purpose). Advisory locks live inside one database, so the
 # database being backed up is part of the key by construction.
@@ -674,78 +674,40 @@ COPY_HEADER = re.compile(rb"^COPY (?P<table>.+?) (?:\(.*\) )?FROM stdin;$")
 
 
 class CopyRowCounter(RowCounter):
-    """Counts the rows of each ``COPY ... FROM stdin;`` block of a plain pg_dump.
-
-    Inside a block every line is one row and the block ends with a line holding only ``\\.``
-    (data lines escape backslashes, so no row can look like it). Counting newlines with
-    ``bytes.count`` keeps this far cheaper than the compression that follows.
-    """
-
-    TERMINATOR = b"\n\\.\n"
+    """Counts the rows of each table of a plain pg_dump as it streams past: the lines of the
+    ``COPY ... FROM stdin;`` blocks of its table data entries, as ``pg_parallel.Entries`` finds
+    them (it knows PostgreSQL's quoting: a function body that looks like a block is none). Data
+    lines escape newlines and backslashes, so each line of a block is one row."""
 
     def __init__(self):
         super().__init__()
-        self._rows = 0
-        self._tail = b""  # outside a block: the unfinished last line
-        self._previous = b""  # inside a block: the last bytes seen, to find a split terminator
+        self.scan = Entries().scan()
+        next(self.scan)
+        self.rows = 0
 
-    def find_rows(self, chunk, position):
-        data = self._tail + chunk[position:] if self._tail else chunk
-        start = 0 if self._tail else position
-        self._tail = b""
-        while True:
-            if data.startswith(b"COPY ", start):
-                line_start = start
-            else:
-                found = data.find(b"\nCOPY ", start)
-                if found < 0:
-                    newline = data.rfind(b"\n", start)
-                    self._tail = data[newline + 1 :] if newline >= 0 else data[start:]
-                    return len(chunk)
-                line_start = found + 1
-            line_end = data.find(b"\n", line_start)
-            if line_end < 0:
-                self._tail = data[line_start:]
-                return len(chunk)
-            match = COPY_HEADER.match(data[line_start:line_end])
-            if match is None:
-                start = line_end + 1
-                continue
-            self.table = match["table"].decode("utf-8", "replace")
-            self._rows = 0
-            self._previous = b"\n"
-            # Continue in block mode from the byte after the header, in the caller's chunk.
-            return len(chunk) - (len(data) - (line_end + 1))
+    def feed(self, chunk):
+        if chunk:
+            self._count(chunk)
 
-    def pass_rows(self, chunk, position):
-        boundary = self._previous + chunk[position : position + 3]
-        found = boundary.find(self.TERMINATOR)
-        if found >= 0:
-            end = position + (found + 4 - len(self._previous))
-            # The terminator's first newline ends the last row; if it was in the previous
-            # chunk it has been counted there (and end - 3 would count from the chunk's end).
-            self._rows += chunk.count(b"\n", position, max(position, end - 3))
-            return self._finish_block(end)
-        # Most chunks hold no terminator: rfind tells so in half the time find takes on dump
-        # data (CPython's reverse search skips better here); then find locates the first one.
-        found = chunk.rfind(self.TERMINATOR, position)
-        if found >= 0:
-            found = chunk.find(self.TERMINATOR, position, found + 4)
-        if found < 0:
-            self._rows += chunk.count(b"\n", position)
-            if len(chunk) - position >= 3:
-                self._previous = chunk[-3:]
-            else:
-                self._previous = (self._previous + chunk[position:])[-3:]
-            return len(chunk)
-        self._rows += chunk.count(b"\n", position, found + 1)
-        return self._finish_block(found + 4)
+    def finish(self):
+        self._count(b"")  # the dump's last bytes, held back until its end was known
 
-    def _finish_block(self, end):
-        self.counts[self.table] = self.counts.get(self.table, 0) + self._rows
-        self.table = None
-        self._previous = b""
-        return end
+    def _count(self, chunk):
+        try:
+            event = self.scan.send(chunk)
+            while event is not NEED:
+                what, payload = event
+                if what == "copy":
+                    self.table = COPY_HEADER.match(payload.rstrip(b"\n"))["table"].decode("utf-8", "replace")
+                    self.rows = 0
+                elif what == "rows":
+                    self.rows += payload.count(b"\n")
+                elif what == "copy_end":
+                    self.counts[self.table] = self.counts.get(self.table, 0) + self.rows
+                    self.table = None
+                event = next(self.scan)
+        except StopIteration:
+            pass
 
 
 def restore_cleanup(roles):
