@@ -57,6 +57,10 @@ NOTHING_TO_RUN = re.compile(rb"(?:[ \t]*\n|--[^\n]*\n?)*")
 SESSION_SETTING = re.compile(rb"^(?:SET [a-z_]+ = [^\n]*;|SELECT pg_catalog\.set_config\([^\n]*\);)\n", re.M)
 
 
+class DumpCut(Exception):
+    """The dump ended where it cannot end (its reader says; what it means is the caller's)."""
+
+
 NEED = ("need", None)  # what Entries.scan() yields when it wants the next chunk sent in
 
 
@@ -249,10 +253,7 @@ class Entries:
                 yield "rows", buffer[self.position : last_line + 1]
                 self.position = last_line + 1
             if self.ended:
-                raise RestoreFailed(
-                    "Database restore failed; the database was not changed. The dump ends inside a table's "
-                    "rows: the file is not whole."
-                )
+                raise DumpCut("The dump ends inside a table's rows: the file is not whole.")
             self.append((yield NEED))
 
 
@@ -497,6 +498,9 @@ class ParallelLoad:
             self._dispatch(read)
         except Stopped:
             pass
+        except DumpCut as cut:
+            self.stop()
+            raise RestoreFailed(f"Database restore failed; the database was not changed. {cut}") from None
         except BaseException:
             self.stop()
             raise

@@ -13,7 +13,7 @@ from django.db.backends.postgresql.client import DatabaseClient
 from ..conf import backup_settings
 from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, InvalidRequest, RestoreFailed, ToolMissing
 from .base import CHUNK_SIZE, DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, run_fed, run_tool
-from .pg_parallel import NEED, Entries, ParallelLoad
+from .pg_parallel import NEED, DumpCut, Entries, ParallelLoad
 
 # Advisory lock keys: (application, purpose). Advisory locks live inside one database, so the
 # database being backed up is part of the key by construction.
@@ -706,8 +706,8 @@ class CopyRowCounter(RowCounter):
                     self.counts[self.table] = self.counts.get(self.table, 0) + self.rows
                     self.table = None
                 event = next(self.scan)
-        except StopIteration:
-            pass
+        except (StopIteration, DumpCut):
+            pass  # a dump that ends too soon is its tool's failure, which the tool's exit status tells
 
 
 def restore_cleanup(roles):
