@@ -443,6 +443,9 @@ SETTINGS = {
         24, int_parser(0), "Hours a database replaced by a switch restore is kept as the undo before cleanup drops it."
     ),
     "JOBS": Setting(1, int_parser(1), "Workers that dump a PostgreSQL database's tables side by side."),
+    "RESTORE_JOBS": Setting(
+        2, int_parser(1), "Sessions that load a PostgreSQL restore beside the live database side by side (switch)."
+    ),
     "JOB_LOG": Setting(
         "data/logs/backup-jobs.log", parse_path, "Where the worker processes of asynchronous API requests log."
     ),

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import run  # bench/run.py: measuring, the databases
-from run import DATA, PROJECT, Bench, Series, measure, run_quietly
+from run import DATA, Bench, Series, measure, run_quietly, running_site
 
 BEGIN = "<!-- big databases: written by bench/big.py -->"
 END = "<!-- end of big databases -->"
@@ -85,9 +85,9 @@ class SiteProbe(threading.Thread):
     """Asks the running site for a page that reads its database, again and again; ``gap`` is
     the longest time between two answers (or from the start, or to the end, without one)."""
 
-    def __init__(self, url, token):
+    def __init__(self, request):
         super().__init__(daemon=True)
-        self.request = urllib.request.Request(url, headers={"Authorization": f"Token {token}"})
+        self.request = request
         self.done = threading.Event()
         self.answers = []
         self.failures = 0
@@ -108,35 +108,6 @@ class SiteProbe(threading.Thread):
     def gap(self):
         moments = [self.started, *self.answers, self.ended]
         return max(later - earlier for earlier, later in zip(moments, moments[1:], strict=False))
-
-
-def start_site(env):
-    token = run_quietly(shlex.join([sys.executable, "manage.py", "ensure_admin"]), env).split()[-1]
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/backups?limit=5"
-    request = urllib.request.Request(url, headers={"Authorization": f"Token {token}"})
-    for _ in range(150):
-        try:
-            urllib.request.urlopen(request, timeout=30).read()
-            break
-        except OSError:
-            time.sleep(0.2)
-    return server, url, token
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def backups_of(bench, scale):
@@ -163,8 +134,7 @@ def restores_of(bench, scale):
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(mode=0o700, parents=True)
     run_quietly(bench.manage("backups", "sync"), env)
-    server, url, token = start_site(env)  # before the backup: its token is in the backup
-    try:
+    with running_site(env, "/backups?limit=5") as site:  # before the backup: its token is in the backup
         created = run_quietly(bench.manage("backups", "create"), env)
         filename = re.search(r"^Created (\S+)", created, re.M)[1]
         path = backup_dir / filename
@@ -188,7 +158,7 @@ def restores_of(bench, scale):
         gaps = {item.label: [] for item in series}
         for round_number in range(bench.runs):
             for item in series if round_number % 2 == 0 else series[::-1]:
-                probe = SiteProbe(url, token)
+                probe = SiteProbe(site)
                 probe.start()
                 measurement = measure(item.command, env)
                 probe.done.set()
@@ -197,9 +167,6 @@ def restores_of(bench, scale):
                 gaps[item.label].append(probe.gap)
                 print(f"  {item.label}: {measurement.wall:.2f} s, longest gap {probe.gap:.2f} s", flush=True)
                 after_restore(bench, scale, env, scratch)
-    finally:
-        server.terminate()
-        server.wait()
     return series, gaps, path.stat().st_size
 
 

@@ -20,12 +20,15 @@ import platform
 import re
 import shlex
 import shutil
+import socket
 import stat
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -197,6 +200,37 @@ def run_quietly(command, env):
     if result.returncode != 0:
         sys.exit(f"Failed ({result.returncode}): {command}\n{result.stderr.decode(errors='replace')[-4000:]}")
     return result.stdout.decode()
+
+
+@contextmanager
+def running_site(env, path):
+    """The site's ``manage.py runserver`` with ``env`` on a free port, for one block, once it
+    answers ``path``; yields the request for that page, as the admin that ensure_admin makes."""
+    token = run_quietly(shlex.join([sys.executable, "manage.py", "ensure_admin"]), env).split()[-1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Token {token}"})
+    try:
+        for _ in range(150):  # until the server answers
+            try:
+                urllib.request.urlopen(request, timeout=30).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            sys.exit(f"The site's runserver did not answer {request.full_url}")
+        yield request
+    finally:
+        server.terminate()
+        server.wait()
 
 
 # -- the machine -------------------------------------------------------------------------------
@@ -431,9 +465,6 @@ class Bench:
     def run_api_list(self):
         """GET /backups on the development server, with CATALOG_ROWS backups in the catalog of a
         database of its own: LIST_REQUESTS requests after two to warm up."""
-        import socket
-        import urllib.request
-
         name = "hoppybrew_bench_api"
         admin = generate.connect(generate.server_url(self.server, "postgres"))
         with admin.cursor() as cursor:
@@ -450,27 +481,7 @@ class Bench:
         }
         run_quietly(self.manage("migrate", "--noinput"), env)
         run_quietly(shlex.join([self.python, "manage.py", "shell", "-c", FILL_CATALOG]), env)
-        token = run_quietly(self.manage("ensure_admin"), env).split()[-1]
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
-            cwd=PROJECT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/backups", headers={"Authorization": f"Token {token}"}
-        )
-        try:
-            for _ in range(100):  # until the server answers
-                try:
-                    urllib.request.urlopen(request, timeout=30).read()
-                    break
-                except OSError:
-                    time.sleep(0.2)
+        with running_site(env, "/backups") as request:
             urllib.request.urlopen(request, timeout=30).read()
             times, size = [], 0
             for _ in range(LIST_REQUESTS):
@@ -480,9 +491,6 @@ class Bench:
                 times.append(time.perf_counter() - started)
                 size = len(body)
             assert len(json.loads(body)) == CATALOG_ROWS
-        finally:
-            server.terminate()
-            server.wait()
         return {"times": times, "bytes": size}
 
 

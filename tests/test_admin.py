@@ -14,7 +14,6 @@ from django.contrib.admin.utils import quote
 from django.db import connection
 from django.test import Client
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import strip_tags
 
 from backups import services
@@ -33,6 +32,7 @@ from .conftest import (
     job_worker_pids,
     make_staff,
     names,
+    pending_restore,
     read_copy,
     read_manifest,
 )
@@ -468,20 +468,6 @@ def test_restore_runs_as_a_job_brings_the_data_back_and_names_the_undo(admin, br
         brew.filename,
     )
     assert not progress_path(record.pk).exists()  # the journal holds the outcome now
-
-
-def pending_restore(backup, action="restore", **arguments):
-    """A restore job as a request leaves it, its worker (this process) yet to begin."""
-    return Operation.objects.create(
-        action=action,
-        status="pending",
-        filename=backup.filename,
-        database="default",
-        actor="root",
-        origin=Origin.ADMIN,
-        started_at=timezone.now(),
-        details={"worker": this_worker(), "arguments": arguments},
-    )
 
 
 def test_the_progress_page_and_its_poller_follow_the_phases(admin, brew):

@@ -11,29 +11,12 @@ from rest_framework.test import APIClient
 from backups.engines import get_engine
 from backups.models import Backup, BackupStatus, Operation
 
-from .conftest import execute, fetch, make_staff, read_manifest, token_client
+from .conftest import assert_error, create, execute, fetch, make_staff, read_manifest, token_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 NAME = re.compile(r"^hoppybrew_backup_\d{8}_\d{6}(-\d+)?\.sql\.gz$")
 LIST_KEYS = ["filename", "timestamp", "created_at", "description", "size_bytes", "database_name", "database_host"]
-
-
-def create(api, **body):
-    response = api.post("/backups", body, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()["filename"]
-
-
-def assert_error(response, status, *fragments):
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == "application/json"
-    body = response.json()
-    assert set(body) == {"status", "message"}
-    assert body["status"] == "error"
-    for fragment in fragments:
-        assert fragment in body["message"]
-    return body["message"]
 
 
 # -- create -------------------------------------------------------------------------------------

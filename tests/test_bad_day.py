@@ -5,25 +5,31 @@ documented code) with a reason, one line on stderr and a non-zero exit, never a 
 import json
 import os
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from io import StringIO
-from pathlib import Path
 
-import psycopg2
 import pytest
 from django.core.management import CommandError, call_command
 
 from backups import services
 from backups.models import Backup
 
-from .conftest import IN_CI, execute, fetch, flip_byte, free_port, require_server, require_tool, server_reachable
+from .conftest import (
+    IN_CI,
+    POSTGRES_SERVER,
+    RunServer,
+    as_superuser,
+    execute,
+    fetch,
+    flip_byte,
+    manage,
+    require_server,
+    require_tool,
+    superuser_url,
+)
 
-PROJECT = Path(__file__).resolve().parent.parent
 SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
-POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 
 
 def site_environment(database_url, backup_dir, **extra):
@@ -39,31 +45,6 @@ def site_environment(database_url, backup_dir, **extra):
     }
 
 
-def manage(environment, *args, check=False):
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=PROJECT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check and result.returncode != 0:
-        pytest.fail(f"manage.py {' '.join(args)} failed: {result.stderr[-3000:]}")
-    return result
-
-
-def postgres_admin(*statements):
-    connection = psycopg2.connect(**POSTGRES)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            for statement in statements:
-                cursor.execute(statement)
-    finally:
-        connection.close()
-
-
 def request(url, method="GET", headers=None):
     """(status, parsed JSON body) of an HTTP request, whatever the status."""
     call = urllib.request.Request(url, method=method, headers=headers or {})
@@ -74,45 +55,17 @@ def request(url, method="GET", headers=None):
         return error.code, json.loads(error.read())
 
 
-class Server:
-    """``manage.py runserver`` as a child process on a free port."""
-
-    def __init__(self, environment, log):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        with open(log, "wb") as output:
-            self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{self.port}"],
-                cwd=PROJECT,
-                env=environment,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while not server_reachable("127.0.0.1", self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"runserver did not start: {Path(log).read_text()[-3000:]}")
-            time.sleep(0.2)
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
-
 def new_site(name, directory, **extra):
     """A site of its own on a new, migrated PostgreSQL database ``name``, with one backup:
     (environment of its processes, admin's API token, the backup's filename)."""
-    require_server("PostgreSQL", POSTGRES["host"], POSTGRES["port"])
+    require_server("PostgreSQL", POSTGRES_SERVER["host"], POSTGRES_SERVER["port"])
     environment = site_environment(
-        f"postgres://postgres@127.0.0.1:5432/{name}",
+        superuser_url(name),
         directory / "backups",
         BACKUP_JOB_LOG=str(directory / "jobs.log"),
         **extra,
     )
-    postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+    as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
     manage(environment, "migrate", "--noinput", "-v", "0", check=True)
     token = manage(environment, "ensure_admin", check=True).stdout.rsplit("API token:", 1)[1].split()[0]
     backup = manage(environment, "backups", "create", check=True).stdout.split()[1]
@@ -120,7 +73,9 @@ def new_site(name, directory, **extra):
 
 
 def drop_database(name):
-    postgres_admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    as_superuser(
+        "postgres", f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    )
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +87,9 @@ def site_down(tmp_path_factory):
     server = None
     try:
         environment, token, backup = new_site(name, directory, BACKUP_HEALTH_TOKEN="monitor-token")
-        server = Server(environment, directory / "runserver.log")
-        postgres_admin(
+        server = RunServer(environment, directory / "runserver.log")
+        as_superuser(
+            "postgres",
             f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
             f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
         )
@@ -280,7 +236,7 @@ def unwritable_storage(tmp_path_factory):
     mounted = False
     try:
         environment, token, backup = new_site(name, directory)
-        server = Server(environment, directory / "runserver.log")
+        server = RunServer(environment, directory / "runserver.log")
         mount_read_only(backups)
         mounted = True
         yield {"environment": environment, "server": server, "token": token, "backup": backup, "dir": backups}

@@ -13,22 +13,20 @@ import psycopg2
 import pytest
 from django.utils import timezone
 
-from backups.engines import get_engine, postgresql
+from backups.engines import get_engine, pg_parallel, postgresql
 from backups.exceptions import DatabaseBusy, InvalidRequest, RestoreFailed
 from backups.services import restore as restore_service
 from backups.services.copies import write_manifest
 from backups.services.retention import drop_expired_undo_databases
 
-from .test_exact_postgresql import (  # noqa: F401  (pagila, pagila_template: fixtures used here)
-    CHANGES,
-    assert_same,
+from .conftest import (
+    PAGILA_CHANGES,
+    as_superuser,
+    assert_same_fingerprint,
     backup_of,
-    connect,
-    fingerprint,
-    pagila,
-    pagila_template,
-    restore,
-    run_sql,
+    postgres_fingerprint,
+    quick_restore,
+    server_connection,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,7 +42,7 @@ FROM pg_database d WHERE d.datname = %s
 
 
 def database_properties(database):
-    connection = connect("postgres")
+    connection = server_connection("postgres")
     try:
         with connection.cursor() as cursor:
             cursor.execute(DATABASE_PROPERTIES, (database,))
@@ -54,7 +52,7 @@ def database_properties(database):
 
 
 def databases_like(prefix):
-    connection = connect("postgres")
+    connection = server_connection("postgres")
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1", (prefix,))
@@ -66,11 +64,11 @@ def databases_like(prefix):
 def drop_databases_left_beside(database):
     """Undo databases, and restored copies an interrupted run may have left."""
     for name in databases_like(f"{database}_undo_") + databases_like(f"{database}_restore_"):
-        run_sql("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def give_database_properties(database, role):
-    run_sql(
+    as_superuser(
         "postgres",
         f"""
         COMMENT ON DATABASE {database} IS 'the brewery''s own';
@@ -85,7 +83,7 @@ def give_database_properties(database, role):
 
 
 @pytest.fixture
-def switching(pagila, settings):  # noqa: F811  (the fixture of that name)
+def switching(pagila, settings):
     alias, database, role = pagila
     settings.BACKUP_RESTORE_METHOD = "switch"
     drop_databases_left_beside(database)
@@ -93,23 +91,26 @@ def switching(pagila, settings):  # noqa: F811  (the fixture of that name)
     drop_databases_left_beside(database)
 
 
-def test_a_switch_restores_exactly_keeps_what_lives_on_the_database_and_keeps_the_old_one(switching):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_switch_restores_exactly_keeps_what_lives_on_the_database_and_keeps_the_old_one(switching, settings, jobs):
+    """With one session, or with a pool loading rows and building indexes side by side."""
     alias, database, role = switching
+    settings.BACKUP_RESTORE_JOBS = jobs
     give_database_properties(database, role)
-    before, properties = fingerprint(database), database_properties(database)
+    before, properties = postgres_fingerprint(database), database_properties(database)
     made = backup_of(alias)
-    run_sql(database, CHANGES.format(role=role))
-    changed = fingerprint(database)
-    site_session = connect(database)  # the site's: ended by the switch
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
+    changed = postgres_fingerprint(database)
+    site_session = server_connection(database)  # the site's: ended by the switch
 
-    result = restore(made.filename)
+    result = quick_restore(made.filename)
 
     assert result.method == "switch"
-    assert_same(fingerprint(database), before)
+    assert_same_fingerprint(postgres_fingerprint(database), before)
     assert database_properties(database) == properties
     # The replaced database is the undo: as it was just before the restore, listed by the engine.
     assert result.undo_database in dict(get_engine(alias).undo_databases())
-    assert_same(fingerprint(result.undo_database), changed)
+    assert_same_fingerprint(postgres_fingerprint(result.undo_database), changed)
     assert databases_like(f"{database}_restore_") == []
     with pytest.raises(psycopg2.OperationalError), site_session.cursor() as cursor:
         cursor.execute("SELECT 1")
@@ -127,7 +128,7 @@ def test_the_catalog_is_carried_across_a_switch_of_the_site_database(settings):
     first = backup_of("default")
     second = backup_of("default")
     try:
-        result = restore(first.filename)
+        result = quick_restore(first.filename)
         assert result.method == "switch"
         assert set(Backup.objects.values_list("filename", flat=True)) >= {first.filename, second.filename}
         with connection.cursor() as cursor:
@@ -136,6 +137,104 @@ def test_the_catalog_is_carried_across_a_switch_of_the_site_database(settings):
         assert result.undo_database.startswith(f"{database[:40]}_undo_")
     finally:
         drop_databases_left_beside(database)
+
+
+# Text that looks like the entries of a dump, where the dump reader must not take it for them:
+# in a function body, in a string that spans lines (a real newline before each fake header), in
+# names with "$", and rows whose text starts with "\.".
+LOOKALIKES = r"""
+CREATE FUNCTION public.looks_like_a_dump() RETURNS text LANGUAGE sql AS $body$
+SELECT '
+--
+-- Data for Name: film; Type: TABLE DATA; Schema: public; Owner: -
+--
+
+COPY public.film (film_id) FROM stdin;
+1
+\.
+'::text $body$;
+CREATE TABLE public."odd$name" ("we$ird" text DEFAULT E'it\'s $x$ -- not a comment' NOT NULL, note text);
+COMMENT ON TABLE public."odd$name" IS '
+-- Name: odd$name_idx; Type: INDEX; Schema: public; Owner: -
+'' still the string /* no comment $$ no quote';
+INSERT INTO public."odd$name" (note) SELECT '\.' || g FROM generate_series(1, 5) g;
+CREATE INDEX "odd$name_idx" ON public."odd$name" (note);
+COMMENT ON INDEX public."odd$name_idx" IS 'an index; Type: TABLE DATA;';
+"""
+
+
+def test_the_dump_reader_sees_the_same_entries_whatever_the_size_of_the_reads(switching, backup_dir):
+    """Entries finds the same entries, rows and settings in a dump read 7 bytes at a time as in
+    one read in large chunks, and hands out every byte of it once, in order."""
+    alias, database, role = switching
+    as_superuser(database, LOOKALIKES)
+    with gzip.open(backup_dir / backup_of(alias).filename, "rb") as dump:
+        text = dump.read()
+
+    def events(size):
+        position = 0
+
+        def read(_wanted):
+            nonlocal position
+            position += size
+            return text[position - size : position]
+
+        found, handed = [], []
+        for event, payload in pg_parallel.Entries(read):
+            if event == "copy_end":
+                handed.append(b"\\.")
+            elif event != "entry":
+                handed.append(payload)
+            found.append(event if event in ("text", "rows") else (event, payload))
+        return [item for index, item in enumerate(found) if index == 0 or item != found[index - 1]], b"".join(handed)
+
+    large, whole = events(1 << 20)
+    assert whole == text
+    assert events(7) == (large, text)
+    marked = [item for item in large if isinstance(item, tuple)]
+    kinds = [payload for event, payload in marked if event == "entry"]
+    assert kinds.count(b"TABLE DATA") == text.count(b"; Type: TABLE DATA; Schema: ") - 1  # one is in the function
+    assert (b"INDEX" in kinds, b"FK CONSTRAINT" in kinds, b"BLOBS" in kinds or b"BLOB" in kinds) == (True, True, True)
+    copies = [payload for event, payload in marked if event == "copy"]
+    assert b'COPY public."odd$name" ("we$ird", note) FROM stdin;\n' in copies
+    assert b"COPY public.film (film_id) FROM stdin;\n" not in copies[:1]
+
+
+def test_a_parallel_switch_restores_lookalikes_of_dump_entries_exactly(switching, settings):
+    alias, database, role = switching
+    settings.BACKUP_RESTORE_JOBS = 3
+    as_superuser(database, LOOKALIKES)
+    before = postgres_fingerprint(database)
+    made = backup_of(alias)
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
+
+    assert quick_restore(made.filename).method == "switch"
+    assert_same_fingerprint(postgres_fingerprint(database), before)
+
+
+def test_a_row_that_fails_in_the_pool_stops_the_load_and_changes_nothing(switching, settings, monkeypatch):
+    """A row the server refuses (here: one made up on the way) fails its session of the pool;
+    every session stops, the new database is dropped, and the live one is as it was."""
+    alias, database, role = switching
+    settings.BACKUP_RESTORE_JOBS = 2
+    made = backup_of(alias)
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
+    changed = postgres_fingerprint(database)
+    reader = pg_parallel.Entries.__iter__
+
+    def with_a_bad_row(self):
+        spoiled = False
+        for event, payload in reader(self):
+            if event == "rows" and not spoiled and payload.count(b"\n") > 100:
+                payload, spoiled = payload + b"not\ta\trow\n", True
+            yield event, payload
+
+    monkeypatch.setattr(pg_parallel.Entries, "__iter__", with_a_bad_row)
+
+    with pytest.raises(RestoreFailed, match="not changed.*(invalid input|extra data|missing data)"):
+        quick_restore(made.filename)
+    assert_same_fingerprint(postgres_fingerprint(database), changed)
+    assert databases_like(f"{database}_restore_") == []
 
 
 class Failure(Exception):
@@ -164,15 +263,15 @@ def fail_after(function):
 def test_a_switch_that_fails_at_any_step_leaves_the_live_database_as_it_was(switching, monkeypatch, step):
     alias, database, role = switching
     made = backup_of(alias)
-    run_sql(database, CHANGES.format(role=role))
-    changed, properties = fingerprint(database), database_properties(database)
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
+    changed, properties = postgres_fingerprint(database), database_properties(database)
     owner, name = step
     monkeypatch.setattr(owner, name, fail_after(getattr(owner, name)))
 
     with pytest.raises(Failure):
-        restore(made.filename)
+        quick_restore(made.filename)
 
-    assert_same(fingerprint(database), changed)
+    assert_same_fingerprint(postgres_fingerprint(database), changed)
     assert database_properties(database) == properties  # connections allowed again, among others
     assert databases_like(f"{database}_restore_") == []
     assert databases_like(f"{database}_undo_") == []
@@ -184,12 +283,12 @@ def test_a_switch_whose_rows_do_not_match_the_manifest_changes_nothing(switching
     table = sorted(made.manifest["table_rows"])[0]
     made.manifest["table_rows"][table] += 1
     write_manifest(made)  # as if rows had been lost on the way
-    run_sql(database, CHANGES.format(role=role))
-    changed = fingerprint(database)
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
+    changed = postgres_fingerprint(database)
 
     with pytest.raises(RestoreFailed, match=f"not changed. Table {table} has"):
-        restore(made.filename)
-    assert_same(fingerprint(database), changed)
+        quick_restore(made.filename)
+    assert_same_fingerprint(postgres_fingerprint(database), changed)
     assert databases_like(f"{database}_restore_") == []
 
 
@@ -198,14 +297,13 @@ def owned_database(extra_alias, settings):
     """A database owned, with everything in it, by a login role that is no superuser; the alias
     "small" connects as that role. Yields (alias, database, role, a connection as the role)."""
     role, database = f"hb_site{settings.SUFFIX}", f"hb_small{settings.SUFFIX}"
-    run_sql("postgres", f"DO $$BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
-    run_sql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    as_superuser("postgres", f"DO $$BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    as_superuser("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     drop_databases_left_beside(database)
-    run_sql("postgres", f"CREATE DATABASE {database} OWNER {role}")
-    run_sql(database, f"ALTER SCHEMA public OWNER TO {role}")
+    as_superuser("postgres", f"CREATE DATABASE {database} OWNER {role}")
+    as_superuser(database, f"ALTER SCHEMA public OWNER TO {role}")
     alias = extra_alias("small", NAME=database, USER=role)
-    owned = psycopg2.connect(dbname=database, host="127.0.0.1", user=role)
-    owned.autocommit = True
+    owned = server_connection(database, role=role)
     with owned.cursor() as cursor:
         cursor.execute("CREATE TABLE brew (id serial PRIMARY KEY, name text)")
         cursor.execute("INSERT INTO brew (name) VALUES ('ale')")
@@ -214,9 +312,9 @@ def owned_database(extra_alias, settings):
     from django.db import connections
 
     connections[alias].close()
-    run_sql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    as_superuser("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     drop_databases_left_beside(database)
-    run_sql("postgres", f"DROP ROLE IF EXISTS {role}")
+    as_superuser("postgres", f"DROP ROLE IF EXISTS {role}")
 
 
 def change(owned):
@@ -228,48 +326,48 @@ def test_a_switch_waits_for_sessions_it_cannot_end_then_changes_nothing(owned_da
     """A superuser's session on the live database cannot be ended by the site's role: the
     rename cannot happen, and after the lock timeout nothing has changed."""
     alias, database, role, owned = owned_database
-    run_sql("postgres", f"ALTER ROLE {role} CREATEDB")
+    as_superuser("postgres", f"ALTER ROLE {role} CREATEDB")
     settings.BACKUP_RESTORE_METHOD = "switch"
     settings.BACKUP_RESTORE_LOCK_TIMEOUT = 1
     made = backup_of(alias)
     change(owned)
-    changed, properties = fingerprint(database), database_properties(database)
-    superuser_session = connect(database)
+    changed, properties = postgres_fingerprint(database), database_properties(database)
+    superuser_session = server_connection(database)
     try:
         with pytest.raises(DatabaseBusy, match="could not be ended"):
-            restore(made.filename)
+            quick_restore(made.filename)
     finally:
         superuser_session.close()
-    assert_same(fingerprint(database), changed)
+    assert_same_fingerprint(postgres_fingerprint(database), changed)
     assert database_properties(database) == properties
     assert databases_like(f"{database}_restore_") == []
     # Once that session is gone, the same role switches.
-    assert restore(made.filename).method == "switch"
+    assert quick_restore(made.filename).method == "switch"
 
 
 def test_without_createdb_a_restore_works_in_place(owned_database, settings):
     alias, database, role, owned = owned_database
-    run_sql("postgres", f"ALTER ROLE {role} NOCREATEDB")
+    as_superuser("postgres", f"ALTER ROLE {role} NOCREATEDB")
     settings.BACKUP_RESTORE_METHOD = "auto"
-    before = fingerprint(database)
+    before = postgres_fingerprint(database)
     made = backup_of(alias)
     change(owned)
 
-    result = restore(made.filename)
+    result = quick_restore(made.filename)
 
     assert result.method == "in-place"
     assert result.undo_database is None
-    assert_same(fingerprint(database), before)
+    assert_same_fingerprint(postgres_fingerprint(database), before)
     settings.BACKUP_RESTORE_METHOD = "switch"
     with pytest.raises(InvalidRequest, match="cannot be restored beside the live one"):
-        restore(made.filename)
+        quick_restore(made.filename)
 
 
 def test_the_undo_database_is_dropped_after_its_time(switching, settings):
     alias, database, role = switching
     settings.BACKUP_RESTORE_KEEP_OLD_HOURS = 2
     made = backup_of(alias)
-    undo = restore(made.filename).undo_database
+    undo = quick_restore(made.filename).undo_database
     now = timezone.now()
 
     assert drop_expired_undo_databases(now + timedelta(hours=1)) == []
@@ -279,12 +377,12 @@ def test_the_undo_database_is_dropped_after_its_time(switching, settings):
     assert databases_like(undo) == []
 
 
-def test_a_parallel_backup_restores_exactly_as_a_serial_one(pagila, backup_dir, settings):  # noqa: F811
+def test_a_parallel_backup_restores_exactly_as_a_serial_one(pagila, backup_dir, settings):
     """BACKUP_JOBS=2: pg_dump -j from one snapshot, turned into the same one-transaction plain SQL
     (cleanup included), which restores to the same fingerprint; the two files differ only in
     psql's random \\restrict key."""
     alias, database, role = pagila
-    before = fingerprint(database)
+    before = postgres_fingerprint(database)
     serial = backup_of(alias)
     settings.BACKUP_JOBS = 2
     parallel = backup_of(alias)
@@ -295,6 +393,6 @@ def test_a_parallel_backup_restores_exactly_as_a_serial_one(pagila, backup_dir, 
 
     assert statements(parallel) == statements(serial)
     assert parallel.manifest["table_rows"] == serial.manifest["table_rows"]
-    run_sql(database, CHANGES.format(role=role))
-    restore(parallel.filename)
-    assert_same(fingerprint(database), before)
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
+    quick_restore(parallel.filename)
+    assert_same_fingerprint(postgres_fingerprint(database), before)

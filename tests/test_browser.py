@@ -27,9 +27,7 @@ from backups.models import Backup, BackupStatus, DatabaseCopy, Operation
 from backups.services.jobs import RestoreProgressFile
 from tests.recoveryapp.models import Brewery
 
-from .conftest import IN_CI, brew_recipes, database_exists, names, read_copy
-from .test_admin import pending_restore
-from .test_hardening import TableBlocker
+from .conftest import IN_CI, TableBlocker, brew_recipes, database_exists, names, pending_restore, read_copy
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -13,8 +13,7 @@ from backups import checks, services
 from backups.models import Backup
 from backups.services.health import evaluate_health
 
-from .conftest import execute, fetch, flip_byte, read_manifest
-from .test_s3 import fill_big_table
+from .conftest import execute, fetch, fill_big_table, flip_byte, read_manifest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 COMMAND = services.Actor.command()

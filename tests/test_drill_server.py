@@ -4,53 +4,39 @@ they make their scratch database on that server and pass."""
 
 import os
 
-import psycopg2
 import pytest
 
 from backups import checks, services
 from backups.exceptions import DatabaseUnavailable
 from backups.services.verification import run_scheduled_verification
 
-from .conftest import rewrite_backup
+from .conftest import as_superuser, rewrite_backup, scratch_pattern, server_connection, superuser_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
 ROLE = f"nocreatedb{SUFFIX}"
 DATABASE = f"hoppybrew_nocreatedb{SUFFIX}"
-SUPERUSER_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+SUPERUSER_URL = superuser_url("postgres")
 COMMAND = services.Actor.command()
-
-
-def as_postgres(database, *statements):
-    connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=database)
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            for statement in statements:
-                cursor.execute(statement)
-            return cursor.fetchall() if cursor.description else None
-    finally:
-        connection.close()
 
 
 @pytest.fixture(scope="module")
 def role_without_createdb():
     """A login role without CREATEDB that owns a database holding a table."""
-    as_postgres(
+    as_superuser(
         "postgres",
         f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)',
         f'DROP ROLE IF EXISTS "{ROLE}"',
         f'CREATE ROLE "{ROLE}" LOGIN NOCREATEDB',
         f'CREATE DATABASE "{DATABASE}" OWNER "{ROLE}"',
     )
-    connection = psycopg2.connect(host="127.0.0.1", port=5432, user=ROLE, dbname=DATABASE)
-    connection.autocommit = True
+    connection = server_connection(DATABASE, role=ROLE)
     with connection, connection.cursor() as cursor:
         cursor.execute("CREATE TABLE brew (id integer PRIMARY KEY, name text)")
         cursor.execute("INSERT INTO brew VALUES (1, 'Pale Ale'), (2, 'Stout')")
     connection.close()
     yield
-    as_postgres("postgres", f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)', f'DROP ROLE IF EXISTS "{ROLE}"')
+    as_superuser("postgres", f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)', f'DROP ROLE IF EXISTS "{ROLE}"')
 
 
 @pytest.fixture
@@ -62,7 +48,7 @@ def site(role_without_createdb, extra_alias, settings):
 
 
 def scratch_databases():
-    return as_postgres("postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{DATABASE}\\_drill\\_%'")
+    return as_superuser("postgres", f"SELECT datname FROM pg_database WHERE datname LIKE '{scratch_pattern(DATABASE)}'")
 
 
 def test_without_a_drill_server_drills_are_said_to_be_impossible_once(site, caplog):

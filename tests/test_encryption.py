@@ -14,7 +14,18 @@ from backups.conf import backup_settings
 from backups.exceptions import BackupDamaged, EncryptionKeyError
 from backups.models import Backup
 
-from .conftest import execute, fetch, flip_byte, make_age_key, read_manifest, require_tool, resign
+from .conftest import (
+    as_superuser,
+    by_hand_psql,
+    execute,
+    fetch,
+    flip_byte,
+    make_age_key,
+    new_database,
+    read_manifest,
+    require_tool,
+    resign,
+)
 
 ALIASES = ["default", "sqlite"]
 pytestmark = pytest.mark.django_db(transaction=True, databases=ALIASES)
@@ -86,25 +97,10 @@ def test_the_age_tool_alone_decrypts_a_backup_that_psql_restores(encrypted, back
     identity, _public = encrypted
     brew("default")
     made = services.create_backup(actor=COMMAND)
-    scratch = f"hoppybrew_by_hand_age{settings.SUFFIX}"
-    server = ["-h", "127.0.0.1", "-U", "postgres"]
-    subprocess.run(["dropdb", *server, "--if-exists", scratch], check=True)
-    subprocess.run(["createdb", *server, scratch], check=True)
-    try:
-        pipeline = (
-            f"age -d -i {identity} {backup_dir / made.filename} | gunzip "
-            f"| psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres {scratch}"
-        )
+    with new_database(f"hoppybrew_by_hand_age{settings.SUFFIX}") as scratch:
+        pipeline = f"age -d -i {identity} {backup_dir / made.filename} | gunzip | {by_hand_psql(scratch)}"
         subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], check=True, capture_output=True)
-        out = subprocess.run(
-            ["psql", "-X", "-At", *server, scratch, "-c", "SELECT name FROM brew ORDER BY id"],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        assert out.stdout.splitlines() == ["Pale Ale", "Stout"]
-    finally:
-        subprocess.run(["dropdb", *server, "--if-exists", scratch], check=True)
+        assert as_superuser(scratch, "SELECT name FROM brew ORDER BY id") == [("Pale Ale",), ("Stout",)]
 
 
 def test_an_identity_file_with_several_keys_restores_backups_made_before_a_key_change(settings, tmp_path):

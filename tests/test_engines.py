@@ -29,9 +29,18 @@ from backups.exceptions import (
 from backups.models import Backup, BackupStatus, Operation
 
 from .conftest import (
+    ALIASES,
+    BREW_ROWS,
+    as_superuser,
+    backup_of,
+    brew_rows,
+    by_hand_psql,
+    create_brew,
     execute,
     fetch,
     flip_byte,
+    new_database,
+    quick_restore,
     raw_postgres_connection,
     read_manifest,
     resign,
@@ -40,7 +49,6 @@ from .conftest import (
     truncate_and_resign,
 )
 
-ALIASES = ["default", "sqlite", "mariadb"]
 PROJECT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
 COMMAND = services.Actor.command()
@@ -61,36 +69,13 @@ def alias(request):
 @pytest.fixture
 def brew(alias):
     """A table with rows the tests change and expect back."""
-    execute(
-        alias,
-        "CREATE TABLE brew (id integer PRIMARY KEY, name varchar(100), notes text)",
-        "INSERT INTO brew VALUES (1, 'Pale Ale', 'citra'), (2, 'Stout', 'roasty\nand dark'), (3, 'Saison', NULL)",
-    )
+    create_brew(alias)
     return alias
-
-
-def rows(alias):
-    return fetch(alias, "SELECT id, name, notes FROM brew ORDER BY id")
-
-
-ORIGINAL = [(1, "Pale Ale", "citra"), (2, "Stout", "roasty\nand dark"), (3, "Saison", None)]
-
-
-def backup(alias, **options):
-    return services.create_backup(actor=COMMAND, database=alias, **options)
-
-
-def restore(filename, **options):
-    """Restore, skipping the pre-restore backup (quicker) where the engine lets a restore skip it."""
-    alias = options.get("target") or Backup.objects.get(filename=filename).database
-    if get_engine(alias).restore_is_transactional:
-        options.setdefault("pre_restore_backup", False)
-    return services.restore_backup(filename, actor=COMMAND, **options)
 
 
 def test_round_trip_brings_back_rows_and_removes_newer_tables(brew):
     alias = brew
-    made = backup(alias, description="before changes")
+    made = backup_of(alias, description="before changes")
     execute(
         alias,
         "UPDATE brew SET name = 'Porter' WHERE id = 1",
@@ -98,13 +83,13 @@ def test_round_trip_brings_back_rows_and_removes_newer_tables(brew):
         "INSERT INTO brew VALUES (4, 'Lager', '')",
         "CREATE TABLE hops (id integer)",
     )
-    restore(made.filename)
-    assert rows(alias) == ORIGINAL
+    quick_restore(made.filename)
+    assert brew_rows(alias) == BREW_ROWS
     assert not table_exists(alias, "hops")
 
 
 def test_manifest_counts_the_rows_of_each_table(brew, backup_dir):
-    made = backup(brew)
+    made = backup_of(brew)
     counts = read_manifest(backup_dir, made.filename)["table_rows"]
     key = "public.brew" if get_engine(brew).vendor == "postgresql" else "brew"
     assert counts[key] == 3
@@ -112,63 +97,63 @@ def test_manifest_counts_the_rows_of_each_table(brew, backup_dir):
 
 def test_a_restore_that_fails_midway_leaves_the_database_as_it_was(brew, backup_dir):
     alias = brew
-    made = backup(alias)
+    made = backup_of(alias)
     # A broken statement after the brew table has been recreated and filled.
     rewrite_backup(backup_dir, made.filename, lambda sql: sql + "\nINSERT INTO no_such_table VALUES (1);\n")
     execute(alias, "UPDATE brew SET name = 'changed'", "CREATE TABLE hops (id integer)")
     if get_engine(alias).restore_is_transactional:
         with pytest.raises(RestoreFailed, match="not changed"):
-            restore(made.filename)
+            quick_restore(made.filename)
     else:
         # MySQL cannot roll back: the dump is loaded into a scratch database first, and fails
         # there, before the live database is touched (test_exact_mysql has the undo).
         with pytest.raises(RestoreFailed, match="no_such_table.*nothing was changed") as failure:
-            restore(made.filename)
+            quick_restore(made.filename)
         assert not isinstance(failure.value, RestoreIncomplete)
         assert Operation.objects.get(action="restore", filename=made.filename).status == "failed"
-    assert {name for _, name, _ in rows(alias)} == {"changed"}
+    assert {name for _, name, _ in brew_rows(alias)} == {"changed"}
     assert table_exists(alias, "hops")
 
 
 def test_a_file_that_does_not_match_its_manifest_is_refused_before_anything_runs(brew, backup_dir):
     alias = brew
-    made = backup(alias)
+    made = backup_of(alias)
     flip_byte(backup_dir / made.filename)
     execute(alias, "UPDATE brew SET name = 'changed'")
     with pytest.raises(BackupDamaged, match="does not match its manifest"):
-        restore(made.filename)
-    assert {name for _, name, _ in rows(alias)} == {"changed"}
+        quick_restore(made.filename)
+    assert {name for _, name, _ in brew_rows(alias)} == {"changed"}
 
 
 def test_a_truncated_file_is_stopped_or_refused_even_with_a_matching_manifest(brew, backup_dir):
     alias = brew
-    made = backup(alias)
+    made = backup_of(alias)
     truncate_and_resign(backup_dir, made.filename)
     execute(alias, "UPDATE brew SET name = 'changed'")
     if get_engine(alias).restore_is_transactional:
         with pytest.raises(BackupDamaged, match="cannot be decompressed"):
-            restore(made.filename)
+            quick_restore(made.filename)
     else:  # MySQL: refused by the load into a scratch database, before the live one is touched
         with pytest.raises(RestoreFailed, match="cannot be decompressed.*nothing was changed"):
-            restore(made.filename)
-    assert {name for _, name, _ in rows(alias)} == {"changed"}
+            quick_restore(made.filename)
+    assert {name for _, name, _ in brew_rows(alias)} == {"changed"}
 
 
 def test_a_dump_that_ends_before_the_size_its_manifest_recorded_is_not_kept(brew, backup_dir):
     """A sound gzip stream (its sha256 matches) that is shorter than the dump that was written:
     what a decompressor stopping early would hand over."""
     alias = brew
-    made = backup(alias)
+    made = backup_of(alias)
     sql = gzip.decompress((backup_dir / made.filename).read_bytes())
     resign(backup_dir, made.filename, gzip.compress(sql[: sql.rindex(b"\n", 0, len(sql) // 2) + 1]))
     execute(alias, "UPDATE brew SET name = 'changed'")
     if get_engine(alias).restore_is_transactional:
         with pytest.raises(BackupDamaged, match="not the .* its manifest recorded"):
-            restore(made.filename)
+            quick_restore(made.filename)
     else:
         with pytest.raises(RestoreFailed, match="its manifest recorded.*nothing was changed"):
-            restore(made.filename)
-    assert {name for _, name, _ in rows(alias)} == {"changed"}
+            quick_restore(made.filename)
+    assert {name for _, name, _ in brew_rows(alias)} == {"changed"}
 
 
 def test_backups_at_the_same_time_are_each_valid_under_their_own_name(brew, backup_dir):
@@ -176,7 +161,7 @@ def test_backups_at_the_same_time_are_each_valid_under_their_own_name(brew, back
 
     def one(_):
         try:
-            return backup(alias).filename
+            return backup_of(alias).filename
         finally:
             connections.close_all()
 
@@ -190,34 +175,34 @@ def test_backups_at_the_same_time_are_each_valid_under_their_own_name(brew, back
 
 
 def test_a_restore_never_runs_during_a_backup_of_the_same_database(brew):
-    made = backup(brew)
+    made = backup_of(brew)
     with get_engine(brew).lock(exclusive=False):
         with pytest.raises(OperationInProgress):
-            restore(made.filename)
+            quick_restore(made.filename)
     with get_engine(brew).lock(exclusive=True):
         with pytest.raises(OperationInProgress):
-            backup(brew)
+            backup_of(brew)
 
 
 def test_restore_refuses_to_run_inside_a_transaction(brew):
-    made = backup(brew)
+    made = backup_of(brew)
     with transaction.atomic(using=brew):
         with pytest.raises(RuntimeError, match="atomic"):
-            restore(made.filename)
+            quick_restore(made.filename)
 
 
 def test_restore_is_not_deadlocked_by_this_process_having_used_the_database(brew):
-    made = backup(brew)
-    assert rows(brew) == ORIGINAL  # Django's connection has touched the table
+    made = backup_of(brew)
+    assert brew_rows(brew) == BREW_ROWS  # Django's connection has touched the table
     Backup.objects.count()
-    restore(made.filename)
-    assert rows(brew) == ORIGINAL
+    quick_restore(made.filename)
+    assert brew_rows(brew) == BREW_ROWS
 
 
 def test_backups_taken_after_the_restored_one_are_still_listed(brew):
-    older = backup(brew, description="A")
-    newer = backup(brew, description="B")
-    result = restore(older.filename, pre_restore_backup=True)
+    older = backup_of(brew, description="A")
+    newer = backup_of(brew, description="B")
+    result = quick_restore(older.filename, pre_restore_backup=True)
     listed = {b.filename for b in services.list_backups(actor=COMMAND)}
     assert {older.filename, newer.filename, result.pre_restore_backup.filename} <= listed
     assert Operation.objects.get(action="restore", filename=older.filename).status == "succeeded"
@@ -226,15 +211,15 @@ def test_backups_taken_after_the_restored_one_are_still_listed(brew):
 def test_a_busy_database_makes_the_restore_give_up_and_change_nothing(brew, settings):
     settings.BACKUP_RESTORE_LOCK_TIMEOUT = 1
     alias = brew
-    made = backup(alias)
+    made = backup_of(alias)
     execute(alias, "UPDATE brew SET name = 'changed'")
     holder = open_lock_holder(alias)
     try:
         with pytest.raises(DatabaseBusy, match="busy"):
-            restore(made.filename)
+            quick_restore(made.filename)
     finally:
         holder.close()
-    assert {name for _, name, _ in rows(alias)} == {"changed"}
+    assert {name for _, name, _ in brew_rows(alias)} == {"changed"}
 
 
 def open_lock_holder(alias):
@@ -262,7 +247,7 @@ def test_postgresql_restore_removes_schemas_types_and_views_created_since(reques
         "CREATE TABLE archive.old (id integer)",
     )
     request.addfinalizer(lambda: execute("default", "DROP SCHEMA IF EXISTS archive CASCADE"))
-    made = backup("default")
+    made = backup_of("default")
     execute(
         "default",
         "CREATE SCHEMA lab",
@@ -272,7 +257,7 @@ def test_postgresql_restore_removes_schemas_types_and_views_created_since(reques
         "CREATE TABLE tagged (id integer GENERATED ALWAYS AS IDENTITY, m mood)",
         "CREATE FUNCTION brewed() RETURNS integer LANGUAGE sql AS 'SELECT 1'",
     )
-    restore(made.filename)
+    quick_restore(made.filename)
     schemas = {name for (name,) in fetch("default", "SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg_%'")}
     assert schemas == {"public", "information_schema", "archive"}
     assert fetch("default", "SELECT count(*) FROM pg_type WHERE typname = 'mood'") == [(0,)]
@@ -308,7 +293,7 @@ def test_postgresql_restore_commits_nothing_when_its_feeder_dies_midway(brew, ba
     """psql commits at the end of its input unless the restore tells it otherwise: when the
     process feeding it dies (killed, out of memory), what psql has read must be rolled back.
     Here the feeder dies right after the schema, which drops and recreates every table."""
-    made = backup("default")
+    made = backup_of("default")
     sql = gzip.decompress((backup_dir / made.filename).read_bytes())
     # Comments after the marker: the restore holds back the last few KiB it has read (where the
     # file's COMMIT would be), and the marker must reach psql.
@@ -328,37 +313,16 @@ def test_postgresql_restore_commits_nothing_when_its_feeder_dies_midway(brew, ba
     while restore_session("default") is not None:  # psql reads the end of its input and quits
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert rows("default") == ORIGINAL
+    assert brew_rows("default") == BREW_ROWS
 
 
 @pytest.mark.parametrize("alias", [on("default")])
 def test_postgresql_backup_restores_by_hand_with_gunzip_and_psql(brew, backup_dir, settings):
-    made = backup("default")
-    scratch = f"hoppybrew_by_hand{settings.SUFFIX}"
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", scratch], check=True)
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", scratch], check=True)
-    try:
-        psql = f"psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres {scratch}"
-        pipeline = f"gunzip -c {backup_dir / made.filename} | {psql}"
+    made = backup_of("default")
+    with new_database(f"hoppybrew_by_hand{settings.SUFFIX}") as scratch:
+        pipeline = f"gunzip -c {backup_dir / made.filename} | {by_hand_psql(scratch)}"
         subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], check=True, capture_output=True)
-        out = subprocess.run(
-            [
-                "psql",
-                "-X",
-                "-At",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                scratch,
-                "-c",
-                "SELECT name FROM brew ORDER BY id",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        assert out == ["Pale", "Ale", "Stout", "Saison"]
+        assert as_superuser(scratch, "SELECT name FROM brew ORDER BY id") == [("Pale Ale",), ("Stout",), ("Saison",)]
         # and once more over the now populated database, as the README says it can
         subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], check=True, capture_output=True)
         # The file is one transaction: a copy cut short anywhere before its COMMIT commits
@@ -366,21 +330,15 @@ def test_postgresql_backup_restores_by_hand_with_gunzip_and_psql(brew, backup_di
         sql = gzip.decompress((backup_dir / made.filename).read_bytes())
         truncated = backup_dir / "truncated.sql.gz"
         truncated.write_bytes(gzip.compress(sql[: sql.rindex(b"\nCOMMIT;")]))
-        subprocess.run(["psql", "-X", "-q", "-h", "127.0.0.1", "-U", "postgres", scratch, "-c", "DELETE FROM brew"])
+        as_superuser(scratch, "DELETE FROM brew")
         subprocess.run(["bash", "-o", "pipefail", "-c", pipeline.replace(made.filename, truncated.name)], check=True)
-        count = subprocess.run(
-            ["psql", "-X", "-At", "-h", "127.0.0.1", "-U", "postgres", scratch, "-c", "SELECT count(*) FROM brew"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        assert count == "0"  # still the emptied table: nothing of the truncated restore stayed
-    finally:
-        subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", scratch], check=True)
+        # still the emptied table: nothing of the truncated restore stayed
+        assert as_superuser(scratch, "SELECT count(*) FROM brew") == [(0,)]
 
 
 @pytest.mark.parametrize("alias", [on("sqlite")])
 def test_sqlite_backup_restores_by_hand_with_the_sqlite3_shell(brew, backup_dir, tmp_path):
-    made = backup("sqlite")
+    made = backup_of("sqlite")
     target = tmp_path / "restored.sqlite3"
     subprocess.run(
         ["bash", "-o", "pipefail", "-c", f"gunzip -c {backup_dir / made.filename} | sqlite3 {target}"], check=True
@@ -393,7 +351,7 @@ def test_sqlite_backup_restores_by_hand_with_the_sqlite3_shell(brew, backup_dir,
 
 @pytest.mark.parametrize("alias", [on("mariadb")])
 def test_mysql_backup_restores_by_hand_with_gunzip_and_mysql(brew, backup_dir, settings):
-    made = backup("mariadb")
+    made = backup_of("mariadb")
     scratch = f"hoppybrew_by_hand{settings.SUFFIX}"
     mysql = ["mysql", "--protocol=TCP", "-h", "127.0.0.1", "-u", "root"]
     subprocess.run([*mysql, "-e", f"DROP DATABASE IF EXISTS {scratch}; CREATE DATABASE {scratch}"], check=True)
@@ -422,7 +380,7 @@ def test_a_failed_dump_leaves_no_file_and_is_recorded_with_the_tools_message(bac
     try:
         alias = extra_alias("restricted", USER=role)
         with pytest.raises(DumpFailed, match="permission denied for table"):
-            backup(alias)
+            backup_of(alias)
     finally:
         connections["restricted"].close()
         execute("default", "DROP TABLE secret_recipe", f"DROP ROLE {role}")

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -26,8 +25,19 @@ from backups.engines import get_engine
 from backups.exceptions import DatabaseUnavailable, RestoreFailed, RestoreIncomplete
 from backups.models import Backup, Trigger
 
-from .conftest import DATASETS, execute, fetch, mariadb_user, read_manifest, resign, rewrite_backup, truncate_and_resign
-from .test_mysql import scratch_pattern
+from .conftest import (
+    DAMAGES,
+    DATASETS,
+    break_near_the_end,
+    execute,
+    fetch,
+    first_half,
+    mariadb_user,
+    processes_named,
+    read_manifest,
+    rewrite_backup,
+    scratch_pattern,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mariadb"])
 COMMAND = services.Actor.command()
@@ -218,33 +228,11 @@ def gzipped_sql(directory, filename):
 # -- failures: refused before the live database is touched ----------------------------------------
 
 
-def break_near_the_end(sql):
-    """Valid SQL up to a statement that fails, near the end of the file."""
-    lines = sql.splitlines(keepends=True)
-    return "".join([*lines[:-5], "INSERT INTO no_such_table VALUES (1);\n", *lines[-5:]])
-
-
-def cut_in_a_statement(sql):
-    """The SQL stops in the middle of the rows of a table (a well-formed gzip of a short file)."""
-    return sql[: sql.index("INSERT INTO `brew`") + 40]
-
-
-@pytest.mark.parametrize(
-    "damage",
-    [
-        pytest.param(lambda directory, name: rewrite_backup(directory, name, break_near_the_end), id="bad-sql-at-end"),
-        pytest.param(lambda directory, name: rewrite_backup(directory, name, cut_in_a_statement), id="cut-statement"),
-        pytest.param(lambda directory, name: truncate_and_resign(directory, name, cut=40), id="truncated-near-end"),
-        pytest.param(
-            lambda directory, name: resign(directory, name, halved(directory / name)),
-            id="truncated-in-middle",
-        ),
-    ],
-)
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_a_dump_that_does_not_load_is_refused_and_nothing_is_changed(backup_dir, damage):
     load_torture()
     made = backup()
-    damage(backup_dir, made.filename)
+    DAMAGES[damage](backup_dir, made.filename)
     before = changed_state()
     with pytest.raises(RestoreFailed) as refused:
         restore(made.filename)
@@ -255,11 +243,6 @@ def test_a_dump_that_does_not_load_is_refused_and_nothing_is_changed(backup_dir,
     # Proven before the pre-restore backup was even taken.
     assert not Backup.objects.filter(trigger=Trigger.PRE_RESTORE).exists()
     assert not scratch_databases_left()
-
-
-def halved(path):
-    data = path.read_bytes()
-    return data[: len(data) // 2]
 
 
 def scratch_databases_left():
@@ -389,17 +372,7 @@ class Killer(threading.Thread):
             time.sleep(0.005)
 
     def live_clients(self):
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            parent = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "")
-            if parent == str(os.getpid()) and argv[0] == b"mysql" and self.database in argv:
-                yield int(entry.name)
+        return [pid for pid, argv, _environ in processes_named("mysql") if self.database in argv]
 
 
 def test_a_killed_restore_is_undone_and_a_second_kill_is_reported(backup_dir):
@@ -452,7 +425,7 @@ def test_the_readmes_mariadb_form_loads_into_a_new_database_and_a_cut_file_stops
     client = "mysql --protocol=TCP -h 127.0.0.1 -u root"
     try:
         truncated = backup_dir / "cut.sql.gz"
-        truncated.write_bytes(halved(backup_dir / made.filename))
+        truncated.write_bytes(first_half(backup_dir / made.filename))
         # README: create the new database, load it, and only then point the site at it.
         form = (
             f"set -o pipefail; {client} -e 'CREATE DATABASE {new} CHARACTER SET utf8mb4' && "

@@ -20,8 +20,16 @@ from backups import services
 from backups.exceptions import DatabaseUnavailable, DumpFailed, ToolMissing
 from backups.models import Backup, BackupStatus, Operation
 
-from .conftest import execute, fetch, make_staff, raw_postgres_connection, token_client
-from .test_api import assert_error, create
+from .conftest import (
+    TableBlocker,
+    assert_error,
+    create,
+    execute,
+    fetch,
+    make_staff,
+    token_client,
+    wait_for_process,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 PROJECT = Path(__file__).resolve().parent.parent
@@ -31,62 +39,6 @@ COMMAND = services.Actor.command()
 @pytest.fixture(autouse=True)
 def fresh_throttle_history():
     cache.clear()
-
-
-class TableBlocker:
-    """Another session holding a lock on a table, ACCESS EXCLUSIVE unless told: pg_dump (and a
-    restore's lock step) wait on it, which keeps them running while a test looks at them.
-    (SHARE lets reads through and holds up writes.)"""
-
-    def __init__(self, table="brew", mode="ACCESS EXCLUSIVE"):
-        self.connection = raw_postgres_connection()
-        self.connection.cursor().execute(f"BEGIN; LOCK TABLE {table} IN {mode} MODE")
-
-    def release(self):
-        self.connection.close()
-
-
-def parent_of(pid):
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-
-
-def descends_from_this_test(pid):
-    while pid > 1:
-        pid = parent_of(pid)
-        if pid == os.getpid():
-            return True
-    return False
-
-
-def processes_named(name):
-    """(pid, argv, environ) of the processes started by this test whose program is ``name``
-    (other jobs on the machine may run the same tools)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if Path(argv[0].decode()).name != name or not descends_from_this_test(int(entry.name)):
-                continue
-            found.append((int(entry.name), argv, (entry / "environ").read_bytes()))
-        except (OSError, UnicodeDecodeError):
-            continue
-    return found
-
-
-def wait_for_process(name, timeout=30, argument=None):
-    """The processes called ``name`` (with ``argument`` among their arguments, if given), once
-    there is one."""
-    deadline = time.monotonic() + timeout
-    while not (found := [p for p in processes_named(name) if argument is None or argument in p[1]]):
-        assert time.monotonic() < deadline, f"{name} never started"
-        time.sleep(0.05)
-    return found
 
 
 def all_cmdlines():

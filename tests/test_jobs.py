@@ -22,37 +22,27 @@ from backups.services.catalog import mark_interrupted
 from backups.services.journal import this_worker
 from backups.storage import process_alive
 
-from .conftest import execute, fetch, make_staff, token_client
-from .test_api import assert_error
-from .test_hardening import TableBlocker, parent_of, wait_for_process
+from .conftest import (
+    DONE,
+    TableBlocker,
+    assert_error,
+    execute,
+    fetch,
+    make_staff,
+    parent_of,
+    poll,
+    start_restore,
+    token_client,
+    wait_for_process,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SPEC_KEYS = ["status", "message", "filename", "timestamp"]
-DONE = {"succeeded", "failed"}
-
-
-def poll(api, url, until, timeout=120):
-    """GET ``url`` until ``until(body)`` holds; the last body."""
-    deadline = time.monotonic() + timeout
-    while True:
-        response = api.get(url)
-        assert response.status_code == 200, response.content
-        body = response.json()
-        if until(body):
-            return body
-        assert time.monotonic() < deadline, f"{url} never got there: {body}"
-        time.sleep(0.1)
 
 
 def start_backup(api, **body):
     response = api.post("/backups", {**body, "async": True}, format="json")
-    assert response.status_code == 202, response.content
-    return response
-
-
-def start_restore(api, filename, **body):
-    response = api.post("/backups/restore", {"filename": filename, **body, "async": True}, format="json")
     assert response.status_code == 202, response.content
     return response
 

@@ -21,7 +21,7 @@ from backups.engines.mysql import SHARED_LOCK_SLOTS, InsertRowCounter, history_o
 from backups.exceptions import DumpFailed, InvalidRequest, OperationInProgress
 from backups.models import Backup, BackupStatus, Operation, Trigger
 
-from .conftest import execute, fetch, mariadb_user, read_manifest, rewrite_backup, table_exists
+from .conftest import execute, fetch, mariadb_user, read_manifest, rewrite_backup, scratch_pattern, table_exists
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mariadb"])
 COMMAND = services.Actor.command()
@@ -62,10 +62,6 @@ def app_user(settings, extra_alias):
     with mariadb_user(user, *grants, password=password):
         extra_alias("app", base="mariadb", USER=user, PASSWORD=password)
         yield user, password
-
-
-def scratch_pattern(database):
-    return database.replace("_", "\\_") + "\\_drill\\_%"
 
 
 # -- row counts ---------------------------------------------------------------------------------

@@ -3,12 +3,10 @@ matter; and the health alarm: fresh, stale, failed verification, one notice per 
 
 import json
 import logging
-import threading
 from contextlib import contextmanager
 from datetime import timedelta
 from email import message_from_string
 from email.policy import default
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import StringIO
 
 import pytest
@@ -21,7 +19,7 @@ from backups import checks, services
 from backups.models import Backup
 from backups.services.schedule import run_scheduled_backups, run_scheduled_cleanup
 
-from .conftest import free_port, make_staff, token_client
+from .conftest import free_port, http_receiver, make_staff, token_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 COMMAND = services.Actor.command()
@@ -38,40 +36,17 @@ class Inbox:
         return "250 Message accepted"
 
 
-class Webhook(ThreadingHTTPServer):
-    def __init__(self):
-        self.posts = []
-        self.answer = 200
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.posts.append((self.headers["Content-Type"], json.loads(body)))
-                self.send_response(outer.answer)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-
 @contextmanager
 def smtp_and_webhook():
     """A real SMTP server and a real webhook receiver on 127.0.0.1: (inbox, smtp, webhook)."""
     inbox = Inbox()
     smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
     smtp.start()
-    webhook = Webhook()
-    thread = threading.Thread(target=webhook.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield inbox, smtp, webhook
+        with http_receiver() as webhook:
+            yield inbox, smtp, webhook
     finally:
         smtp.stop()
-        webhook.shutdown()
-        webhook.server_close()
 
 
 @pytest.fixture
@@ -81,14 +56,14 @@ def channels(settings):
         settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
         settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", smtp.port
         settings.BACKUP_NOTIFY_EMAILS = "ops@example.com, brewer@example.com"
-        settings.BACKUP_NOTIFY_WEBHOOK_URL = f"http://127.0.0.1:{webhook.server_port}/hooks/backups"
+        settings.BACKUP_NOTIFY_WEBHOOK_URL = f"{webhook.url}/hooks/backups"
         yield inbox, webhook
 
 
 def subjects(channels):
     inbox, webhook = channels
     emails = [message["Subject"].removeprefix("[HoppyBrew backups] ") for _, message in inbox.messages]
-    posts = [body["text"].split("\n")[0].split(": ", 1)[1].rstrip("*") for _, body in webhook.posts]
+    posts = [body["text"].split("\n")[0].split(": ", 1)[1].rstrip("*") for body in webhook.json_bodies]
     assert emails == posts, "email and webhook carry the same events"
     return emails
 
@@ -101,8 +76,8 @@ def test_a_failed_scheduled_backup_is_announced_once_with_the_reason(channels, s
     recipients, message = inbox.messages[0]
     assert sorted(recipients) == ["brewer@example.com", "ops@example.com"]
     assert "Cannot connect to the PostgreSQL database" in message.get_content()
-    content_type, body = webhook.posts[0]
-    assert content_type == "application/json" and "Cannot connect" in body["text"]
+    assert webhook.requests[0].content_type == "application/json"
+    assert "Cannot connect" in webhook.json_bodies[0]["text"]
 
 
 def test_successful_scheduled_backups_are_announced_only_when_asked(channels, settings):
@@ -144,25 +119,18 @@ def test_every_restore_of_the_live_database_is_announced(channels, settings, api
 
 
 def test_a_notification_that_cannot_be_sent_never_breaks_the_backup(settings, caplog, extra_alias):
-    webhook = Webhook()
-    webhook.answer = 500
-    thread = threading.Thread(target=webhook.serve_forever, daemon=True)
-    thread.start()
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()  # nobody listens
     settings.BACKUP_NOTIFY_EMAILS = "ops@example.com"
-    settings.BACKUP_NOTIFY_WEBHOOK_URL = f"http://127.0.0.1:{webhook.server_port}/"
     settings.BACKUP_NOTIFY_ON_SUCCESS = "true"
-    try:
+    with http_receiver(answer=500) as webhook:
+        settings.BACKUP_NOTIFY_WEBHOOK_URL = f"{webhook.url}/"
         with caplog.at_level(logging.INFO, logger="backups"):
             made = run_scheduled_backups()
-    finally:
-        webhook.shutdown()
-        webhook.server_close()
     assert len(made) == 1 and made[0].status == "succeeded"
     assert "Backup notification email to ops@example.com failed" in caplog.text
     assert "Backup notification webhook failed: HTTP Error 500" in caplog.text
-    assert len(webhook.posts) == 1
+    assert len(webhook.requests) == 1
 
 
 # -- health ----------------------------------------------------------------------------------------
@@ -254,7 +222,7 @@ def apprise_channels(settings):
 def apprise_events(apprise_channels):
     """(title, type) of each JSON notification, checked against the emails."""
     inbox, webhook = apprise_channels
-    events = [(body["title"].split(": ", 1)[1], body["type"]) for _, body in webhook.posts]
+    events = [(body["title"].split(": ", 1)[1], body["type"]) for body in webhook.json_bodies]
     emails = [message["Subject"].split(": ", 1)[1] for _, message in inbox.messages]
     assert emails == [title for title, _type in events], "email and webhook carry the same events"
     return events
@@ -271,8 +239,8 @@ def test_apprise_urls_receive_the_same_events(apprise_channels, settings, extra_
     recipients, message = inbox.messages[0]
     text = message.get_body(preferencelist=("plain",)).get_content()
     assert recipients == ["ops@example.com"] and "Cannot connect to the PostgreSQL database" in text
-    assert webhook.posts[0][0].startswith("application/json")
-    assert "Cannot connect to the PostgreSQL database" in webhook.posts[0][1]["message"]
+    assert webhook.requests[0].content_type.startswith("application/json")
+    assert "Cannot connect to the PostgreSQL database" in webhook.json_bodies[0]["message"]
 
 
 def test_failures_only_or_every_outcome(apprise_channels, settings):

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from rest_framework.authtoken.models import Token
 
-from .test_engines import ALIASES
+from .conftest import ALIASES
 
 # Every configured database must exist: the fuzzer backs up each alias the schema lists.
 pytestmark = pytest.mark.django_db(transaction=True, databases=ALIASES)

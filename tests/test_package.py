@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,7 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port, require_server, require_tool
+from .conftest import (
+    POSTGRES_SERVER,
+    SUPERUSER,
+    RunServer,
+    as_superuser,
+    require_server,
+    require_tool,
+    server_connection,
+)
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
@@ -109,7 +116,7 @@ def test_new_project(engine, venv, tmp_path):
     if engine == "sqlite":
         project.exercise()  # on the project's own db.sqlite3
         return
-    require_server("PostgreSQL", "127.0.0.1", 5432)
+    require_server("PostgreSQL", POSTGRES_SERVER["host"], POSTGRES_SERVER["port"])
     require_tool("pg_dump")
     require_tool("psql")
     database = f"package_site{SUFFIX}"
@@ -185,12 +192,13 @@ class Project:
 
     def use_postgresql(self, name):
         drop_database(name)
-        postgres_command(f'CREATE DATABASE "{name}"')
+        as_superuser("postgres", f'CREATE DATABASE "{name}"')
         self.postgresql_database = name
         with open(self.directory / "mysite" / "settings.py", "a") as handle:
             handle.write(
                 "\nDATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', "
-                f"'NAME': {name!r}, 'USER': 'postgres', 'HOST': '127.0.0.1', 'PORT': 5432}}}}\n"
+                f"'NAME': {name!r}, 'USER': {SUPERUSER!r}, 'HOST': {POSTGRES_SERVER['host']!r}, "
+                f"'PORT': {POSTGRES_SERVER['port']}}}}}\n"
             )
 
     def manage(self, *arguments, check=True):
@@ -202,9 +210,7 @@ class Project:
     def sql(self, statement, *parameters):
         """Straight to the project's database: a row to see restored, without another manage.py."""
         if self.postgresql_database:
-            import psycopg2
-
-            connect = partial(psycopg2.connect, host="127.0.0.1", user="postgres", dbname=self.postgresql_database)
+            connect = partial(server_connection, self.postgresql_database)
             statement = statement.replace("?", "%s")
         else:
             connect = partial(sqlite3.connect, self.directory / "db.sqlite3")
@@ -250,9 +256,9 @@ class Project:
         assert "Restored database 'default'" in self.manage("backups", "restore", filename, "--yes")
         assert self.groups() == ["kept"]
 
-        with self.server() as base:
+        with self.server() as server:
             # The REST API.
-            api = Client(base, {"Authorization": f"Token {token}"})
+            api = Client(server.url, {"Authorization": f"Token {token}"})
             status, created = api.json("POST", "/backups", {"description": "api"})
             assert status == 201, created
             status, listed = api.json("GET", "/backups")
@@ -263,7 +269,7 @@ class Project:
             assert self.groups() == ["kept"]
 
             # The admin pages, and the app's static files beside them.
-            admin = Client(base)
+            admin = Client(server.url)
             admin.log_in("admin", PASSWORD)
             # Backups and restores run as jobs: the page that follows shows their progress
             # until they end.
@@ -281,39 +287,10 @@ class Project:
             assert self.groups() == ["kept"]
 
     def server(self):
-        return Server(self)
-
-
-class Server:
-    """``manage.py runserver`` (without its reloader) on a free port, for one ``with`` block."""
-
-    def __init__(self, project):
-        self.project = project
-        self.port = free_port()
-
-    def __enter__(self):
-        self.log = open(self.project.directory / "server.log", "wb")
-        self.process = subprocess.Popen(
-            [self.project.python, "manage.py", "runserver", "--noreload", f"127.0.0.1:{self.port}"],
-            cwd=self.project.directory,
-            env=environment(self.project.environment),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+        """The project's ``manage.py runserver``, for one ``with`` block."""
+        return RunServer(
+            environment(self.environment), self.directory / "server.log", python=self.python, directory=self.directory
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return f"http://127.0.0.1:{self.port}"
-            except OSError:
-                time.sleep(0.1)
-        self.__exit__()
-        pytest.fail("runserver did not start: " + (self.project.directory / "server.log").read_text())
-
-    def __exit__(self, *exc_info):
-        self.process.terminate()
-        self.process.wait(timeout=10)
-        self.log.close()
 
 
 class Client:
@@ -414,17 +391,5 @@ def loaded_by_backups_list(python, directory, env, modules):
     return output.rsplit("LOADED", 1)[1].split()
 
 
-def postgres_command(sql):
-    """One statement on the server's maintenance database: the project's database is not Django's."""
-    import psycopg2
-
-    connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
-    try:
-        connection.autocommit = True
-        connection.cursor().execute(sql)
-    finally:
-        connection.close()
-
-
 def drop_database(name):
-    postgres_command(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

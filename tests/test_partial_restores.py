@@ -15,18 +15,21 @@ from backups.exceptions import ForeignKeysWouldBreak, InvalidRequest
 from backups.models import Backup, DatabaseCopy, Operation, Trigger
 from tests.recoveryapp.models import Brewery, Ingredient, Recipe, Tasting
 
-from .conftest import brew_recipes, database_exists, job_worker_pids, make_staff, names, read_copy, token_client
-from .test_jobs import DONE, poll, start_restore
+from .conftest import (
+    DONE,
+    ENGINES,
+    brew_recipes,
+    database_exists,
+    job_worker_pids,
+    make_staff,
+    names,
+    poll,
+    read_copy,
+    start_restore,
+    token_client,
+)
 
 COMMAND = services.Actor.command()
-
-ENGINES = [
-    pytest.param("default", marks=pytest.mark.django_db(transaction=True, databases=["default"]), id="postgresql"),
-    pytest.param("sqlite", marks=pytest.mark.django_db(transaction=True, databases=["default", "sqlite"]), id="sqlite"),
-    pytest.param(
-        "mariadb", marks=pytest.mark.django_db(transaction=True, databases=["default", "mariadb"]), id="mariadb"
-    ),
-]
 
 
 @pytest.fixture

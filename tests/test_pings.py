@@ -2,60 +2,29 @@
 success or failure with the reason; a ping that cannot be delivered never fails the backup."""
 
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from backups.models import Backup
 from backups.services.schedule import run_scheduled_backups
 
-from .conftest import free_port
+from .conftest import free_port, http_receiver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-class PingReceiver(ThreadingHTTPServer):
-    """Keeps (method, path, body) of every request; answers ``answer``."""
-
-    def __init__(self):
-        self.requests = []
-        self.answer = 200
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-                outer.requests.append((self.command, self.path, body))
-                self.send_response(outer.answer)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-    @property
-    def paths(self):
-        return [path for _method, path, _body in self.requests]
-
-
 @pytest.fixture
 def receiver(settings):
-    server = PingReceiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    settings.BACKUP_PING_URL = f"http://127.0.0.1:{server.server_port}/ping/5f2d-check/"
-    yield server
-    server.shutdown()
-    server.server_close()
+    with http_receiver() as server:
+        settings.BACKUP_PING_URL = f"{server.url}/ping/5f2d-check/"
+        yield server
 
 
 def test_a_scheduled_backup_pings_start_then_success(receiver):
     [backup] = run_scheduled_backups()
     assert receiver.paths == ["/ping/5f2d-check/start", "/ping/5f2d-check"]
-    assert {method for method, _path, _body in receiver.requests} == {"POST"}
-    assert receiver.requests[1][2].startswith(f"default: {backup.filename}, ")
+    assert {request.method for request in receiver.requests} == {"POST"}
+    assert receiver.requests[1].body.startswith(f"default: {backup.filename}, ")
 
 
 def test_a_failed_scheduled_backup_pings_fail_with_the_reason(receiver, settings, extra_alias):
@@ -63,7 +32,7 @@ def test_a_failed_scheduled_backup_pings_fail_with_the_reason(receiver, settings
     made = run_scheduled_backups()
     assert [backup.database for backup in made] == ["default"]  # the other database still got its backup
     assert receiver.paths == ["/ping/5f2d-check/start", "/ping/5f2d-check/fail"]
-    body = receiver.requests[1][2]
+    body = receiver.requests[1].body
     assert body.startswith("unreachable: Cannot connect to the PostgreSQL database") and "default" not in body
 
 

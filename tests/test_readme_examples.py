@@ -9,14 +9,11 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from .conftest import IN_CI
-from .test_bad_day import Server, manage
+from .conftest import IN_CI, PROJECT, RunServer, manage
 
-PROJECT = Path(__file__).resolve().parent.parent
 README = PROJECT / "README.md"
 MARKER = "<!-- readme-test -->"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.MULTILINE | re.DOTALL)
@@ -98,7 +95,7 @@ def test_the_walkthrough_runs_as_written(tmp_path):
     # What make run does before it serves (collectstatic aside: the test's admin needs no CSS).
     manage(environment, "migrate", "--noinput", "-v", "0", check=True)
     manage(environment, "ensure_admin", check=True)
-    server = Server(environment, tmp_path / "runserver.log")
+    server = RunServer(environment, tmp_path / "runserver.log")
     blocks = marked_blocks(README.read_text())
     script = "set -euo pipefail\n" + "".join(f"{code}\necho {SEPARATOR}\n" for code, _expected in blocks)
     try:

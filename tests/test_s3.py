@@ -21,7 +21,16 @@ from backups.exceptions import BackupDamaged, DumpFailed
 from backups.models import Backup, BackupStatus
 from backups.storage import get_storage
 
-from .conftest import execute, fetch, flip_byte, read_manifest
+from .conftest import (
+    as_superuser,
+    execute,
+    fetch,
+    fill_big_table,
+    flip_byte,
+    new_database,
+    read_manifest,
+    superuser_url,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 VERIFY_ADVICE = "consider 'manage.py backups verify --level restore' first."
@@ -38,16 +47,6 @@ def brew():
 
 def names():
     return fetch("default", "SELECT id, name FROM brew ORDER BY id")
-
-
-def fill_big_table(rows, first=1):
-    """Rows of hex digits, which compress to a little over half: about 75 bytes of backup each."""
-    execute("default", "CREATE TABLE IF NOT EXISTS big (id integer, payload text)")
-    execute(
-        "default",
-        "INSERT INTO big SELECT g, md5(g || 'a') || md5(g || 'b') || md5(g || 'c') || md5(g || 'd') "
-        f"FROM generate_series({first}, {first + rows - 1}) g",
-    )
 
 
 @pytest.fixture
@@ -357,42 +356,30 @@ def site_environment(tmp_path, database_url, **variables):
     }
 
 
-def psql(database, sql):
-    result = subprocess.run(
-        ["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", database, "-c", sql],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.splitlines()
-
-
 def test_disaster_recovery_from_the_bucket_alone(s3, tmp_path, settings, age_key):
     """The README's walk-through: the server and its database are lost; a new server with an
     empty database, pointed at the same bucket and given the private key, gets the site back."""
     identity, public = age_key
     bucket = s3.bucket()
     database = f"hoppybrew_dr{settings.SUFFIX}"
-    server = ["-h", "127.0.0.1", "-U", "postgres"]
     env = site_environment(
         tmp_path,
-        f"postgres://postgres@127.0.0.1:5432/{database}",
+        superuser_url(database),
         BACKUP_STORAGE_URL=f"s3://{bucket}/hoppybrew",
         BACKUP_ENCRYPTION_RECIPIENTS=public,  # the old server had only the public key
         **s3.environment(),
     )
-    subprocess.run(["dropdb", *server, "--if-exists", database], check=True)
-    subprocess.run(["createdb", *server, database], check=True)
-    try:
+    with new_database(database):
         manage("migrate", "-v0", env=env)
-        psql(database, "CREATE TABLE brew (id integer PRIMARY KEY, name text); INSERT INTO brew VALUES (1, 'Pale Ale')")
+        as_superuser(
+            database, "CREATE TABLE brew (id integer PRIMARY KEY, name text)", "INSERT INTO brew VALUES (1, 'Pale Ale')"
+        )
         first = manage("backups", "create", "--description", "first", env=env).split()[1]
-        psql(database, "INSERT INTO brew VALUES (2, 'Stout')")
+        as_superuser(database, "INSERT INTO brew VALUES (2, 'Stout')")
         newest = manage("backups", "create", "--description", "newest", env=env).split()[1]
 
         # The disaster, then a new server: an empty database and the same bucket.
-        subprocess.run(["dropdb", *server, database], check=True)
-        subprocess.run(["createdb", *server, database], check=True)
+        as_superuser("postgres", f'DROP DATABASE "{database}"', f'CREATE DATABASE "{database}"')
         env["BACKUP_ENCRYPTION_IDENTITY_FILE"] = str(identity)
         manage("migrate", "-v0", env=env)
         assert "2 added" in manage("backups", "sync", env=env)
@@ -400,11 +387,9 @@ def test_disaster_recovery_from_the_bucket_alone(s3, tmp_path, settings, age_key
         assert [item["filename"] for item in listed] == [newest, first]
         manage("backups", "restore", listed[0]["filename"], "--yes", env=env)
 
-        assert psql(database, "SELECT name FROM brew ORDER BY id") == ["Pale Ale", "Stout"]
+        assert as_superuser(database, "SELECT name FROM brew ORDER BY id") == [("Pale Ale",), ("Stout",)]
         listed = {item["filename"] for item in json.loads(manage("backups", "list", "--json", env=env))}
         assert {first, newest} < listed and len(listed) == 3  # and the pre-restore backup
-    finally:
-        subprocess.run(["dropdb", *server, "--if-exists", database], check=True)
 
 
 # Measures in a small launcher: a child forked from this large test process would count this
@@ -441,7 +426,7 @@ def test_peak_memory_stays_flat_for_a_database_many_times_the_upload_part_size(s
     test_database = connections["default"].settings_dict["NAME"]
     env = site_environment(
         tmp_path,
-        f"postgres://postgres@127.0.0.1:5432/{test_database}",
+        superuser_url(test_database),
         BACKUP_STORAGE_URL=f"s3://{bucket}/hoppybrew",
         BACKUP_ENCRYPTION_RECIPIENTS=age_key[1],
         BACKUP_ENCRYPTION_IDENTITY_FILE=str(age_key[0]),

@@ -15,33 +15,78 @@ from backups.engines.base import CHUNK_SIZE, DumpStream
 from backups.engines.postgresql import CopyRowCounter
 from backups.models import Backup
 
-from .conftest import execute, fetch, read_manifest
+from .conftest import as_superuser, by_hand_psql, execute, fetch, new_database, read_manifest
 
 COMMAND = services.Actor.command()
 
 # A plain dump in miniature, with what could fool a counter: a row that starts with "COPY ",
 # rows holding an escaped backslash before a dot (the data "\." is written "\\."), an empty
-# table right after another block, a table name with a space.
+# table right after another block, a table name with a space, and a function whose body looks
+# like a table's rows.
 DUMP = rb"""--
 -- PostgreSQL database dump
 --
 SET statement_timeout = 0;
+
+--
+-- Name: looks_like_rows; Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.looks_like_rows() RETURNS text LANGUAGE sql AS $_$SELECT '
+--
+-- Data for Name: brew; Type: TABLE DATA; Schema: public; Owner: -
+--
+
+COPY public.brew (id, name) FROM stdin;
+9	not a row
+\.
+'$_$;
+
+--
+-- Data for Name: brew; Type: TABLE DATA; Schema: public; Owner: -
+--
+
 COPY public.brew (id, name) FROM stdin;
 1	Pale Ale
 2	COPY public.fake (id) FROM stdin;
 3	ends with \\.
 \.
+
+--
+-- Data for Name: empty; Type: TABLE DATA; Schema: public; Owner: -
+--
+
 COPY public.empty (id) FROM stdin;
 \.
+
+--
+-- Data for Name: marks; Type: TABLE DATA; Schema: public; Owner: -
+--
+
 COPY public.marks (mark) FROM stdin;
 \\.
 .
 \.
+
+--
+-- Name: later; Type: TABLE; Schema: public; Owner: -
+--
+
 CREATE TABLE public.later (id integer);
+
+--
+-- Data for Name: odd name; Type: TABLE DATA; Schema: public; Owner: -
+--
+
 COPY public."odd name" (id, notes) FROM stdin;
 1	first\nline
 2	\N
 \.
+
+--
+-- Name: brew_id_seq; Type: SEQUENCE SET; Schema: public; Owner: -
+--
+
 SELECT pg_catalog.setval('public.brew_id_seq', 3, true);
 """
 COUNTS = {"public.brew": 3, "public.empty": 0, "public.marks": 2, 'public."odd name"': 2}
@@ -51,6 +96,7 @@ def count_rows(chunks):
     counter = CopyRowCounter()
     for chunk in chunks:
         counter.feed(chunk)
+    counter.finish()
     return counter.counts
 
 
@@ -131,23 +177,10 @@ def test_a_zstd_backup_restores_by_hand_and_through_the_app(backup_dir, settings
     execute("default", "CREATE TABLE brew (id integer PRIMARY KEY, name text)", "INSERT INTO brew VALUES (1, 'Gose')")
     made = services.create_backup(actor=COMMAND)
     assert made.filename.endswith(".sql.zst")
-    scratch = f"hoppybrew_zstd_by_hand{settings.SUFFIX}"
-    server = ["-h", "127.0.0.1", "-U", "postgres"]
-    subprocess.run(["dropdb", *server, "--if-exists", scratch], check=True)
-    subprocess.run(["createdb", *server, scratch], check=True)
-    try:
-        psql = f"psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres {scratch}"
-        pipeline = f"zstd -dc {backup_dir / made.filename} | {psql}"
+    with new_database(f"hoppybrew_zstd_by_hand{settings.SUFFIX}") as scratch:
+        pipeline = f"zstd -dc {backup_dir / made.filename} | {by_hand_psql(scratch)}"
         subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], check=True, capture_output=True)
-        names = subprocess.run(
-            ["psql", "-X", "-At", *server, scratch, "-c", "SELECT name FROM brew"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        assert names == ["Gose"]
-    finally:
-        subprocess.run(["dropdb", *server, "--if-exists", scratch], check=True)
+        assert as_superuser(scratch, "SELECT name FROM brew") == [("Gose",)]
     execute("default", "UPDATE brew SET name = 'Kriek'")
     services.restore_backup(made.filename, actor=COMMAND, pre_restore_backup=False)
     assert fetch("default", "SELECT name FROM brew") == [("Gose",)]

@@ -14,8 +14,7 @@ from backups.exceptions import InvalidRequest
 from backups.models import Operation
 from tests.recoveryapp.models import Brewery, Ingredient, Recipe, Tasting
 
-from .conftest import execute, make_staff, token_client
-from .test_partial_restores import ENGINES, names
+from .conftest import ENGINES, execute, make_staff, names, token_client
 
 COMMAND = services.Actor.command()
 Hop = Recipe.ingredients.through  # the many-to-many table's rows

@@ -16,8 +16,19 @@ from backups import services
 from backups.models import Backup, Operation
 from backups.services.verification import run_scheduled_verification
 
-from .conftest import execute, fetch, flip_byte, read_manifest, rewrite_backup, truncate_and_resign
-from .test_engines import ALIASES, ORIGINAL, rows
+from .conftest import (
+    ALIASES,
+    BREW_ROWS,
+    backup_of,
+    brew_rows,
+    create_brew,
+    execute,
+    fetch,
+    flip_byte,
+    read_manifest,
+    rewrite_backup,
+    truncate_and_resign,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=ALIASES)
 COMMAND = services.Actor.command()
@@ -32,12 +43,8 @@ def alias(request):
 @pytest.fixture
 def brewed(alias):
     """A backup of a database holding the brew table."""
-    execute(
-        alias,
-        "CREATE TABLE brew (id integer PRIMARY KEY, name varchar(100), notes text)",
-        "INSERT INTO brew VALUES (1, 'Pale Ale', 'citra'), (2, 'Stout', 'roasty\nand dark'), (3, 'Saison', NULL)",
-    )
-    return services.create_backup(actor=COMMAND, database=alias)
+    create_brew(alias)
+    return backup_of(alias)
 
 
 def verify(backup, level):
@@ -60,7 +67,7 @@ def test_a_good_backup_passes_and_the_outcome_is_recorded(brewed, alias, level, 
     scratch_before = scratch_databases(alias)
     result = verify(brewed, level)
     assert result.passed, result.message
-    assert rows(alias) == [
+    assert brew_rows(alias) == [
         (1, "changed since", "citra"),
         (2, "changed since", "roasty\nand dark"),
         (3, "changed since", None),
@@ -152,7 +159,7 @@ def test_restoring_an_unverified_or_failed_backup_warns(brewed):
     Backup.objects.filter(pk=brewed.pk).update(verification={"passed": False, "level": "restore", "message": "bad"})
     result = services.restore_backup(brewed.filename, actor=COMMAND, pre_restore_backup=False)
     assert any("failed its last verification (bad)" in warning for warning in result.warnings)
-    assert rows("default") == ORIGINAL
+    assert brew_rows("default") == BREW_ROWS
 
 
 @pytest.mark.parametrize("alias", ["default"])

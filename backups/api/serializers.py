@@ -21,6 +21,10 @@ from ..services.verification import LEVELS
 ZERO = timedelta(0)
 
 
+# What restore_models takes: "app" or "app.Model" (the schema says so, which keeps NUL out).
+MODEL_LABEL = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+
+
 class StrictCharField(serializers.CharField):
     """A string and only a string: DRF would otherwise turn 123 or true into text."""
 
@@ -129,7 +133,11 @@ class RestoreRequestSerializer(AsyncRequestSerializer):
         "server of target_database if given",
     )
     models = serializers.ListField(
-        child=StrictCharField(min_length=1, max_length=200),
+        child=StrictCharField(
+            min_length=1,
+            max_length=200,
+            validators=[RegexValidator(MODEL_LABEL, message='An app label or "app.Model".')],
+        ),
         required=False,
         allow_null=True,
         default=None,

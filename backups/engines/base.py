@@ -266,6 +266,9 @@ class RowCounter:
             else:
                 position = self.pass_rows(chunk, position)
 
+    def finish(self):
+        """The dump has ended."""
+
     def find_rows(self, chunk, position):
         raise NotImplementedError("subclasses of RowCounter must provide a find_rows() method")
 
@@ -392,6 +395,8 @@ class DumpStream:
         while True:
             chunk = read(CHUNK_SIZE)
             if not chunk:
+                if self.counter is not None:
+                    self.counter.finish()
                 return
             if feed is not None:
                 feed(chunk)

@@ -13,6 +13,7 @@ from django.db.backends.postgresql.client import DatabaseClient
 from ..conf import backup_settings
 from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, InvalidRequest, RestoreFailed, ToolMissing
 from .base import CHUNK_SIZE, DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, run_fed, run_tool
+from .pg_parallel import NEED, DumpCut, Entries, ParallelLoad
 
 # Advisory lock keys: (application, purpose). Advisory locks live inside one database, so the
 # database being backed up is part of the key by construction.
@@ -207,6 +208,8 @@ ORDER BY 1
 """
 
 INDEX_MEMORY = "256MB"
+# psql replaying a dump fed on its standard input.
+PSQL_FED = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-f", "-"]
 # Restore beside, then switch.
 SWITCH_RETRY_SECONDS = 0.05
 CAN_RESTORE_BESIDE = """
@@ -360,14 +363,20 @@ class PostgreSQLEngine(DatabaseEngine):
                 "restore again. Nothing was changed."
             )
 
-    def restore(self, stream, lock_timeout):
-        args, env = self.command("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-f", "-"])
+    def restore(self, stream, lock_timeout, jobs=1):
+        """Replay the dump in one transaction; or, into a new database nobody uses yet (beside
+        the live one), with ``jobs`` sessions side by side (``pg_parallel``)."""
+        args, env = self.command("psql", PSQL_FED)
         head = read_head(stream)
         # Index builds (one sort each, with PostgreSQL's parallel workers) are much of a restore's
         # time; more memory than the 64 MB default keeps their sorts off the disk.
         setting = (
             f"SET hoppybrew.lock_timeout = '{int(lock_timeout)}s';\nSET maintenance_work_mem = '{INDEX_MEMORY}';\n"
         )
+        if jobs > 1 and opens_own_transaction(head):
+            load = ParallelLoad(self.command("psql", PSQL_FED), self.connect, jobs, setting.encode())
+            load.run(WithheldCommit(head, stream).read)
+            return
         if opens_own_transaction(head):
             # The file's own COMMIT is held back and sent only once the whole stream has been
             # read: whatever follows it, or a stream that fails at its end, stays inside the
@@ -457,7 +466,7 @@ class PostgreSQLEngine(DatabaseEngine):
             sibling = PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": new})
             with refused("give the new database's public schema the live one's owner"):
                 sibling.adopt_public_owner(live["public_owner"])
-            sibling.restore(stream, lock_timeout)
+            sibling.restore(stream, lock_timeout, jobs=backup_settings.RESTORE_JOBS)
             check(sibling)
             with self.maintenance_connection() as connection, refused("give the restored database its properties"):
                 copy_database_properties(connection, new, live)
@@ -665,78 +674,40 @@ COPY_HEADER = re.compile(rb"^COPY (?P<table>.+?) (?:\(.*\) )?FROM stdin;$")
 
 
 class CopyRowCounter(RowCounter):
-    """Counts the rows of each ``COPY ... FROM stdin;`` block of a plain pg_dump.
-
-    Inside a block every line is one row and the block ends with a line holding only ``\\.``
-    (data lines escape backslashes, so no row can look like it). Counting newlines with
-    ``bytes.count`` keeps this far cheaper than the compression that follows.
-    """
-
-    TERMINATOR = b"\n\\.\n"
+    """Counts the rows of each table of a plain pg_dump as it streams past: the lines of the
+    ``COPY ... FROM stdin;`` blocks of its table data entries, as ``pg_parallel.Entries`` finds
+    them (it knows PostgreSQL's quoting: a function body that looks like a block is none). Data
+    lines escape newlines and backslashes, so each line of a block is one row."""
 
     def __init__(self):
         super().__init__()
-        self._rows = 0
-        self._tail = b""  # outside a block: the unfinished last line
-        self._previous = b""  # inside a block: the last bytes seen, to find a split terminator
+        self.scan = Entries().scan()
+        next(self.scan)
+        self.rows = 0
 
-    def find_rows(self, chunk, position):
-        data = self._tail + chunk[position:] if self._tail else chunk
-        start = 0 if self._tail else position
-        self._tail = b""
-        while True:
-            if data.startswith(b"COPY ", start):
-                line_start = start
-            else:
-                found = data.find(b"\nCOPY ", start)
-                if found < 0:
-                    newline = data.rfind(b"\n", start)
-                    self._tail = data[newline + 1 :] if newline >= 0 else data[start:]
-                    return len(chunk)
-                line_start = found + 1
-            line_end = data.find(b"\n", line_start)
-            if line_end < 0:
-                self._tail = data[line_start:]
-                return len(chunk)
-            match = COPY_HEADER.match(data[line_start:line_end])
-            if match is None:
-                start = line_end + 1
-                continue
-            self.table = match["table"].decode("utf-8", "replace")
-            self._rows = 0
-            self._previous = b"\n"
-            # Continue in block mode from the byte after the header, in the caller's chunk.
-            return len(chunk) - (len(data) - (line_end + 1))
+    def feed(self, chunk):
+        if chunk:
+            self._count(chunk)
 
-    def pass_rows(self, chunk, position):
-        boundary = self._previous + chunk[position : position + 3]
-        found = boundary.find(self.TERMINATOR)
-        if found >= 0:
-            end = position + (found + 4 - len(self._previous))
-            # The terminator's first newline ends the last row; if it was in the previous
-            # chunk it has been counted there (and end - 3 would count from the chunk's end).
-            self._rows += chunk.count(b"\n", position, max(position, end - 3))
-            return self._finish_block(end)
-        # Most chunks hold no terminator: rfind tells so in half the time find takes on dump
-        # data (CPython's reverse search skips better here); then find locates the first one.
-        found = chunk.rfind(self.TERMINATOR, position)
-        if found >= 0:
-            found = chunk.find(self.TERMINATOR, position, found + 4)
-        if found < 0:
-            self._rows += chunk.count(b"\n", position)
-            if len(chunk) - position >= 3:
-                self._previous = chunk[-3:]
-            else:
-                self._previous = (self._previous + chunk[position:])[-3:]
-            return len(chunk)
-        self._rows += chunk.count(b"\n", position, found + 1)
-        return self._finish_block(found + 4)
+    def finish(self):
+        self._count(b"")  # the dump's last bytes, held back until its end was known
 
-    def _finish_block(self, end):
-        self.counts[self.table] = self.counts.get(self.table, 0) + self._rows
-        self.table = None
-        self._previous = b""
-        return end
+    def _count(self, chunk):
+        try:
+            event = self.scan.send(chunk)
+            while event is not NEED:
+                what, payload = event
+                if what == "copy":
+                    self.table = COPY_HEADER.match(payload.rstrip(b"\n"))["table"].decode("utf-8", "replace")
+                    self.rows = 0
+                elif what == "rows":
+                    self.rows += payload.count(b"\n")
+                elif what == "copy_end":
+                    self.counts[self.table] = self.counts.get(self.table, 0) + self.rows
+                    self.table = None
+                event = next(self.scan)
+        except (StopIteration, DumpCut):
+            pass  # a dump that ends too soon is its tool's failure, which the tool's exit status tells
 
 
 def restore_cleanup(roles):
