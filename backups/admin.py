@@ -3,6 +3,7 @@ checks the permission again, and reports the outcome as an admin message or a re
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import PurePath
 
 from django import forms
@@ -12,6 +13,7 @@ from django.core import signing
 from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
+from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -592,21 +594,30 @@ class BackupAdmin(admin.ModelAdmin):
             return self.changelist_redirect()
         return download_response(backup, stream)
 
-    def restore_view(self, request, object_id):
-        """GET: what will be overwritten and by what. POST, with the database's name typed in:
-        the restore starts in a worker (no web request limits its size or time), and the page
-        that follows it."""
-        if not self.has_restore_permission(request):
+    def restore_page(self, request, object_id, permitted, preview):
+        """The start of every restore page: the permission (``permitted(request)``), the backup,
+        and the service's ``preview(filename, actor=)`` of it. Returns (backup, actor, preview),
+        or the response that ends the page early."""
+        if not permitted(request):
             raise PermissionDenied
         backup = self.get_object(request, unquote(object_id))
         if backup is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
         actor = actor_for(request)
         try:
-            preview = services.restore_preview(backup.filename, actor=actor)
+            return backup, actor, preview(backup.filename, actor=actor)
         except BackupError as error:
             self.report_failure(request, self.cannot_restore(backup, error))
             return self.changelist_redirect()
+
+    def restore_view(self, request, object_id):
+        """GET: what will be overwritten and by what. POST, with the database's name typed in:
+        the restore starts in a worker (no web request limits its size or time), and the page
+        that follows it."""
+        started = self.restore_page(request, object_id, self.has_restore_permission, services.restore_preview)
+        if isinstance(started, HttpResponseBase):
+            return started
+        backup, actor, preview = started
         expected = confirmation_name(preview.database)
         form = RestoreConfirmationForm(request.POST or None, database_name=expected)
         if request.method == "POST" and form.is_valid():
@@ -637,17 +648,15 @@ class BackupAdmin(admin.ModelAdmin):
         """GET: what is copied, and where the new database goes. POST, with its name: the backup
         is restored into that new database, never the live one, by a worker; then the page that
         follows it. A name the service refuses at once is said here, on the form."""
-        if not self.has_restore_copy_permission(request):
-            raise PermissionDenied
-        backup = self.get_object(request, unquote(object_id))
-        if backup is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        actor = actor_for(request)
-        try:
-            preview = services.restore_preview(backup.filename, actor=actor, kind=Action.RESTORE_COPY)
-        except BackupError as error:
-            self.report_failure(request, self.cannot_restore(backup, error))
-            return self.changelist_redirect()
+        started = self.restore_page(
+            request,
+            object_id,
+            self.has_restore_copy_permission,
+            partial(services.restore_preview, kind=Action.RESTORE_COPY),
+        )
+        if isinstance(started, HttpResponseBase):
+            return started
+        backup, actor, preview = started
         form = CopyForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
@@ -672,17 +681,12 @@ class BackupAdmin(admin.ModelAdmin):
         delete_selected): choose the apps and models; see what will be replaced; confirm, and a
         worker restores them while the job's page follows it (which, should foreign keys refuse
         the restore, lists them and offers it again with the related models)."""
-        if not self.has_restore_models_permission(request):
-            raise PermissionDenied
-        backup = self.get_object(request, unquote(object_id))
-        if backup is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        actor = actor_for(request)
-        try:
-            preview = services.model_restore_preview(backup.filename, actor=actor)
-        except BackupError as error:
-            self.report_failure(request, self.cannot_restore(backup, error))
-            return self.changelist_redirect()
+        started = self.restore_page(
+            request, object_id, self.has_restore_models_permission, services.model_restore_preview
+        )
+        if isinstance(started, HttpResponseBase):
+            return started
+        backup, actor, preview = started
         groups = model_groups(services.restorable_models(preview.database["alias"]))
         form = ModelRestoreForm(request.POST or None, groups=groups)
         context = self.page_context(
@@ -722,17 +726,12 @@ class BackupAdmin(admin.ModelAdmin):
         a POST): choose a model and primary keys; see what a dry run finds would be inserted, is
         there already, or conflicts; confirm, and the missing rows are inserted. The request
         waits for both: an undelete inserts few rows (though it loads the backup first)."""
-        if not self.has_restore_models_permission(request):
-            raise PermissionDenied
-        backup = self.get_object(request, unquote(object_id))
-        if backup is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        actor = actor_for(request)
-        try:
-            preview = services.model_restore_preview(backup.filename, actor=actor)
-        except BackupError as error:
-            self.report_failure(request, self.cannot_restore(backup, error))
-            return self.changelist_redirect()
+        started = self.restore_page(
+            request, object_id, self.has_restore_models_permission, services.model_restore_preview
+        )
+        if isinstance(started, HttpResponseBase):
+            return started
+        backup, actor, preview = started
         form = UndeleteForm(request.POST or None, models=services.restorable_models(preview.database["alias"]))
         context = self.page_context(
             request,

@@ -164,17 +164,22 @@ def model_workers(monkeypatch):
 
 def job_worker_pids():
     """The ``manage.py backups job`` processes this test process started and that still run."""
-    found = []
+    return [
+        pid
+        for pid, argv in running_processes()
+        if b"job" in argv and b"backups" in argv and parent_of(pid) == os.getpid()
+    ]
+
+
+def running_processes():
+    """(pid, argv) of every process whose command line can be read."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            yield int(entry.name), (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"job" in argv and b"backups" in argv and parent_of(int(entry.name)) == os.getpid():
-            found.append(int(entry.name))
-    return found
 
 
 # -- processes of this test -----------------------------------------------------------------------
@@ -200,14 +205,11 @@ def processes_named(name):
     """(pid, argv, environ) of the processes started by this test whose program is ``name``
     (other jobs on the machine may run the same tools)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid, argv in running_processes():
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if Path(argv[0].decode()).name != name or not descends_from_this_test(int(entry.name)):
+            if Path(argv[0].decode()).name != name or not descends_from_this_test(pid):
                 continue
-            found.append((int(entry.name), argv, (entry / "environ").read_bytes()))
+            found.append((pid, argv, Path(f"/proc/{pid}/environ").read_bytes()))
         except (OSError, UnicodeDecodeError):
             continue
     return found
