@@ -166,23 +166,20 @@ def restore_models(
         result = ModelRestoreResult(backup=backup, database=alias, models=[], rows={}, operation=record)
         with engine.lock(exclusive=True):
             stage("checking")
-            with verified_copy_anywhere(filename, manifest, result.warnings) as source, engine.scratch() as scratch:
-                stage("loading")
-                load_dump(scratch, source, filename, manifest.get("uncompressed_bytes"), progress=progress)
-                with connection_to(scratch) as scratch_connection:
-                    refuse_missing_columns(chosen, scratch_connection)
-                    if takes_pre_restore_backup(pre_restore_backup):
-                        result.pre_restore_backup = take_pre_restore_backup(
-                            engine, actor, f"Before restoring {len(chosen)} models' tables from {filename}", stage
-                        )
-                        record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
-                    stage("copying rows")
-                    try:
-                        result.rows = replace_until_consistent(chosen, scratch_connection, alias, include_related)
-                    except ForeignKeysWouldBreak as refusal:
-                        # For a page that offers to restore again with them (the admin's result page).
-                        record.details = {**record.details, "related": refusal.related}
-                        raise
+            with backup_in_scratch(engine, filename, manifest, result.warnings, progress, stage) as scratch_connection:
+                refuse_missing_columns(chosen, scratch_connection)
+                if takes_pre_restore_backup(pre_restore_backup):
+                    result.pre_restore_backup = take_pre_restore_backup(
+                        engine, actor, f"Before restoring {len(chosen)} models' tables from {filename}", stage
+                    )
+                    record.details = {**record.details, "pre_restore_backup": result.pre_restore_backup.filename}
+                stage("copying rows")
+                try:
+                    result.rows = replace_until_consistent(chosen, scratch_connection, alias, include_related)
+                except ForeignKeysWouldBreak as refusal:
+                    # For a page that offers to restore again with them (the admin's result page).
+                    record.details = {**record.details, "related": refusal.related}
+                    raise
         result.models = labels_of(chosen)
         result.finished_at = timezone.now()
         record.message = f"Restored the rows of {', '.join(result.models)} from {filename}"
@@ -275,6 +272,17 @@ def many_to_many_tables(model):
     """The auto-created models of ``model``'s many-to-many tables, whose rows come with its own."""
     throughs = (field_.remote_field.through for field_ in model._meta.local_many_to_many)
     return [through for through in throughs if through._meta.auto_created]
+
+
+@contextmanager
+def backup_in_scratch(engine, filename, manifest, warnings, progress=None, stage=ignore_stage):
+    """The backup loaded into a scratch database (the restore drills'), as a Django connection
+    of its own, for as long as the block runs; then the scratch database is dropped."""
+    with verified_copy_anywhere(filename, manifest, warnings) as source, engine.scratch() as scratch:
+        stage("loading")
+        load_dump(scratch, source, filename, manifest.get("uncompressed_bytes"), progress=progress)
+        with connection_to(scratch) as connection:
+            yield connection
 
 
 @contextmanager

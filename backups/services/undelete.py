@@ -28,14 +28,14 @@ from .journal import journal
 from .model_restore import (
     SHOWN_VALUES,
     Dangling,
+    backup_in_scratch,
     columns_of,
-    connection_to,
     insert_statement,
     models_named,
     refuse_missing_columns,
     reset_sequences,
 )
-from .restore import check_restore, load_dump, refuse_inside_transaction, verified_copy_anywhere
+from .restore import check_restore, refuse_inside_transaction
 
 logger = logging.getLogger("backups")
 
@@ -97,12 +97,10 @@ def undelete(filename, *, actor, objects, target=None, dry_run=False):
         result = UndeleteResult(backup=backup, database=alias, dry_run=dry_run, operation=record)
         # A dry run only reads the live database: it may run beside backups, not during a restore.
         with engine.lock(exclusive=not dry_run):
-            with verified_copy_anywhere(filename, manifest, result.warnings) as source, engine.scratch() as scratch:
-                load_dump(scratch, source, filename, manifest.get("uncompressed_bytes"))
-                with connection_to(scratch) as scratch_connection:
-                    collected = collect_dependants(chosen, scratch_connection)
-                    refuse_missing_columns(collected, scratch_connection)
-                    insert_missing(collected, scratch_connection, alias, result)
+            with backup_in_scratch(engine, filename, manifest, result.warnings) as scratch_connection:
+                collected = collect_dependants(chosen, scratch_connection)
+                refuse_missing_columns(collected, scratch_connection)
+                insert_missing(collected, scratch_connection, alias, result)
         result.finished_at = timezone.now()
         record.message = f"{'Dry run of an undelete' if dry_run else 'Undeleted'} from {filename}: {result.summary}"
         record.details = {
