@@ -38,18 +38,21 @@ NOTES = """\
 - "4 x faster than `pg_dump | gzip -6`" cannot be met where `pg_dump | gzip -6` itself takes less
   than 4 times bare `pg_dump` (the brewery shape on this machine: `pg_dump` and the server, not
   gzip, set that pipeline's pace); compare the `x bare pg_dump` column instead.
-- What our backup adds to bare `pg_dump` is CPU: ISA-L level 3 (about 0.7 s per 250 MB on this
-  machine, whatever the level from 1 to 3), the sha256, the row count (0.1 s each) and the
-  `pg_restore` process that makes the file one transaction (about 0.3 s). On a quiet machine it runs
-  beside the dump; on two cores shared with other work it shows as wall time, more on data that
+- What our backup adds to bare `pg_dump` is CPU: ISA-L level 3 (about 1.4 s per 500 MB of the
+  series shape on this machine, whatever the level from 0 to 3), the row count (0.5 s) and the
+  sha256 (0.1 s). The server takes one of the two cores, so all of that shares the other with
+  pg_dump; on two cores shared with other work it shows as wall time, more on data that
   compresses less (series).
 - `BACKUP_JOBS=2` writes a compressed directory archive with two workers, then turns it into the
   plain SQL stream: on two cores that is more work for the same cores (gzip level 1 in pg_dump,
   inflating in pg_restore, then our compression), so it is slower here. It is for servers with cores
   to spare.
-- Restores: psql replays the file in one session (one core), and so does the switch's load into the
-  new database; `pg_restore -j 2` gains little on two cores. The switch's gain is the site's gap:
-  the site answers during the whole load and waits only for the switch itself.
+- Restores: psql replays the file in one session (one core). The switch loads the new database
+  with `BACKUP_RESTORE_JOBS` (2) sessions: the rows of each table in chunks to whichever is
+  free, then indexes and constraints side by side; `pg_restore -j 2` does the same per table.
+  Both gain less than 2x on two cores, which the server's sessions and the reader share. The
+  switch's other gain is the site's gap: the site answers during the whole load and waits only
+  for the switch itself.
 """
 
 # The issue's targets.

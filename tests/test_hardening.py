@@ -127,7 +127,7 @@ def test_the_password_never_appears_in_argv_logs_manifests_or_answers(api, setti
     thread, outcome = in_thread(services.create_backup, actor=COMMAND)
     try:
         # The dump itself, not the 'pg_dump --version' that comes first without a password.
-        (pid, argv, environ), *_ = wait_for_process("pg_dump", argument=b"--format=custom")
+        (pid, argv, environ), *_ = wait_for_process("pg_dump", argument=b"--format=plain")
         assert f"PGPASSWORD={password}".encode() in environ.split(b"\0")  # it was given, in the environment
         assert not [line for line in all_cmdlines() if password.encode() in line]
     finally:

@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from backups import services
-from backups.engines.base import CHUNK_SIZE, DumpStream
-from backups.engines.postgresql import CopyRowCounter
+from backups.engines.base import CHUNK_SIZE, DumpStream, OutputCut, ProcessDump
+from backups.engines.postgresql import OneTransactionDump
+from backups.exceptions import DumpFailed
 from backups.models import Backup
 
 from .conftest import as_superuser, by_hand_psql, execute, fetch, new_database, read_manifest
@@ -22,7 +23,7 @@ COMMAND = services.Actor.command()
 # A plain dump in miniature, with what could fool a counter: a row that starts with "COPY ",
 # rows holding an escaped backslash before a dot (the data "\." is written "\\."), an empty
 # table right after another block, a table name with a space, and a function whose body looks
-# like a table's rows.
+# like a table's rows; and a large object, which plain pg_dump wraps in a transaction of its own.
 DUMP = rb"""--
 -- PostgreSQL database dump
 --
@@ -88,22 +89,57 @@ COPY public."odd name" (id, notes) FROM stdin;
 --
 
 SELECT pg_catalog.setval('public.brew_id_seq', 3, true);
+
+
+--
+-- Data for Name: BLOBS; Type: BLOBS; Schema: -; Owner: -
+--
+
+BEGIN;
+
+SELECT pg_catalog.lo_open('16400', 131072);
+SELECT pg_catalog.lowrite(0, '\x424547494e3b0a');
+SELECT pg_catalog.lo_close(0);
+
+COMMIT;
+
+--
+-- PostgreSQL database dump complete
+--
+
 """
 COUNTS = {"public.brew": 3, "public.empty": 0, "public.marks": 2, 'public."odd name"': 2}
+CLEANUP = "-- the cleanup\n"
+# What pg_restore --single-transaction writes for it, with the cleanup after the BEGIN.
+ONE_TRANSACTION = (
+    DUMP.replace(b"SET statement_timeout", b"BEGIN;\n-- the cleanup\n\nSET statement_timeout", 1)
+    .replace(b"--\n\nBEGIN;\n\nSELECT pg_catalog.lo_open", b"--\n\nSELECT pg_catalog.lo_open")
+    .replace(b"lo_close(0);\n\nCOMMIT;\n\n--", b"lo_close(0);\n\n--")
+    .replace(b"--\n-- PostgreSQL database dump complete", b"COMMIT;\n\n--\n-- PostgreSQL database dump complete")
+)
 
 
-def count_rows(chunks):
-    counter = CopyRowCounter()
-    for chunk in chunks:
-        counter.feed(chunk)
-    counter.finish()
-    return counter.counts
+class Chunks:
+    """A tool's stdout that hands out the given chunks."""
+
+    def __init__(self, chunks):
+        self.chunks = list(chunks)
+
+    def read(self, size):
+        assert all(len(chunk) <= size for chunk in self.chunks)
+        return self.chunks.pop(0) if self.chunks else b""
 
 
-def test_row_counts_do_not_depend_on_where_the_stream_is_split():
-    assert count_rows([DUMP]) == COUNTS
+def one_transaction(chunks):
+    stream = OneTransactionDump(Chunks(chunks), CLEANUP, wrap=True)
+    return b"".join(stream), stream.row_counts
+
+
+def test_the_backup_stream_is_one_transaction_with_exact_counts_wherever_the_dump_is_split():
+    assert ONE_TRANSACTION.count(b"\nBEGIN;\n") == ONE_TRANSACTION.count(b"\nCOMMIT;\n") == 1
+    assert one_transaction([DUMP]) == (ONE_TRANSACTION, COUNTS)
     for split in range(1, len(DUMP)):
-        assert count_rows([DUMP[:split], DUMP[split:]]) == COUNTS, f"split at byte {split}"
+        assert one_transaction([DUMP[:split], DUMP[split:]]) == (ONE_TRANSACTION, COUNTS), f"split at byte {split}"
     generator = random.Random(9)
     for _ in range(200):
         chunks, position = [], 0
@@ -111,7 +147,34 @@ def test_row_counts_do_not_depend_on_where_the_stream_is_split():
             size = generator.randint(1, 40)
             chunks.append(DUMP[position : position + size])
             position += size
-        assert count_rows(chunks) == COUNTS
+        assert one_transaction(chunks) == (ONE_TRANSACTION, COUNTS)
+
+
+def test_the_backup_stream_refuses_what_would_not_be_one_transaction():
+    stray = DUMP.replace(
+        b"CREATE TABLE public.later (id integer);", b"COMMIT;\nCREATE TABLE public.later (id integer);"
+    )
+    with pytest.raises(DumpFailed, match="BEGIN or COMMIT outside large objects"):
+        one_transaction([stray])
+    for cut in (DUMP[: DUMP.index(b"--\n-- PostgreSQL database dump complete")], DUMP[: DUMP.index(b"2\t\\N")]):
+        with pytest.raises(OutputCut, match="not whole"):
+            one_transaction([cut])
+    assert one_transaction([]) == (b"", {})  # no output at all: the tool's exit status tells why
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_a_dump_cut_short_reports_the_tools_own_failure_first(status):
+    """Where the tool failed, its stderr says why; where it claims success, the stream does."""
+    half = DUMP[: len(DUMP) // 2]
+    writer = (
+        f"import sys; sys.stdout.buffer.write({half!r}); "
+        f"sys.stderr.write('server closed the connection'); sys.exit({status})"
+    )
+    with pytest.raises(DumpFailed) as failure:
+        with ProcessDump([sys.executable, "-c", writer], None, "pg_dump").run() as stdout:
+            b"".join(OneTransactionDump(stdout, CLEANUP, wrap=True))
+    expected = "pg_dump failed: .*server closed the connection" if status else "not whole"
+    assert failure.match(expected)
 
 
 WRITER = """
@@ -133,12 +196,10 @@ def test_the_dump_stream_delivers_a_pipe_unchanged_whatever_the_writer_does():
     )
     process.stdin.write(DUMP)
     process.stdin.close()
-    stream = DumpStream(process.stdout, CopyRowCounter())
-    chunks = list(stream)
+    chunks = list(DumpStream(process.stdout))
     assert process.wait() == 0
     assert b"".join(chunks) == DUMP * 401
     assert max(len(chunk) for chunk in chunks) <= CHUNK_SIZE
-    assert stream.row_counts == {table: count * 401 for table, count in COUNTS.items()}
 
 
 @pytest.fixture

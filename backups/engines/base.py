@@ -276,6 +276,11 @@ class RowCounter:
         raise NotImplementedError("subclasses of RowCounter must provide a pass_rows() method")
 
 
+class OutputCut(DumpFailed):
+    """Raised by a stream that read its tool's output to the end and found it cut short: where
+    a tool failed, ``ProcessDump`` reports the tool's own message instead, which says why."""
+
+
 class ProcessDump:
     """A dump tool running as a child process whose stdout is the SQL stream, optionally piped
     through further tools (``filters``: ``(args, env, tool)`` each, reading the previous one's
@@ -293,6 +298,7 @@ class ProcessDump:
     def run(self):
         with ExitStack() as stack:
             processes = []
+            cut = None
             try:
                 for args, env, tool in self.stages:
                     stderr = stack.enter_context(tempfile.TemporaryFile())
@@ -307,7 +313,10 @@ class ProcessDump:
                         enlarge_pipe(processes[-1][0].stdout)
                         processes[-1][0].stdout.close()  # the next tool holds it now
                     processes.append((process, tool, stderr))
-                yield processes[-1][0].stdout
+                try:
+                    yield processes[-1][0].stdout
+                except OutputCut as exc:
+                    cut = exc  # the output has ended, so have the tools: their exit status comes first
             except BaseException:
                 for process, _, _ in processes:
                     process.kill()
@@ -320,6 +329,8 @@ class ProcessDump:
             for tool, returncode, stderr in exits:
                 if returncode != 0:
                     raise DumpFailed(f"{tool} failed: {describe_exit(returncode, read_tail(stderr))}")
+            if cut is not None:
+                raise cut
 
 
 def read_tail(stream, limit=STDERR_LIMIT):

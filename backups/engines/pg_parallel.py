@@ -41,7 +41,8 @@ TRACKED_SETTINGS = (b"SET default_tablespace = ", b"SET default_table_access_met
 HEADER = re.compile(rb"-- (?:Data for )?Name: .*; Type: ([A-Z][A-Z ]*); Schema: [^;\n]*; Owner: [^\n]*\n")
 # What can change the lexer's state at the top level, or start a line it looks at.
 TOKEN = re.compile(
-    rb"\n(?=-- Name: |-- Data for Name: |SET default_ta|COPY |\\)|--|/\*|(?<![A-Za-z0-9_$\x80-\xff])[Ee]'|'|\"|"
+    rb"\n(?=-- Name: |-- Data for Name: |SET default_ta|COPY |BEGIN;\n|COMMIT;\n|\\)|"
+    rb"--|/\*|(?<![A-Za-z0-9_$\x80-\xff])[Ee]'|'|\"|"
     rb"(?<![A-Za-z0-9_$\x80-\xff])\$(?:[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*)?\$"
 )
 E_STRING_END = re.compile(rb"\\.|'", re.DOTALL)
@@ -67,8 +68,9 @@ NEED = ("need", None)  # what Entries.scan() yields when it wants the next chunk
 class Entries:
     """The events of a dump: ("text", bytes) to run, ("entry", kind) where an entry starts (its
     header follows as text), ("setting", line) for a tracked SET, ("meta", line) for a line of
-    psql's own, ("copy", line) where a table's rows start, ("rows", whole lines) and
-    ("copy_end", None).
+    psql's own, ("transaction", line) for a BEGIN or COMMIT of the dump's own, ("copy", line)
+    where a table's rows start, ("rows", whole lines) and ("copy_end", its terminator). Every
+    byte of the dump is in exactly one payload, in order (an entry's is its kind).
 
     Iterating pulls the dump from ``read``; ``scan()`` is the same as a generator to push chunks
     into (``send``; an empty one ends the dump), as the row counter of a backup does."""
@@ -158,6 +160,9 @@ class Entries:
                     if line.startswith(b"\\"):
                         self.position = line_end
                         return "meta", line_start, line_end
+                    if line in (b"BEGIN;\n", b"COMMIT;\n"):
+                        self.position = line_end
+                        return "transaction", line_start, line_end
                     if line.startswith(TRACKED_SETTINGS) and line.endswith(b";\n"):
                         self.position = line_end
                         return "setting", line_start, line_end
@@ -246,7 +251,7 @@ class Entries:
                 # Past the terminator but for its newline, which may start a line of interest.
                 self.position = end + 2
                 self.state = "top"
-                yield "copy_end", None
+                yield "copy_end", buffer[end : end + 2]
                 return
             last_line = buffer.rfind(b"\n", self.position, max(self.position, len(buffer) - 3))
             if last_line >= self.position:
@@ -517,6 +522,8 @@ class ParallelLoad:
         kind = None
         copy_line = None
         for event, payload in Entries(read):
+            if event == "transaction":
+                event = "text"  # the head's BEGIN: the serial session's, like any statement
             if self.serial is None:
                 if event == "entry":
                     self._start_serial(b"".join(head))

@@ -1,5 +1,6 @@
 """PostgreSQL: ``pg_dump`` to plain SQL, ``psql`` in one transaction to restore."""
 
+import collections
 import os
 import re
 import secrets
@@ -12,7 +13,7 @@ from django.db.backends.postgresql.client import DatabaseClient
 
 from ..conf import backup_settings
 from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, InvalidRequest, RestoreFailed, ToolMissing
-from .base import CHUNK_SIZE, DatabaseEngine, DumpStream, ProcessDump, RowCounter, describe_exit, run_fed, run_tool
+from .base import CHUNK_SIZE, DatabaseEngine, DumpStream, OutputCut, ProcessDump, describe_exit, run_fed, run_tool
 from .pg_parallel import NEED, DumpCut, Entries, ParallelLoad
 
 # Advisory lock keys: (application, purpose). Advisory locks live inside one database, so the
@@ -20,19 +21,19 @@ from .pg_parallel import NEED, DumpCut, Entries, ParallelLoad
 LOCK_APPLICATION = 0x48425042  # "HBPB"
 LOCK_PURPOSES = {"operations": 1, "schedule": 2, "cleanup": 3, "verify": 4}
 
-# A custom-format archive, turned straight back into plain SQL by pg_restore: its
-# --single-transaction writes one BEGIN at the top and one COMMIT at the very end and nothing
-# in between (plain pg_dump wraps large objects in a BEGIN/COMMIT of their own, which would
-# commit half a restore). Such a file commits nothing unless it is whole, by hand too.
+# Plain SQL, which OneTransactionDump makes one transaction: one BEGIN at the top, one COMMIT at
+# the very end and nothing in between (plain pg_dump wraps large objects in a BEGIN/COMMIT of
+# their own, which would commit half a restore), as pg_restore --single-transaction writes it.
+# Such a file commits nothing unless it is whole, by hand too. No owners: restorable on another
+# server by whoever restores. Privileges stay (GRANTs and default privileges come back as they were).
 DUMP_OPTIONS = [
-    "--format=custom",
-    "--compress=0",  # the stream is compressed once, afterwards
+    "--format=plain",
+    "--no-owner",
     "--no-password",
     # Replication set-up, not data: restoring a subscription would connect to its publisher.
     "--no-subscriptions",
 ]
-# No owners: restorable on another server by whoever restores. Privileges stay (GRANTs and
-# default privileges come back as they were).
+# A parallel backup's directory archive, turned into the same SQL by pg_restore.
 TO_SQL_OPTIONS = ["--single-transaction", "--no-owner", "--file=-"]
 
 # Spliced in right after the file's BEGIN, so it runs in the restore's one transaction, in the
@@ -311,11 +312,11 @@ class PostgreSQLEngine(DatabaseEngine):
         with self.archive(jobs) if jobs > 1 else nullcontext(None) as directory:
             if directory is None:
                 args, env = self.command("pg_dump", DUMP_OPTIONS)
-                stages = [(args, env, "pg_dump"), (["pg_restore", *TO_SQL_OPTIONS], env, "pg_restore")]
+                process = ProcessDump(args, env, "pg_dump")
             else:
-                stages = [(["pg_restore", *TO_SQL_OPTIONS, directory], os.environ, "pg_restore")]
-            with ProcessDump(*stages[0], filters=stages[1:]).run() as stdout:
-                stream = CleanupSplicingStream(stdout, CopyRowCounter(), restore_cleanup(roles))
+                process = ProcessDump(["pg_restore", *TO_SQL_OPTIONS, directory], os.environ, "pg_restore")
+            with process.run() as stdout:
+                stream = OneTransactionDump(stdout, restore_cleanup(roles), wrap=directory is None)
                 stream.restore_requirements = {"roles": roles}
                 yield stream
 
@@ -323,8 +324,8 @@ class PostgreSQLEngine(DatabaseEngine):
     def archive(self, jobs):
         """A directory-format archive of the database written by ``jobs`` workers that share one
         snapshot (pg_dump -j), compressed (gzip level 1, the fastest pg_dump 15 offers), in a
-        private temporary directory; yields its path, which pg_restore turns into the same plain
-        SQL as a serial dump."""
+        private temporary directory; yields its path, which pg_restore turns into the SQL of a
+        serial backup, statement for statement."""
         with tempfile.TemporaryDirectory(prefix="hoppybrew-dump-") as scratch:
             directory = os.path.join(scratch, "archive")
             options = [option for option in DUMP_OPTIONS if not option.startswith(("--format", "--compress"))]
@@ -671,43 +672,128 @@ def _major(text):
 
 
 COPY_HEADER = re.compile(rb"^COPY (?P<table>.+?) (?:\(.*\) )?FROM stdin;$")
+# What pg_dump writes last, before psql's \unrestrict: the COMMIT goes right before it.
+CLOSING_COMMENT = b"--\n-- PostgreSQL database dump complete\n--\n"
+# Entries of large objects' data, which plain pg_dump wraps in a transaction of their own.
+LARGE_OBJECT_KINDS = frozenset({b"BLOBS", b"LARGE OBJECTS"})
+# Bytes of output held back until the dump ends: the closing comment is among its last 200.
+CLOSING_TAIL = 4096
 
 
-class CopyRowCounter(RowCounter):
-    """Counts the rows of each table of a plain pg_dump as it streams past: the lines of the
-    ``COPY ... FROM stdin;`` blocks of its table data entries, as ``pg_parallel.Entries`` finds
-    them (it knows PostgreSQL's quoting: a function body that looks like a block is none). Data
-    lines escape newlines and backslashes, so each line of a block is one row."""
+class OneTransactionDump(DumpStream):
+    """A PostgreSQL backup's SQL: the dump as one transaction with the cleanup right after its
+    BEGIN, and the rows of each table counted on the way, in one pass of ``pg_parallel.Entries``
+    (which knows PostgreSQL's quoting: a function body that looks like a table's rows is none).
+    Data lines escape newlines and backslashes, so each line of a COPY block is one row.
 
-    def __init__(self):
-        super().__init__()
-        self.scan = Entries().scan()
-        next(self.scan)
+    From plain pg_dump (``wrap``) it writes what ``pg_restore --single-transaction`` would, byte
+    for byte, without a process to copy every byte once more: BEGIN before the first statement,
+    the large objects' own BEGIN and COMMIT left out, COMMIT before the closing comment. From
+    pg_restore's output (a parallel backup's), which has them, it splices the cleanup in.
+    """
+
+    OPENING = b"\nBEGIN;\n"
+    NO_OPENING = "pg_restore wrote no BEGIN at the start of the dump; its output is not understood."
+    STRAY_TRANSACTION = "pg_dump wrote a BEGIN or COMMIT outside large objects; its output is not understood."
+    NOT_WHOLE = "pg_dump's output ended before its closing comment: the dump is not whole."
+
+    def __init__(self, stdout, cleanup, wrap):
+        super().__init__(stdout)
+        self.cleanup = cleanup.encode()
+        self.wrap = wrap
+        self.counts = {}
+
+    @property
+    def row_counts(self):
+        return dict(self.counts)
+
+    def __iter__(self):
+        self.head = []  # the output up to the first entry, where the BEGIN goes
+        self.held = collections.deque()  # the last pieces of output, where the COMMIT goes
+        self.held_bytes = 0
+        self.kind = self.table = None
         self.rows = 0
+        self.after_transaction = False
+        scan = Entries().scan()
+        next(scan)
+        for chunk in super().__iter__():
+            yield from self._pieces(scan, chunk)
+        yield from self._pieces(scan, b"")
+        yield from self._closing()
 
-    def feed(self, chunk):
-        if chunk:
-            self._count(chunk)
-
-    def finish(self):
-        self._count(b"")  # the dump's last bytes, held back until its end was known
-
-    def _count(self, chunk):
+    def _pieces(self, scan, chunk):
+        """The output for ``chunk`` (an empty one ends the dump) that need not be held back."""
+        out = []
         try:
-            event = self.scan.send(chunk)
+            event = scan.send(chunk)
             while event is not NEED:
-                what, payload = event
-                if what == "copy":
-                    self.table = COPY_HEADER.match(payload.rstrip(b"\n"))["table"].decode("utf-8", "replace")
-                    self.rows = 0
-                elif what == "rows":
-                    self.rows += payload.count(b"\n")
-                elif what == "copy_end":
-                    self.counts[self.table] = self.counts.get(self.table, 0) + self.rows
-                    self.table = None
-                event = next(self.scan)
-        except (StopIteration, DumpCut):
-            pass  # a dump that ends too soon is its tool's failure, which the tool's exit status tells
+                self._take(*event, out)
+                event = next(scan)
+        except StopIteration:
+            pass
+        except DumpCut:
+            raise OutputCut(self.NOT_WHOLE) from None
+        if not self.wrap:
+            return out
+        self.held.extend(out)
+        self.held_bytes += sum(map(len, out))
+        released = []
+        while self.held and self.held_bytes - len(self.held[0]) >= CLOSING_TAIL:
+            released.append(self.held.popleft())
+            self.held_bytes -= len(released[-1])
+        return released
+
+    def _take(self, what, payload, out):
+        if what == "entry":
+            self.kind = payload
+            if self.head is not None:
+                out.append(self._opening())
+            return
+        if what == "copy":
+            self.table = COPY_HEADER.match(payload.rstrip(b"\n"))["table"].decode("utf-8", "replace")
+            self.rows = 0
+        elif what == "rows":
+            self.rows += payload.count(b"\n")
+        elif what == "copy_end":
+            self.counts[self.table] = self.counts.get(self.table, 0) + self.rows
+        elif what == "transaction" and self.wrap:
+            if self.kind not in LARGE_OBJECT_KINDS:
+                raise DumpFailed(self.STRAY_TRANSACTION)
+            self.after_transaction = True
+            return
+        if self.after_transaction:  # the blank line after a left-out BEGIN or COMMIT goes too
+            self.after_transaction = False
+            payload = payload[1:] if payload.startswith(b"\n") else payload
+        (out if self.head is None else self.head).append(payload)
+
+    def _opening(self):
+        head, self.head = b"".join(self.head), None
+        if self.wrap:
+            start = statement_start(head)
+            if start is None:
+                raise OutputCut(self.NOT_WHOLE)
+            return head[:start] + b"BEGIN;\n" + self.cleanup + b"\n" + head[start:]
+        found = head.find(self.OPENING)
+        if found < 0:
+            raise DumpFailed(self.NO_OPENING)
+        cut = found + len(self.OPENING)
+        return head[:cut] + self.cleanup + head[cut:]
+
+    def _closing(self):
+        if self.head is not None:  # a dump without entries
+            if not b"".join(self.head).strip():
+                return  # no output at all: the tool's exit status says why
+            opening = self._opening()
+            if not self.wrap:
+                yield opening
+                return
+            self.held.append(opening)
+        if self.wrap:
+            tail = b"".join(self.held)
+            found = tail.rfind(b"\n" + CLOSING_COMMENT) + 1
+            if found == 0:
+                raise OutputCut(self.NOT_WHOLE)
+            yield tail[:found] + COMMIT[1:] + b"\n" + tail[found:]
 
 
 def restore_cleanup(roles):
@@ -716,15 +802,23 @@ def restore_cleanup(roles):
     return RESTORE_CLEANUP.replace("/*roles*/", literals)
 
 
+def statement_start(head):
+    """Where the first line of ``head`` that is neither blank nor a comment nor psql's
+    \\restrict starts, if ``head`` holds all of that line."""
+    position = 0
+    for line in head.split(b"\n")[:-1]:  # the last one may be cut short
+        stripped = line.strip()
+        if stripped and not stripped.startswith((b"--", b"\\restrict ")):
+            return position
+        position += len(line) + 1
+    return None
+
+
 def first_statement(head):
     """The first line of ``head`` that is neither blank nor a comment nor psql's \\restrict, if
     ``head`` holds all of it."""
-    lines = head.split(b"\n")
-    for line in lines[:-1]:  # the last one may be cut short
-        line = line.strip()
-        if line and not line.startswith((b"--", b"\\restrict ")):
-            return line
-    return None
+    start = statement_start(head)
+    return None if start is None else head[start : head.index(b"\n", start)].strip()
 
 
 def read_head(stream):
@@ -741,35 +835,6 @@ def read_head(stream):
 def opens_own_transaction(head):
     """Whether the dump's first statement is its own BEGIN (dumps from this version on)."""
     return first_statement(head) == b"BEGIN;"
-
-
-class CleanupSplicingStream(DumpStream):
-    """The dump's chunks with ``cleanup`` inserted after its opening BEGIN."""
-
-    OPENING = b"\nBEGIN;\n"
-    NO_OPENING = "pg_restore wrote no BEGIN at the start of the dump; its output is not understood."
-
-    def __init__(self, stdout, counter, cleanup):
-        super().__init__(stdout, counter)
-        self.cleanup = cleanup.encode()
-
-    def __iter__(self):
-        chunks = super().__iter__()
-        head = b""
-        for chunk in chunks:
-            head += chunk
-            found = head.find(self.OPENING)
-            if found >= 0:
-                cut = found + len(self.OPENING)
-                yield head[:cut] + self.cleanup + head[cut:]
-                break
-            if len(head) > CHUNK_SIZE:
-                raise DumpFailed(self.NO_OPENING)
-        else:
-            if head:
-                raise DumpFailed(self.NO_OPENING)
-            return
-        yield from chunks
 
 
 class WithheldCommit:
