@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import closing, contextmanager
 
 from django.db import connections
 
@@ -282,53 +282,39 @@ class OutputCut(DumpFailed):
 
 
 class ProcessDump:
-    """A dump tool running as a child process whose stdout is the SQL stream, optionally piped
-    through further tools (``filters``: ``(args, env, tool)`` each, reading the previous one's
-    output).
+    """A dump tool running as a child process whose stdout is the SQL stream.
 
-    Arguments are lists (no shell); secrets travel in ``env``. stderr goes to temporary files so
-    a chatty tool can never block on a full pipe, and the tail of the first tool that failed
-    becomes the error (a later tool's failure is usually the consequence).
+    Arguments are lists (no shell); secrets travel in ``env``. stderr goes to a temporary file so
+    a chatty tool can never block on a full pipe, and its tail becomes the error.
     """
 
-    def __init__(self, args, env, tool, filters=()):
-        self.stages = [(args, env, tool), *filters]
+    def __init__(self, args, env, tool):
+        self.args, self.env, self.tool = args, env, tool
 
     @contextmanager
     def run(self):
-        with ExitStack() as stack:
-            processes = []
+        with tempfile.TemporaryFile() as stderr:
+            try:
+                process = subprocess.Popen(
+                    self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, env=self.env
+                )
+            except OSError as exc:
+                raise tool_missing(self.tool, exc) from None
             cut = None
             try:
-                for args, env, tool in self.stages:
-                    stderr = stack.enter_context(tempfile.TemporaryFile())
-                    stdin = processes[-1][0].stdout if processes else subprocess.DEVNULL
-                    try:
-                        process = subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE, stderr=stderr, env=env)
-                    except OSError as exc:
-                        raise tool_missing(tool, exc) from None
-                    if processes:
-                        # pg_restore reads pg_dump's archive in small blocks: a large pipe
-                        # between them lets each run on instead of waking the other.
-                        enlarge_pipe(processes[-1][0].stdout)
-                        processes[-1][0].stdout.close()  # the next tool holds it now
-                    processes.append((process, tool, stderr))
                 try:
-                    yield processes[-1][0].stdout
+                    yield process.stdout
                 except OutputCut as exc:
-                    cut = exc  # the output has ended, so have the tools: their exit status comes first
+                    cut = exc  # the output has ended, so has the tool: its exit status comes first
             except BaseException:
-                for process, _, _ in processes:
-                    process.kill()
-                    process.wait()
+                process.kill()
+                process.wait()
                 raise
             finally:
-                if processes:
-                    processes[-1][0].stdout.close()
-            exits = [(tool, process.wait(), stderr) for process, tool, stderr in processes]
-            for tool, returncode, stderr in exits:
-                if returncode != 0:
-                    raise DumpFailed(f"{tool} failed: {describe_exit(returncode, read_tail(stderr))}")
+                process.stdout.close()
+            returncode = process.wait()
+            if returncode != 0:
+                raise DumpFailed(f"{self.tool} failed: {describe_exit(returncode, read_tail(stderr))}")
             if cut is not None:
                 raise cut
 

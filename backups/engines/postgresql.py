@@ -328,7 +328,7 @@ class PostgreSQLEngine(DatabaseEngine):
         serial backup, statement for statement."""
         with tempfile.TemporaryDirectory(prefix="hoppybrew-dump-") as scratch:
             directory = os.path.join(scratch, "archive")
-            options = [option for option in DUMP_OPTIONS if not option.startswith(("--format", "--compress"))]
+            options = [option for option in DUMP_OPTIONS if not option.startswith("--format")]
             args, env = self.command(
                 "pg_dump", ["--format=directory", f"--jobs={jobs}", "--compress=1", f"--file={directory}", *options]
             )
