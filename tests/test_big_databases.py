@@ -210,6 +210,69 @@ def test_a_parallel_switch_restores_lookalikes_of_dump_entries_exactly(switching
     assert_same_fingerprint(postgres_fingerprint(database), before)
 
 
+KEYS = r"""
+CREATE SCHEMA "Odd Schema";
+CREATE TABLE "Odd Schema"."Keyed ""t"" rows" ("Id" int NOT NULL, code text, note text, at int);
+INSERT INTO "Odd Schema"."Keyed ""t"" rows" SELECT g, 'c' || g, 'n' || g, g FROM generate_series(1, 500) g;
+ALTER TABLE "Odd Schema"."Keyed ""t"" rows" ADD PRIMARY KEY ("Id");
+ALTER TABLE "Odd Schema"."Keyed ""t"" rows" ADD CONSTRAINT code_key UNIQUE (code, note);
+ALTER TABLE "Odd Schema"."Keyed ""t"" rows" ADD CONSTRAINT deferred_key UNIQUE (at) DEFERRABLE INITIALLY DEFERRED;
+ALTER TABLE "Odd Schema"."Keyed ""t"" rows" ADD CONSTRAINT covering_key UNIQUE (note) INCLUDE (code);
+ALTER TABLE "Odd Schema"."Keyed ""t"" rows" ADD CONSTRAINT nulls_key UNIQUE NULLS NOT DISTINCT (at, code);
+ALTER TABLE public.film ADD CONSTRAINT film_title_key UNIQUE (title) WITH (fillfactor = 70);
+ALTER TABLE public.actor CLUSTER ON actor_pkey;
+CREATE TABLE public.by_code (code text, note text,
+    FOREIGN KEY (code, note) REFERENCES "Odd Schema"."Keyed ""t"" rows" (code, note));
+INSERT INTO public.by_code VALUES ('c1', 'n1');
+"""
+
+
+def test_keys_are_built_by_the_pool_as_their_indexes_then_made_constraints_exactly(switching, settings, monkeypatch):
+    """A plain primary key or unique constraint of an ordinary table is built as its index side by
+    side with the others, then linked by the first session; one with options, or of a partitioned
+    table (Pagila's payment), is added as the dump says. The catalog is the same either way."""
+    alias, database, role = switching
+    settings.BACKUP_RESTORE_JOBS = 2
+    as_superuser(database, KEYS)
+    before = postgres_fingerprint(database)
+    made = backup_of(alias)
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
+    sent = {"pool": [], "serial": []}
+    put = pg_parallel.ParallelLoad.put
+
+    def recording(self, items, item):
+        if item is not None and item[0] == "sql":
+            sent["pool" if items is self.shared else "serial"].append(item[1][1])
+        put(self, items, item)
+
+    monkeypatch.setattr(pg_parallel.ParallelLoad, "put", recording)
+
+    assert quick_restore(made.filename).method == "switch"
+    assert_same_fingerprint(postgres_fingerprint(database), before)
+    pool, serial = b"".join(sent["pool"]), b"".join(sent["serial"])
+    for index in (
+        b'CREATE UNIQUE INDEX "Keyed ""t"" rows_pkey" ON "Odd Schema"."Keyed ""t"" rows" USING btree ("Id");',
+        b'CREATE UNIQUE INDEX code_key ON "Odd Schema"."Keyed ""t"" rows" USING btree (code, note);',
+        b"CREATE UNIQUE INDEX payment_p2022_01_pkey ON public.payment_p2022_01 USING btree (payment_date, payment_id);",
+    ):
+        assert index in pool
+    for link in (
+        b'ADD CONSTRAINT "Keyed ""t"" rows_pkey" PRIMARY KEY USING INDEX "Keyed ""t"" rows_pkey";',
+        b"ADD CONSTRAINT code_key UNIQUE USING INDEX code_key;",
+        b"ADD CONSTRAINT payment_p2022_01_pkey PRIMARY KEY USING INDEX payment_p2022_01_pkey;",
+    ):
+        assert link in serial
+    for as_dumped in (
+        b"ADD CONSTRAINT payment_pkey PRIMARY KEY (payment_date, payment_id);",
+        b"ADD CONSTRAINT deferred_key UNIQUE (at) DEFERRABLE INITIALLY DEFERRED;",
+        b"ADD CONSTRAINT covering_key UNIQUE (note) INCLUDE (code);",
+        b"ADD CONSTRAINT nulls_key UNIQUE NULLS NOT DISTINCT (at, code);",
+        b"ADD CONSTRAINT film_title_key UNIQUE (title) WITH (fillfactor='70');",
+        b"ADD CONSTRAINT actor_pkey PRIMARY KEY (actor_id);",
+    ):
+        assert as_dumped in pool
+
+
 def test_a_row_that_fails_in_the_pool_stops_the_load_and_changes_nothing(switching, settings, monkeypatch):
     """A row the server refuses (here: one made up on the way) fails its session of the pool;
     every session stops, the new database is dropped, and the live one is as it was."""

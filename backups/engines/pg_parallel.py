@@ -11,7 +11,11 @@ and split at the entries pg_restore marks (``-- Name: ...; Type: ...``):
   whichever session is free, so a big table loads on several cores (its rows' physical order,
   which only a SELECT without ORDER BY shows, then differs from the live database's);
 - indexes and constraints (``INDEX``, ``CONSTRAINT`` entries: primary keys, unique, exclusion and
-  check constraints) are built by the pool once every row is in, side by side;
+  check constraints) are built by the pool once every row is in, side by side. A plain primary key
+  or unique constraint of an ordinary table is built as its unique index, then made the constraint
+  (``ADD CONSTRAINT ... USING INDEX``, which only links the two) by the first session once the pool
+  is done: ``ADD CONSTRAINT`` would lock the table against every other index built on it meanwhile,
+  while index builds on one table run side by side. The catalog ends up the same either way;
 - every other entry (sequence values, large objects, foreign keys, triggers, rules, policies,
   grants, refreshes of materialized views...) runs in the first session, in the dump's order,
   after everything before it has finished, in a transaction of its own until the pool is next
@@ -36,6 +40,15 @@ from .base import CHUNK_SIZE, STDERR_LIMIT, describe_exit, tool_missing
 
 # Entries whose statements the pool runs side by side once the rows are in.
 PARALLEL_KINDS = frozenset({b"INDEX", b"CONSTRAINT"})
+# A constraint entry that is a plain primary key or unique constraint, as pg_dump writes one; any
+# option (INCLUDE, WITH, a tablespace, DEFERRABLE, NULLS NOT DISTINCT, CLUSTER ON...) is not.
+IDENTIFIER = rb'(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")'
+PLAIN_KEY = re.compile(
+    rb"(?P<before>(?:[ \t]*\n|--[^\n]*\n)*)ALTER TABLE ONLY (?P<table>%(id)s\.%(id)s)\n"
+    rb"    ADD CONSTRAINT (?P<name>%(id)s) (?P<kind>PRIMARY KEY|UNIQUE) \((?P<columns>%(id)s(?:, %(id)s)*)\);\n"
+    rb"(?P<after>(?:[ \t]*\n|--[^\n]*\n?)*)" % {b"id": IDENTIFIER}
+)
+ORDINARY_TABLE = "SELECT relkind = 'r' FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass(%s)"
 # Session settings pg_restore changes between entries; each session is told the current ones.
 TRACKED_SETTINGS = (b"SET default_tablespace = ", b"SET default_table_access_method = ")
 HEADER = re.compile(rb"-- (?:Data for )?Name: .*; Type: ([A-Z][A-Z ]*); Schema: [^;\n]*; Owner: [^\n]*\n")
@@ -459,6 +472,8 @@ class ParallelLoad:
         self.serial_pending = False  # the serial session has work not known to be done
         self.pool_work = None  # "rows" or "sql": what the pool was given since its last barrier
         self.in_transaction = True  # the serial session's: at first the dump's own
+        self.lookup = None  # a connection of the dispatcher's, to ask what kind a table is
+        self.constraints_to_link = []  # ADD CONSTRAINT ... USING INDEX, once the pool is done
 
     # -- called by the sessions' threads ------------------------------------------------------
 
@@ -534,7 +549,7 @@ class ParallelLoad:
                     continue
             if event == "entry":
                 if collecting is not None:
-                    self.put(self.shared, ("sql", (collecting[0], b"".join(collecting[1]))))
+                    self._to_pool(kind, *collecting)
                     collecting = None
                 kind = payload
                 if kind in PARALLEL_KINDS:
@@ -563,7 +578,7 @@ class ParallelLoad:
         if self.serial is None:
             raise RestoreFailed("Database restore failed; the database was not changed. The dump holds no entries.")
         if collecting is not None:
-            self.put(self.shared, ("sql", (collecting[0], b"".join(collecting[1]))))
+            self._to_pool(kind, *collecting)
         self._before_serial()
         self._commit()
         self._sync_serial()
@@ -583,6 +598,34 @@ class ParallelLoad:
             self.in_transaction = True
         self.put(self.serial_items, ("sql", (dict(self.current), text)))
         self.serial_pending = True
+
+    def _to_pool(self, kind, settings, texts):
+        text = b"".join(texts)
+        key = PLAIN_KEY.fullmatch(text) if kind == b"CONSTRAINT" else None
+        if key is not None and self._is_ordinary_table(key["table"]):
+            # Built side by side with the table's other indexes, linked after (see the top).
+            name, table = key["name"], key["table"]
+            index = b"CREATE UNIQUE INDEX %s ON %s USING btree (%s);\n" % (name, table, key["columns"])
+            text = key["before"] + index + key["after"]
+            self.constraints_to_link.append(
+                b"ALTER TABLE ONLY %s\n    ADD CONSTRAINT %s %s USING INDEX %s;\n" % (table, name, key["kind"], name)
+            )
+        self.put(self.shared, ("sql", (settings, text)))
+
+    def _is_ordinary_table(self, table):
+        """Not a partitioned table, whose indexes cannot become constraints. A server that does
+        not answer gets the dump's own statement (the pool's sessions report what is wrong)."""
+        import psycopg2
+
+        try:
+            if self.lookup is None:
+                self.lookup = self.connect()
+            with self.lookup.cursor() as cursor:
+                cursor.execute(ORDINARY_TABLE, (table.decode(),))
+                found = cursor.fetchone()
+        except psycopg2.Error:
+            return False
+        return found is not None and found[0]
 
     def _commit(self):
         if self.in_transaction:
@@ -611,6 +654,9 @@ class ParallelLoad:
         if self.pool_work is not None:
             self._barrier()
             self.pool_work = None
+        if self.constraints_to_link:
+            self._to_serial(b"".join(self.constraints_to_link))
+            self.constraints_to_link = []
 
     def _barrier(self):
         """Wait until every session of the pool has run all it was given."""
@@ -642,6 +688,8 @@ class ParallelLoad:
                 self.stop()
         for session in self.sessions():
             session.join()
+        if self.lookup is not None:
+            self.lookup.close()
 
 
 def setting_name(line):
