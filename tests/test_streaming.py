@@ -12,6 +12,7 @@ import pytest
 
 from backups import services
 from backups.engines.base import CHUNK_SIZE, DumpStream, OutputCut, ProcessDump
+from backups.engines.pg_parallel import copy_terminator
 from backups.engines.postgresql import OneTransactionDump
 from backups.exceptions import DumpFailed
 from backups.models import Backup
@@ -148,6 +149,19 @@ def test_the_backup_stream_is_one_transaction_with_exact_counts_wherever_the_dum
             chunks.append(DUMP[position : position + size])
             position += size
         assert one_transaction(chunks) == (ONE_TRANSACTION, COUNTS)
+
+
+def test_the_end_of_a_tables_rows_is_found_among_backslashes_of_every_kind():
+    """copy_terminator looks at backslashes first and falls back to the plain search when there
+    are many: both find what the plain search finds, and nothing inside a row."""
+    rows = [b"1\t\\N\n", b"\\.\tnot the end\n", b"a\\\\.\n", b"\\N\t\\N\t\\N\n", b"x\\.\n", b"\\.y\n", b"plain\n"]
+    generator = random.Random(19)
+    for _ in range(2000):
+        body = b"".join(generator.choice(rows) for _ in range(generator.randint(0, 12)))
+        text = body + generator.choice([b"\\.\n", b"\\.", b"", b"\\.\nmore\n\\.\n"])
+        for start in {0, len(body) // 2, len(body)}:
+            found = text.find(b"\n\\.\n", start)
+            assert copy_terminator(text, start) == (found + 1 if found >= 0 else -1), (text, start)
 
 
 def test_the_backup_stream_refuses_what_would_not_be_one_transaction():
