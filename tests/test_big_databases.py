@@ -198,13 +198,20 @@ def test_the_dump_reader_sees_the_same_entries_whatever_the_size_of_the_reads(sw
     assert b"COPY public.film (film_id) FROM stdin;\n" not in copies  # the function's, not the table's
 
 
-def test_a_parallel_switch_restores_lookalikes_of_dump_entries_exactly(switching, settings):
+def backed_up_then_changed(switching, statements):
+    """Pagila with ``statements`` run, its fingerprint and a backup of it; then changed."""
     alias, database, role = switching
-    settings.BACKUP_RESTORE_JOBS = 3
-    as_superuser(database, LOOKALIKES)
+    as_superuser(database, statements)
     before = postgres_fingerprint(database)
     made = backup_of(alias)
     as_superuser(database, PAGILA_CHANGES.format(role=role))
+    return made, before
+
+
+def test_a_parallel_switch_restores_lookalikes_of_dump_entries_exactly(switching, settings):
+    database = switching[1]
+    settings.BACKUP_RESTORE_JOBS = 3
+    made, before = backed_up_then_changed(switching, LOOKALIKES)
 
     assert quick_restore(made.filename).method == "switch"
     assert_same_fingerprint(postgres_fingerprint(database), before)
@@ -231,12 +238,9 @@ def test_keys_are_built_by_the_pool_as_their_indexes_then_made_constraints_exact
     """A plain primary key or unique constraint of an ordinary table is built as its index side by
     side with the others, then linked by the first session; one with options, or of a partitioned
     table (Pagila's payment), is added as the dump says. The catalog is the same either way."""
-    alias, database, role = switching
+    database = switching[1]
     settings.BACKUP_RESTORE_JOBS = 2
-    as_superuser(database, KEYS)
-    before = postgres_fingerprint(database)
-    made = backup_of(alias)
-    as_superuser(database, PAGILA_CHANGES.format(role=role))
+    made, before = backed_up_then_changed(switching, KEYS)
     sent = {"pool": [], "serial": []}
     put = pg_parallel.ParallelLoad.put
 

@@ -40,13 +40,18 @@ from .base import CHUNK_SIZE, STDERR_LIMIT, describe_exit, tool_missing
 
 # Entries whose statements the pool runs side by side once the rows are in.
 PARALLEL_KINDS = frozenset({b"INDEX", b"CONSTRAINT"})
+# Blank lines and comments (the text of a table's entry around its rows, or of a key's entry around
+# its statement); a last comment may end without its newline.
+BLANK_OR_COMMENT_LINES = rb"(?:[ \t]*\n|--[^\n]*\n)*"
+NOTHING_TO_RUN = re.compile(BLANK_OR_COMMENT_LINES + rb"(?:--[^\n]*)?")
 # A constraint entry that is a plain primary key or unique constraint, as pg_dump writes one; any
 # option (INCLUDE, WITH, a tablespace, DEFERRABLE, NULLS NOT DISTINCT, CLUSTER ON...) is not.
 IDENTIFIER = rb'(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")'
 PLAIN_KEY = re.compile(
-    rb"(?P<before>(?:[ \t]*\n|--[^\n]*\n)*)ALTER TABLE ONLY (?P<table>%(id)s\.%(id)s)\n"
+    rb"(?P<before>%(lines)s)ALTER TABLE ONLY (?P<table>%(id)s\.%(id)s)\n"
     rb"    ADD CONSTRAINT (?P<name>%(id)s) (?P<kind>PRIMARY KEY|UNIQUE) \((?P<columns>%(id)s(?:, %(id)s)*)\);\n"
-    rb"(?P<after>(?:[ \t]*\n|--[^\n]*\n?)*)" % {b"id": IDENTIFIER}
+    rb"(?P<after>%(nothing)s)"
+    % {b"id": IDENTIFIER, b"lines": BLANK_OR_COMMENT_LINES, b"nothing": NOTHING_TO_RUN.pattern}
 )
 ORDINARY_TABLE = "SELECT relkind = 'r' FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass(%s)"
 # Session settings pg_restore changes between entries; each session is told the current ones.
@@ -65,8 +70,6 @@ MARGIN = 256
 QUEUED_CHUNKS = 4  # per session of the pool: memory stays flat
 MARK = re.compile(rb"hoppybrew-mark-[0-9a-f]{16}")
 WAIT = 0.2  # seconds between looks at whether another session has failed
-# Text of a table's entry around its rows: blank lines and comments.
-NOTHING_TO_RUN = re.compile(rb"(?:[ \t]*\n|--[^\n]*\n?)*")
 # The session settings pg_restore writes at the top of a dump.
 SESSION_SETTING = re.compile(rb"^(?:SET [a-z_]+ = [^\n]*;|SELECT pg_catalog\.set_config\([^\n]*\);)\n", re.M)
 
