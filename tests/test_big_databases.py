@@ -258,12 +258,15 @@ def test_keys_are_built_by_the_pool_as_their_indexes_then_made_constraints_exact
         b'CREATE UNIQUE INDEX "Keyed ""t"" rows_pkey" ON "Odd Schema"."Keyed ""t"" rows" USING btree ("Id");',
         b'CREATE UNIQUE INDEX code_key ON "Odd Schema"."Keyed ""t"" rows" USING btree (code, note);',
         b"CREATE UNIQUE INDEX payment_p2022_01_pkey ON public.payment_p2022_01 USING btree (payment_date, payment_id);",
+        b"CREATE UNIQUE INDEX actor_pkey ON public.actor USING btree (actor_id);",
     ):
         assert index in pool
     for link in (
         b'ADD CONSTRAINT "Keyed ""t"" rows_pkey" PRIMARY KEY USING INDEX "Keyed ""t"" rows_pkey";',
         b"ADD CONSTRAINT code_key UNIQUE USING INDEX code_key;",
         b"ADD CONSTRAINT payment_p2022_01_pkey PRIMARY KEY USING INDEX payment_p2022_01_pkey;",
+        # The key's table flag is set after the link, in the first session (see the next test).
+        b"ADD CONSTRAINT actor_pkey PRIMARY KEY USING INDEX actor_pkey;\nALTER TABLE public.actor CLUSTER ON actor_pkey;",
     ):
         assert link in serial
     for as_dumped in (
@@ -272,9 +275,44 @@ def test_keys_are_built_by_the_pool_as_their_indexes_then_made_constraints_exact
         b"ADD CONSTRAINT covering_key UNIQUE (note) INCLUDE (code);",
         b"ADD CONSTRAINT nulls_key UNIQUE NULLS NOT DISTINCT (at, code);",
         b"ADD CONSTRAINT film_title_key UNIQUE (title) WITH (fillfactor='70');",
-        b"ADD CONSTRAINT actor_pkey PRIMARY KEY (actor_id);",
     ):
         assert as_dumped in pool
+    assert b"CLUSTER ON" not in pool
+
+
+# Two flags of one table, each set by an index's entry after its build. In two sessions of the
+# pool, side by side, each build's SHARE lock blocks the other's flag: a deadlock, unless the
+# flags wait for the pool. Enough rows that the two builds overlap.
+TWO_FLAGS = """
+CREATE TABLE public.reading_log (id int NOT NULL, sensor int, value int);
+INSERT INTO public.reading_log SELECT g, g % 97, g % 1013 FROM generate_series(1, 400000) g;
+CREATE INDEX reading_log_sensor ON public.reading_log (sensor);
+ALTER TABLE public.reading_log CLUSTER ON reading_log_sensor;
+CREATE UNIQUE INDEX reading_log_id ON public.reading_log (id);
+ALTER TABLE public.reading_log REPLICA IDENTITY USING INDEX reading_log_id;
+CREATE TABLE public.keyed_log (id int PRIMARY KEY, at int NOT NULL);
+ALTER TABLE public.keyed_log REPLICA IDENTITY USING INDEX keyed_log_pkey;
+"""
+
+
+def test_table_flags_set_by_index_entries_wait_for_the_pool_and_come_back(switching, settings, monkeypatch):
+    database = switching[1]
+    settings.BACKUP_RESTORE_JOBS = 2
+    made, before = backed_up_then_changed(switching, TWO_FLAGS)
+    in_pool = []
+    put = pg_parallel.ParallelLoad.put
+
+    def recording(self, items, item):
+        if items is self.shared and item is not None and item[0] == "sql":
+            in_pool.append(item[1][1])
+        put(self, items, item)
+
+    monkeypatch.setattr(pg_parallel.ParallelLoad, "put", recording)
+
+    assert quick_restore(made.filename).method == "switch"
+    assert_same_fingerprint(postgres_fingerprint(database), before)
+    assert [text for text in in_pool if b"CLUSTER ON" in text or b"REPLICA IDENTITY" in text] == []
+    assert any(b"CREATE INDEX reading_log_sensor ON public.reading_log" in text for text in in_pool)
 
 
 def test_a_row_that_fails_in_the_pool_stops_the_load_and_changes_nothing(switching, settings, monkeypatch):

@@ -15,7 +15,9 @@ and split at the entries pg_restore marks (``-- Name: ...; Type: ...``):
   or unique constraint of an ordinary table is built as its unique index, then made the constraint
   (``ADD CONSTRAINT ... USING INDEX``, which only links the two) by the first session once the pool
   is done: ``ADD CONSTRAINT`` would lock the table against every other index built on it meanwhile,
-  while index builds on one table run side by side. The catalog ends up the same either way;
+  while index builds on one table run side by side. The catalog ends up the same either way. The
+  flags an entry sets on its table (``CLUSTER ON``, ``REPLICA IDENTITY USING INDEX``) are set then
+  too: two of them on one table, each after its index build in a session of its own, deadlock;
 - every other entry (sequence values, large objects, foreign keys, triggers, rules, policies,
   grants, refreshes of materialized views...) runs in the first session, in the dump's order,
   after everything before it has finished, in a transaction of its own until the pool is next
@@ -53,13 +55,19 @@ PLAIN_KEY = re.compile(
     rb"(?P<after>%(nothing)s)"
     % {b"id": IDENTIFIER, b"lines": BLANK_OR_COMMENT_LINES, b"nothing": NOTHING_TO_RUN.pattern}
 )
+# What pg_dump appends to an index's or a key's entry to set a flag of its table. Each takes a lock
+# that conflicts with the index builds (SHARE) of the table's other entries: two of them on one
+# table in two sessions of the pool deadlock. They run after the pool instead (see _to_pool).
+TABLE_FLAG = re.compile(
+    rb"ALTER TABLE (?:ONLY )?%(id)s\.%(id)s (?:CLUSTER ON|REPLICA IDENTITY USING INDEX) %(id)s;\n" % {b"id": IDENTIFIER}
+)
 ORDINARY_TABLE = "SELECT relkind = 'r' FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass(%s)"
 # Session settings pg_restore changes between entries; each session is told the current ones.
 TRACKED_SETTINGS = (b"SET default_tablespace = ", b"SET default_table_access_method = ")
 HEADER = re.compile(rb"-- (?:Data for )?Name: .*; Type: ([A-Z][A-Z ]*); Schema: [^;\n]*; Owner: [^\n]*\n")
 # What can change the lexer's state at the top level, or start a line it looks at.
 TOKEN = re.compile(
-    rb"\n(?=-- Name: |-- Data for Name: |SET default_ta|COPY |BEGIN;\n|COMMIT;\n|\\)|"
+    rb"\n(?=-- Name: |-- Data for Name: |SET default_ta|COPY |BEGIN;\n|COMMIT;\n|\\|ALTER TABLE )|"
     rb"--|/\*|(?<![A-Za-z0-9_$\x80-\xff])[Ee]'|'|\"|"
     rb"(?<![A-Za-z0-9_$\x80-\xff])\$(?:[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*)?\$"
 )
@@ -88,7 +96,8 @@ NEED = ("need", None)  # what Entries.scan() yields when it wants the next chunk
 class Entries:
     """The events of a dump: ("text", bytes) to run, ("entry", kind) where an entry starts (its
     header follows as text), ("setting", line) for a tracked SET, ("meta", line) for a line of
-    psql's own, ("transaction", line) for a BEGIN or COMMIT of the dump's own, ("copy", line)
+    psql's own, ("transaction", line) for a BEGIN or COMMIT of the dump's own, ("flag", line) for
+    an index's or key's ``TABLE_FLAG`` statement, ("copy", line)
     where a table's rows start, ("rows", whole lines) and ("copy_end", its terminator). Every
     byte of the dump is in exactly one payload, in order (an entry's is its kind).
 
@@ -186,6 +195,9 @@ class Entries:
                     if line.startswith(TRACKED_SETTINGS) and line.endswith(b";\n"):
                         self.position = line_end
                         return "setting", line_start, line_end
+                    if self.kind in PARALLEL_KINDS and TABLE_FLAG.fullmatch(line):
+                        self.position = line_end
+                        return "flag", line_start, line_end
                     if self.kind == b"TABLE DATA" and line.startswith(b"COPY ") and line.endswith(b" FROM stdin;\n"):
                         self.position = line_end
                         self.state = "copy"
@@ -495,7 +507,7 @@ class ParallelLoad:
         self.pool_work = None  # "rows" or "sql": what the pool was given since its last barrier
         self.in_transaction = True  # the serial session's: at first the dump's own
         self.lookup = None  # a connection of the dispatcher's, to ask what kind a table is
-        self.constraints_to_link = []  # ADD CONSTRAINT ... USING INDEX, once the pool is done
+        self.after_pool = []  # for the serial session once the pool is done: keys' links, tables' flags
 
     # -- called by the sessions' threads ------------------------------------------------------
 
@@ -576,7 +588,7 @@ class ParallelLoad:
                 kind = payload
                 if kind in PARALLEL_KINDS:
                     self._before_pool("sql")
-                    collecting = (dict(self.current), [])
+                    collecting = (dict(self.current), [], [])  # settings, text, flags
                 elif kind != b"TABLE DATA":
                     self._before_serial()
             elif event == "setting":
@@ -588,6 +600,8 @@ class ParallelLoad:
                 copy_line = payload
             elif event == "rows":
                 self.put(self.shared, ("rows", (copy_line, payload)))
+            elif event == "flag":
+                collecting[2].append(payload)
             elif event == "text":
                 if collecting is not None:
                     collecting[1].append(payload)
@@ -621,7 +635,7 @@ class ParallelLoad:
         self.put(self.serial_items, ("sql", (dict(self.current), text)))
         self.serial_pending = True
 
-    def _to_pool(self, kind, settings, texts):
+    def _to_pool(self, kind, settings, texts, flags):
         text = b"".join(texts)
         key = PLAIN_KEY.fullmatch(text) if kind == b"CONSTRAINT" else None
         if key is not None and self._is_ordinary_table(key["table"]):
@@ -629,9 +643,10 @@ class ParallelLoad:
             name, table = key["name"], key["table"]
             index = b"CREATE UNIQUE INDEX %s ON %s USING btree (%s);\n" % (name, table, key["columns"])
             text = key["before"] + index + key["after"]
-            self.constraints_to_link.append(
+            self.after_pool.append(
                 b"ALTER TABLE ONLY %s\n    ADD CONSTRAINT %s %s USING INDEX %s;\n" % (table, name, key["kind"], name)
             )
+        self.after_pool.extend(flags)
         self.put(self.shared, ("sql", (settings, text)))
 
     def _is_ordinary_table(self, table):
@@ -676,9 +691,9 @@ class ParallelLoad:
         if self.pool_work is not None:
             self._barrier()
             self.pool_work = None
-        if self.constraints_to_link:
-            self._to_serial(b"".join(self.constraints_to_link))
-            self.constraints_to_link = []
+        if self.after_pool:
+            self._to_serial(b"".join(self.after_pool))
+            self.after_pool = []
 
     def _barrier(self):
         """Wait until every session of the pool has run all it was given."""
