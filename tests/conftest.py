@@ -728,6 +728,22 @@ def postgres_fingerprint(database):
     return print_
 
 
+def databases_like(prefix):
+    connection = server_connection("postgres")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1", (prefix,))
+            return [name for (name,) in cursor.fetchall()]
+    finally:
+        connection.close()
+
+
+def drop_databases_left_beside(database):
+    """Undo databases, and restored copies an interrupted run may have left."""
+    for name in databases_like(f"{database}_undo_") + databases_like(f"{database}_restore_"):
+        as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def assert_same_fingerprint(found, expected):
     """Equal fingerprints, or a readable diff of what differs."""
     if found == expected:

@@ -24,6 +24,8 @@ from .conftest import (
     as_superuser,
     assert_same_fingerprint,
     backup_of,
+    databases_like,
+    drop_databases_left_beside,
     postgres_fingerprint,
     quick_restore,
     server_connection,
@@ -49,22 +51,6 @@ def database_properties(database):
             return cursor.fetchone()
     finally:
         connection.close()
-
-
-def databases_like(prefix):
-    connection = server_connection("postgres")
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY 1", (prefix,))
-            return [name for (name,) in cursor.fetchall()]
-    finally:
-        connection.close()
-
-
-def drop_databases_left_beside(database):
-    """Undo databases, and restored copies an interrupted run may have left."""
-    for name in databases_like(f"{database}_undo_") + databases_like(f"{database}_restore_"):
-        as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def give_database_properties(database, role):

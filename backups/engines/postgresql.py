@@ -448,9 +448,11 @@ class PostgreSQLEngine(DatabaseEngine):
         return f"the database role {self.settings_dict['USER']!r} may not create databases (CREATEDB)"
 
     def count_rows(self, table):
+        """The rows of ``table`` itself, as its COPY in the dump loaded them: an inheritance
+        parent's leave out its children's, which have a COPY of their own."""
         if not QUALIFIED_NAME.fullmatch(table):
             raise ValueError(f"not a table name from a dump: {table!r}")
-        return self.query_value(f"SELECT count(*) FROM {table}")
+        return self.query_value(f"SELECT count(*) FROM ONLY {table}")
 
     # -- restore beside, then switch ---------------------------------------------------------
 
