@@ -744,6 +744,29 @@ def drop_databases_left_beside(database):
         as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def owned_database(extra_alias, settings):
+    """A database owned, with everything in it, by a login role that is no superuser; the alias
+    "small" connects as that role. Yields (alias, database, role, a connection as the role)."""
+    role, database = f"hb_site{settings.SUFFIX}", f"hb_small{settings.SUFFIX}"
+    as_superuser("postgres", f"DO $$BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    as_superuser("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    drop_databases_left_beside(database)
+    as_superuser("postgres", f"CREATE DATABASE {database} OWNER {role}")
+    as_superuser(database, f"ALTER SCHEMA public OWNER TO {role}")
+    alias = extra_alias("small", NAME=database, USER=role)
+    owned = server_connection(database, role=role)
+    with owned.cursor() as cursor:
+        cursor.execute("CREATE TABLE brew (id serial PRIMARY KEY, name text)")
+        cursor.execute("INSERT INTO brew (name) VALUES ('ale')")
+    yield alias, database, role, owned
+    owned.close()
+    connections[alias].close()
+    as_superuser("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    drop_databases_left_beside(database)
+    as_superuser("postgres", f"DROP ROLE IF EXISTS {role}")
+
+
 def assert_same_fingerprint(found, expected):
     """Equal fingerprints, or a readable diff of what differs."""
     if found == expected:

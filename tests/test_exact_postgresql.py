@@ -16,7 +16,7 @@ import pytest
 from django.core.management import call_command
 
 from backups import services
-from backups.exceptions import BackupDamaged, InvalidRequest, RestoreFailed
+from backups.exceptions import BackupDamaged, DumpFailed, InvalidRequest, RestoreFailed
 from backups.models import Backup, Trigger
 
 from .conftest import (
@@ -333,3 +333,31 @@ def test_a_restore_drill_counts_an_inheritance_parents_own_rows(pagila):
     assert made.manifest["table_rows"]["public.parent_log"] == 1
     result = services.verify_backup(made.filename, actor=COMMAND, level="restore")
     assert result.passed, result.message
+
+
+def test_rows_a_policy_hides_from_the_role_fail_the_backup_with_what_to_do(owned_database):
+    """pg_dump turns row security off, so a policy the site's role is subject to (FORCE ROW LEVEL
+    SECURITY on its own table) fails the dump rather than leave rows out; the error says how to
+    give the role what it needs, and with it the backup restores exactly."""
+    alias, database, role, owned = owned_database
+    with owned.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO brew (name) VALUES ('stout'); ALTER TABLE brew ENABLE ROW LEVEL SECURITY; "
+            "ALTER TABLE brew FORCE ROW LEVEL SECURITY; CREATE POLICY ales_only ON brew USING (name = 'ale')"
+        )
+    with pytest.raises(DumpFailed) as failed:
+        backup_of(alias)
+    assert f"Give the role BYPASSRLS (as a superuser: ALTER ROLE {role} BYPASSRLS;)" in failed.value.message
+    assert 'row-level security policy for table "brew"' in failed.value.message
+
+    as_superuser("postgres", f"ALTER ROLE {role} BYPASSRLS")
+    try:
+        before = postgres_fingerprint(database)
+        made = backup_of(alias)
+        assert made.manifest["table_rows"] == {"public.brew": 2}
+        with owned.cursor() as cursor:
+            cursor.execute("DELETE FROM brew")
+        quick_restore(made.filename)
+        assert_same_fingerprint(postgres_fingerprint(database), before)
+    finally:
+        as_superuser("postgres", f"ALTER ROLE {role} NOBYPASSRLS")

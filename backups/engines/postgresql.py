@@ -1,6 +1,7 @@
 """PostgreSQL: ``pg_dump`` to plain SQL, ``psql`` in one transaction to restore."""
 
 import collections
+import getpass
 import os
 import re
 import secrets
@@ -315,7 +316,7 @@ class PostgreSQLEngine(DatabaseEngine):
                 process = ProcessDump(args, env, "pg_dump")
             else:
                 process = ProcessDump(["pg_restore", *TO_SQL_OPTIONS, directory], os.environ, "pg_restore")
-            with process.run() as stdout:
+            with explained_dump_failure(self.role_name()), process.run() as stdout:
                 stream = OneTransactionDump(stdout, restore_cleanup(roles), wrap=directory is None)
                 stream.restore_requirements = {"roles": roles}
                 yield stream
@@ -332,9 +333,13 @@ class PostgreSQLEngine(DatabaseEngine):
             args, env = self.command(
                 "pg_dump", ["--format=directory", f"--jobs={jobs}", "--compress=1", f"--file={directory}", *options]
             )
-            with ProcessDump(args, env, "pg_dump").run() as stdout:
+            with explained_dump_failure(self.role_name()), ProcessDump(args, env, "pg_dump").run() as stdout:
                 stdout.read()  # it writes nothing here; the exit status says whether it worked
             yield directory
+
+    def role_name(self):
+        """The role the site connects as: libpq's default is the login name."""
+        return self.settings_dict.get("USER") or getpass.getuser()
 
     def granted_roles(self):
         connection = self.connect()
@@ -674,12 +679,30 @@ def _major(text):
 
 
 COPY_HEADER = re.compile(rb"^COPY (?P<table>.+?) (?:\(.*\) )?FROM stdin;$")
+# What PostgreSQL answers pg_dump when a policy would hide rows from it (pg_dump turns row security off).
+ROW_SECURITY_REFUSED = "query would be affected by row-level security policy"
 # What pg_dump writes last, before psql's \unrestrict: the COMMIT goes right before it.
 CLOSING_COMMENT = b"--\n-- PostgreSQL database dump complete\n--\n"
 # Entries of large objects' data, which plain pg_dump wraps in a transaction of their own.
 LARGE_OBJECT_KINDS = frozenset({b"BLOBS", b"LARGE OBJECTS"})
 # Bytes of output held back until the dump ends: the closing comment is among its last 200.
 CLOSING_TAIL = 4096
+
+
+@contextmanager
+def explained_dump_failure(role):
+    """pg_dump's failures that need more than its own words to be acted on."""
+    try:
+        yield
+    except DumpFailed as exc:
+        if ROW_SECURITY_REFUSED not in exc.message:
+            raise
+        raise DumpFailed(
+            f"{exc.message.rstrip('.')}. The database role {role!r} is subject to row-level security on that "
+            "table (FORCE ROW LEVEL SECURITY), so it cannot read every row, and a backup without them would not "
+            f"be one. Give the role BYPASSRLS (as a superuser: ALTER ROLE {role} BYPASSRLS;), or make backups as "
+            "a role that has it."
+        ) from None
 
 
 class OneTransactionDump(DumpStream):
