@@ -252,3 +252,49 @@ def test_the_readmes_sqlite_form_restores_exactly(backup_dir):
         .decode()
         .endswith("PRAGMA user_version = 42;\nPRAGMA application_id = 1213415767;\nCOMMIT;\n")
     )
+
+
+# Rowids that differ from the rows' order (a table without an INTEGER PRIMARY KEY, after a
+# delete), an FTS5 index of that table's rows by rowid, an FTS5 table of its own, an R*Tree (both
+# virtual tables, their data in shadow tables) and a table WITHOUT ROWID.
+VIRTUAL_TABLES = """
+CREATE TABLE notes (title TEXT, body TEXT);
+INSERT INTO notes VALUES ('a', 'hops and malt'), ('b', 'yeast'), ('c', 'water and hops');
+DELETE FROM notes WHERE title = 'a';
+CREATE VIRTUAL TABLE notes_fts USING fts5(title, body, content='notes', content_rowid='rowid');
+INSERT INTO notes_fts(notes_fts) VALUES ('rebuild');
+CREATE VIRTUAL TABLE own_fts USING fts5(word);
+INSERT INTO own_fts VALUES ('bitter'), ('sweet');
+CREATE VIRTUAL TABLE boxes USING rtree(id, minx, maxx);
+INSERT INTO boxes VALUES (1, 0, 5), (2, 3, 9);
+CREATE TABLE kv (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+INSERT INTO kv VALUES ('x', 1), ('y', zeroblob(3));
+"""
+
+
+def rowids_and_searches():
+    connections["sqlite"].close()
+    with sqlite3.connect(database_path()) as connection:
+        found = [
+            connection.execute(query).fetchall()
+            for query in (
+                "SELECT rowid, title FROM notes ORDER BY rowid",
+                "SELECT rowid, title FROM notes_fts WHERE notes_fts MATCH 'hops' ORDER BY rowid",
+                "SELECT word FROM own_fts WHERE own_fts MATCH 'bitter'",
+                "SELECT id FROM boxes WHERE minx <= 4 AND maxx >= 4 ORDER BY id",
+            )
+        ]
+    connection.close()
+    return found
+
+
+def test_rowids_and_virtual_tables_come_back_exactly():
+    run_script(VIRTUAL_TABLES)
+    before, found = fingerprint(), rowids_and_searches()
+    assert found == [[(2, "b"), (3, "c")], [(3, "c")], [("bitter",)], [(1,), (2,)]]
+    made = backup()
+    run_script("DELETE FROM notes; INSERT INTO notes VALUES ('d', 'hops'); DROP TABLE own_fts; DELETE FROM boxes;")
+    restore(made.filename)
+    assert rowids_and_searches() == found
+    assert fingerprint() == before
+    assert services.verify_backup(made.filename, actor=COMMAND, level="restore").passed

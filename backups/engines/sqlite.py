@@ -19,7 +19,7 @@ from ..streams import ReadableStream
 from .base import CHUNK_SIZE, DatabaseEngine
 
 DUMP_WRAPPER_STATEMENTS = {"BEGIN TRANSACTION;", "COMMIT;"}
-# Numbers in the database file's header that applications set and iterdump leaves out.
+# Numbers in the database file's header that applications set; a dump of the schema and rows leaves them out.
 HEADER_VALUES = ("user_version", "application_id")
 
 
@@ -45,7 +45,7 @@ class SQLiteEngine(DatabaseEngine):
         return connection
 
     def versions(self):
-        return {"server": f"SQLite {sqlite3.sqlite_version}", "dump_tool": "Python sqlite3 iterdump"}
+        return {"server": f"SQLite {sqlite3.sqlite_version}", "dump_tool": "HoppyBrew SQLite dump"}
 
     @contextmanager
     def dump(self):
@@ -146,9 +146,14 @@ class SQLiteEngine(DatabaseEngine):
 
 
 class SQLiteDumpStream:
-    """The SQL of ``iterdump``, in chunks of ``CHUNK_SIZE``, counting INSERTs per table; the
-    ``header`` statements (PRAGMAs that set the file header's numbers) go in before its final
-    COMMIT, so that they are part of the same transaction."""
+    """The database as SQL that rebuilds it exactly, in chunks of ``CHUNK_SIZE``, counting the
+    rows of each table. Python's ``iterdump`` is not enough: it renumbers the rowids of tables
+    without an INTEGER PRIMARY KEY (an FTS index of external content then points at the wrong
+    rows), and writes virtual tables (FTS5, R*Tree) through ``writable_schema`` with their rows
+    inserted before the table exists, so such a dump never restores. Here every rowid is kept,
+    and a virtual table is created by its own statement (which makes its shadow tables), whose
+    contents are then replaced by the dump's, as SQLite's own ``.dump`` does. The ``header``
+    statements (PRAGMAs that set the file header's numbers) go in before the final COMMIT."""
 
     restore_requirements = None  # a SQLite dump needs nothing outside its file
 
@@ -160,11 +165,7 @@ class SQLiteDumpStream:
     def __iter__(self):
         buffer = []
         size = 0
-        counts = self.row_counts
         for line in self.lines():
-            if line.startswith('INSERT INTO "'):
-                table = line[13 : line.index('" VALUES(', 13)].replace('""', '"')
-                counts[table] = counts.get(table, 0) + 1
             buffer.append(line)
             size += len(line) + 1
             if size >= CHUNK_SIZE:
@@ -174,23 +175,96 @@ class SQLiteDumpStream:
             yield ("\n".join(buffer) + "\n").encode()
 
     def lines(self):
-        for line in self.connection.iterdump():
-            if line == "COMMIT;":
-                yield from self.header
-            yield line
+        connection = self.connection
+        yield "BEGIN TRANSACTION;"
+        # PRAGMA table_list (SQLite 3.37) tells virtual and shadow tables from the others.
+        self.tables = {
+            name: (kind, without_rowid)
+            for schema, name, kind, _, without_rowid, _ in connection.execute("PRAGMA main.table_list")
+            if schema == "main"
+        }
+        for name, sql in connection.execute(OWN_TABLES).fetchall():
+            kind = self.tables[name][0]
+            if kind == "shadow":
+                yield f"DELETE FROM {quote(name)};"  # made, with rows of its own, by its virtual table
+            else:
+                yield f"{sql};"
+            if kind != "virtual":  # a virtual table's rows live in its shadow tables
+                yield from self.rows(name)
+        for name in SQLITE_TABLES:
+            if name in self.tables:
+                if name != "sqlite_sequence":
+                    yield "ANALYZE sqlite_schema;"  # makes the statistics tables, analyzing nothing
+                yield f"DELETE FROM {quote(name)};"
+                yield from self.rows(name)
+        for (sql,) in connection.execute(OTHER_OBJECTS):
+            yield f"{sql};"
+        yield from self.header
+        yield "COMMIT;"
+
+    def rows(self, table):
+        columns, rowid = self.columns(table)
+        listed = f"({','.join(map(quote, columns))})" if rowid else ""  # else every column, in order
+        into = f"INSERT INTO {quote(table)}{listed} VALUES("
+        count = 0
+        for values in self.connection.execute(
+            f"SELECT {','.join(f'quote({quote(column)})' for column in columns)} FROM {quote(table)}"
+        ):
+            count += 1
+            yield f"{into}{','.join(values)});"
+        if count:
+            self.row_counts[table] = count
+
+    def columns(self, table):
+        """The columns an INSERT sets (not generated ones), led by the rowid unless a column is
+        it (INTEGER PRIMARY KEY) or every name that reaches it is a column's; and whether it is."""
+        info = self.connection.execute(f"PRAGMA main.table_xinfo({quote(table)})").fetchall()
+        columns = [name for _, name, _, _, _, _, hidden in info if hidden == 0]
+        keys = [declared for _, _, declared, _, _, key, _ in info if key]
+        aliased = (
+            len(keys) == 1
+            and keys[0].upper() == "INTEGER"
+            # INTEGER PRIMARY KEY DESC is an index of its own, not the rowid.
+            and not self.connection.execute(PRIMARY_KEY_INDEX, (table,)).fetchone()
+        )
+        if self.tables[table][1] or aliased or table in SQLITE_TABLES:  # SQLite's own: no one reads their rowids
+            return columns, False
+        taken = {name.lower() for name in columns}
+        rowid = [name for name in ("rowid", "_rowid_", "oid") if name not in taken][:1]
+        return rowid + columns, bool(rowid)
+
+
+OWN_TABLES = (
+    "SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+    # Virtual tables first, as they make their shadow tables; then by name, which a restore keeps
+    # (a drill compares the dump of the restored database with the backup's).
+    "ORDER BY sql NOT LIKE 'CREATE VIRTUAL TABLE%', name"
+)
+OTHER_OBJECTS = (
+    "SELECT sql FROM sqlite_schema WHERE type IN ('index', 'trigger', 'view') AND sql IS NOT NULL ORDER BY rowid"
+)
+PRIMARY_KEY_INDEX = "SELECT 1 FROM pragma_index_list(?) WHERE origin = 'pk'"
+# SQLite's own tables that a dump rebuilds: AUTOINCREMENT's counters and the planner's statistics.
+SQLITE_TABLES = ("sqlite_sequence", "sqlite_stat1", "sqlite_stat4")
+
+
+def quote(name):
+    return '"' + name.replace('"', '""') + '"'
 
 
 def drop_everything(connection):
-    """Remove every view, table and trigger, so the dump rebuilds the database exactly."""
+    """Remove every view, table and trigger, and empty SQLite's own tables, so the dump rebuilds
+    the database exactly. Virtual tables go before the other tables: dropping one drops its
+    shadow tables, which must still be there."""
     objects = connection.execute(
-        "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' AND type IN ('view', 'table', 'trigger')"
+        "SELECT type, name, sql LIKE 'CREATE VIRTUAL TABLE%' FROM sqlite_schema "
+        "WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND type IN ('view', 'table', 'trigger')"
     ).fetchall()
-    order = {"trigger": 0, "view": 1, "table": 2}
-    for kind, name in sorted(objects, key=lambda item: order[item[0]]):
-        quoted = '"' + name.replace('"', '""') + '"'
-        connection.execute(f"DROP {kind.upper()} IF EXISTS {quoted}")
-    if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
-        connection.execute('DELETE FROM "sqlite_sequence"')
+    order = {"trigger": 0, "view": 1, "table": 3}
+    for kind, name, virtual in sorted(objects, key=lambda item: order[item[0]] - item[2]):
+        connection.execute(f"DROP {kind.upper()} IF EXISTS {quote(name)}")
+    for (name,) in connection.execute(f"SELECT name FROM sqlite_schema WHERE name IN {SQLITE_TABLES}").fetchall():
+        connection.execute(f"DELETE FROM {quote(name)}")
 
 
 def replay(connection, stream):
