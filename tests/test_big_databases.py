@@ -252,7 +252,8 @@ def test_keys_are_built_by_the_pool_as_their_indexes_then_made_constraints_exact
         b"ADD CONSTRAINT code_key UNIQUE USING INDEX code_key;",
         b"ADD CONSTRAINT payment_p2022_01_pkey PRIMARY KEY USING INDEX payment_p2022_01_pkey;",
         # The key's table flag is set after the link, in the first session (see the next test).
-        b"ADD CONSTRAINT actor_pkey PRIMARY KEY USING INDEX actor_pkey;\nALTER TABLE public.actor CLUSTER ON actor_pkey;",
+        b"ADD CONSTRAINT actor_pkey PRIMARY KEY USING INDEX actor_pkey;\n"
+        b"ALTER TABLE public.actor CLUSTER ON actor_pkey;",
     ):
         assert link in serial
     for as_dumped in (

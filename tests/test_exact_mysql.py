@@ -96,13 +96,19 @@ CHANGES = [
 # fractional seconds, comments, an AUTO_INCREMENT ahead of the rows, partitions, a MyISAM table
 # with duplicate rows and no key, spatial and full-text indexes, an invoker's view, ordered triggers.
 MORE_KINDS = [
-    "CREATE TABLE a (id int PRIMARY KEY AUTO_INCREMENT, b_id int, blobby longblob, f float, d double, bits bit(7), j json CHECK (JSON_VALID(j)), at datetime(6), z date, note text COLLATE utf8mb4_bin COMMENT 'a ''quoted'' comment', CONSTRAINT positive CHECK (b_id IS NULL OR b_id > 0)) COMMENT='table comment' AUTO_INCREMENT=1000",
+    "CREATE TABLE a (id int PRIMARY KEY AUTO_INCREMENT, b_id int, blobby longblob, f float, d double, bits bit(7),"
+    " j json CHECK (JSON_VALID(j)), at datetime(6), z date,"
+    " note text COLLATE utf8mb4_bin COMMENT 'a ''quoted'' comment',"
+    " CONSTRAINT positive CHECK (b_id IS NULL OR b_id > 0)) COMMENT='table comment' AUTO_INCREMENT=1000",
     "CREATE TABLE b (id int PRIMARY KEY, a_id int, FOREIGN KEY (a_id) REFERENCES a (id) ON DELETE CASCADE)",
     "ALTER TABLE a ADD FOREIGN KEY (b_id) REFERENCES b (id)",
-    "INSERT INTO a (blobby, f, d, bits, j, at, z, note) VALUES (UNHEX('00FF0A0D5C27225C30'), 0.1, 0.1 + 0.2, b'1010101', '{\"k\": \"v\\\\n\"}', '2024-01-02 03:04:05.123456', '0000-00-00', 'x\\ny\\tz\\\\'), (NULL, 3.4028235e38, 1.7976931348623157e308, NULL, NULL, NULL, NULL, '')",
+    "INSERT INTO a (blobby, f, d, bits, j, at, z, note) VALUES (UNHEX('00FF0A0D5C27225C30'), 0.1, 0.1 + 0.2,"
+    " b'1010101', '{\"k\": \"v\\\\n\"}', '2024-01-02 03:04:05.123456', '0000-00-00', 'x\\ny\\tz\\\\'),"
+    " (NULL, 3.4028235e38, 1.7976931348623157e308, NULL, NULL, NULL, NULL, '')",
     "INSERT INTO b VALUES (1, 1000)",
     "UPDATE a SET b_id = 1 WHERE id = 1000",
-    "CREATE TABLE p (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (YEAR(at)) (PARTITION p2023 VALUES LESS THAN (2024), PARTITION pmax VALUES LESS THAN MAXVALUE)",
+    "CREATE TABLE p (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (YEAR(at))"
+    " (PARTITION p2023 VALUES LESS THAN (2024), PARTITION pmax VALUES LESS THAN MAXVALUE)",
     "INSERT INTO p VALUES (1, '2023-05-05'), (2, '2025-01-01')",
     "CREATE TABLE nopk (v varchar(10)) ENGINE=MyISAM",
     "INSERT INTO nopk VALUES ('dup'), ('dup')",

@@ -20,6 +20,7 @@ from backups.exceptions import BackupDamaged, DumpFailed, InvalidRequest, Restor
 from backups.models import Backup, Trigger
 
 from .conftest import (
+    DATASETS,
     PAGILA_CHANGES,
     as_superuser,
     assert_same_fingerprint,
@@ -243,20 +244,25 @@ ALTER TABLE "Mixed Case"."Batch" ADD COLUMN gone int;
 ALTER TABLE "Mixed Case"."Batch" DROP COLUMN gone;
 INSERT INTO "Mixed Case"."Batch" (code, status, strength, litres, brewed, path, tags, payload, raw, note)
 SELECT 'B' || g, ARRAY['new','done']::"Mixed Case".status[], (g % 60)::numeric / 1.5, g * 1.25,
-       tstzrange('2020-01-01'::timestamptz + g * interval '1 day', '2020-01-01'::timestamptz + (g + 1) * interval '1 day'),
+       tstzrange('2020-01-01'::timestamptz + g * interval '1 day',
+                 '2020-01-01'::timestamptz + (g + 1) * interval '1 day'),
        ('top.b' || g)::ltree, ARRAY['a' || g, E'tab\there', E'back\\slash', 'nl' || E'\n' || 'x', NULL],
        jsonb_build_object('g', g, 'q', E'"\\\n'), decode(md5(g::text), 'hex'),
        CASE WHEN g % 50 = 0 THEN repeat('long text ', 5000) ELSE E'line\r\nwith \\. dot\n\\.' END
 FROM generate_series(1, 3000) g;
 CREATE INDEX batch_trgm ON "Mixed Case"."Batch" USING gin (note gin_trgm_ops);
-CREATE INDEX batch_partial ON "Mixed Case"."Batch" (litres) WHERE note <> E'x\n-- Name: fake; Type: INDEX; Schema: x; Owner: y\nALTER TABLE ONLY public.x CLUSTER ON y;\n';
+CREATE INDEX batch_partial ON "Mixed Case"."Batch" (litres)
+    WHERE note <> E'x\n-- Name: fake; Type: INDEX; Schema: x; Owner: y\nALTER TABLE ONLY public.x CLUSTER ON y;\n';
 CREATE INDEX batch_expr ON "Mixed Case"."Batch" ((lower(code::text))) INCLUDE (litres);
 ALTER INDEX "Mixed Case".batch_expr ALTER COLUMN 1 SET STATISTICS 222;
 CREATE INDEX batch_brin ON "Mixed Case"."Batch" USING brin (id) WITH (pages_per_range = 16);
 ALTER TABLE "Mixed Case"."Batch" CLUSTER ON batch_expr;
-CREATE TABLE "Mixed Case".hop (id serial PRIMARY KEY, name text NOT NULL, parent int REFERENCES "Mixed Case".hop DEFERRABLE INITIALLY IMMEDIATE, batch int);
-INSERT INTO "Mixed Case".hop (name, parent, batch) SELECT 'hop ' || g, CASE WHEN g > 1 THEN g - 1 END, 100 + 7 * (g % 100) FROM generate_series(1, 2000) g;
-ALTER TABLE "Mixed Case".hop ADD CONSTRAINT hop_batch FOREIGN KEY (batch) REFERENCES "Mixed Case"."Batch" (id) NOT VALID;
+CREATE TABLE "Mixed Case".hop (id serial PRIMARY KEY, name text NOT NULL,
+    parent int REFERENCES "Mixed Case".hop DEFERRABLE INITIALLY IMMEDIATE, batch int);
+INSERT INTO "Mixed Case".hop (name, parent, batch)
+    SELECT 'hop ' || g, CASE WHEN g > 1 THEN g - 1 END, 100 + 7 * (g % 100) FROM generate_series(1, 2000) g;
+ALTER TABLE "Mixed Case".hop
+    ADD CONSTRAINT hop_batch FOREIGN KEY (batch) REFERENCES "Mixed Case"."Batch" (id) NOT VALID;
 ALTER TABLE "Mixed Case".hop ADD CONSTRAINT hop_name_len CHECK (length(name) < 100) NOT VALID;
 ALTER TABLE "Mixed Case".hop REPLICA IDENTITY FULL;
 CREATE TABLE circle_a (id int PRIMARY KEY, b int);
@@ -268,12 +274,14 @@ CREATE TABLE child_log (extra int) INHERITS (parent_log);
 INSERT INTO child_log VALUES (1, '2024-01-01', 'child', 5);
 INSERT INTO parent_log VALUES (2, '2024-01-02', 'parent');
 CREATE TABLE measure (city int, at date, v numeric, PRIMARY KEY (city, at)) PARTITION BY RANGE (at);
-CREATE TABLE measure_2024 PARTITION OF measure FOR VALUES FROM ('2024-01-01') TO ('2025-01-01') PARTITION BY LIST (city);
+CREATE TABLE measure_2024 PARTITION OF measure FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')
+    PARTITION BY LIST (city);
 CREATE TABLE measure_2024_a PARTITION OF measure_2024 FOR VALUES IN (1, 2);
 CREATE TABLE measure_2024_rest PARTITION OF measure_2024 DEFAULT;
 CREATE TABLE measure_other PARTITION OF measure DEFAULT;
 CREATE INDEX measure_v ON measure (v);
-INSERT INTO measure SELECT g % 5, '2023-06-01'::date + (g % 900), g FROM generate_series(1, 5000) g ON CONFLICT DO NOTHING;
+INSERT INTO measure SELECT g % 5, '2023-06-01'::date + (g % 900), g FROM generate_series(1, 5000) g
+    ON CONFLICT DO NOTHING;
 CREATE UNLOGGED TABLE scratchpad (k text PRIMARY KEY, v text);
 INSERT INTO scratchpad VALUES ('a', 'b');
 CREATE MATERIALIZED VIEW batch_totals AS SELECT status, count(*) AS n FROM "Mixed Case"."Batch" GROUP BY status;
@@ -361,3 +369,28 @@ def test_rows_a_policy_hides_from_the_role_fail_the_backup_with_what_to_do(owned
         assert_same_fingerprint(postgres_fingerprint(database), before)
     finally:
         as_superuser("postgres", f"ALTER ROLE {role} NOBYPASSRLS")
+
+
+@pytest.mark.parametrize("method,jobs", [("in-place", 1), ("switch", 2)])
+def test_pagila_owned_by_the_sites_role_comes_back_exactly_by_every_restore_method(
+    owned_database, settings, method, jobs
+):
+    """As a site runs: every object owned by its login role, which is no superuser (but may
+    create databases, which a switch needs)."""
+    alias, database, role, owned = owned_database
+    as_superuser("postgres", f"ALTER ROLE {role} CREATEDB")
+    schema = (DATASETS / "pagila-schema.sql").read_text().replace("OWNER TO postgres", f"OWNER TO {role}")
+    loaded = subprocess.run(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", role, "-d", database],
+        input=schema + (DATASETS / "pagila-data.sql").read_text(),
+        text=True,
+        capture_output=True,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    settings.BACKUP_RESTORE_METHOD, settings.BACKUP_RESTORE_JOBS = method, jobs
+    before = postgres_fingerprint(database)
+    made = backup_of(alias)
+    with owned.cursor() as cursor:
+        cursor.execute("DELETE FROM payment_p2022_07; UPDATE actor SET first_name = 'X'; DROP TABLE brew")
+    assert quick_restore(made.filename).method == method
+    assert_same_fingerprint(postgres_fingerprint(database), before)

@@ -175,6 +175,8 @@ class SQLiteDumpStream:
             yield ("\n".join(buffer) + "\n").encode()
 
     def lines(self):
+        """In the order ``iterdump`` wrote (a drill of a backup made before compares it with a
+        dump of today), but for what it got wrong."""
         connection = self.connection
         yield "BEGIN TRANSACTION;"
         # PRAGMA table_list (SQLite 3.37) tells virtual and shadow tables from the others.
@@ -183,22 +185,25 @@ class SQLiteDumpStream:
             for schema, name, kind, _, without_rowid, _ in connection.execute("PRAGMA main.table_list")
             if schema == "main"
         }
-        for name, sql in connection.execute(OWN_TABLES).fetchall():
+        sequences = []
+        for name, sql in connection.execute(TABLES).fetchall():
             kind = self.tables[name][0]
-            if kind == "shadow":
+            if name == "sqlite_sequence":  # last: the rows inserted before it move its counters
+                sequences = [f"DELETE FROM {quote(name)};", *self.rows(name)]
+                continue
+            if name == "sqlite_stat1":
+                yield 'ANALYZE "sqlite_master";'  # makes the planner's statistics tables, analyzing nothing
+            elif name.startswith("sqlite_") and name != "sqlite_stat4":
+                continue
+            elif kind == "shadow":
                 yield f"DELETE FROM {quote(name)};"  # made, with rows of its own, by its virtual table
             else:
                 yield f"{sql};"
             if kind != "virtual":  # a virtual table's rows live in its shadow tables
                 yield from self.rows(name)
-        for name in SQLITE_TABLES:
-            if name in self.tables:
-                if name != "sqlite_sequence":
-                    yield "ANALYZE sqlite_schema;"  # makes the statistics tables, analyzing nothing
-                yield f"DELETE FROM {quote(name)};"
-                yield from self.rows(name)
         for (sql,) in connection.execute(OTHER_OBJECTS):
             yield f"{sql};"
+        yield from sequences
         yield from self.header
         yield "COMMIT;"
 
@@ -234,8 +239,8 @@ class SQLiteDumpStream:
         return rowid + columns, bool(rowid)
 
 
-OWN_TABLES = (
-    "SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+TABLES = (
+    "SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND sql IS NOT NULL "
     # Virtual tables first, as they make their shadow tables; then by name, which a restore keeps
     # (a drill compares the dump of the restored database with the backup's).
     "ORDER BY sql NOT LIKE 'CREATE VIRTUAL TABLE%', name"
@@ -261,7 +266,7 @@ def drop_everything(connection):
         "WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND type IN ('view', 'table', 'trigger')"
     ).fetchall()
     order = {"trigger": 0, "view": 1, "table": 3}
-    for kind, name, virtual in sorted(objects, key=lambda item: order[item[0]] - item[2]):
+    for kind, name, _virtual in sorted(objects, key=lambda item: order[item[0]] - item[2]):
         connection.execute(f"DROP {kind.upper()} IF EXISTS {quote(name)}")
     for (name,) in connection.execute(f"SELECT name FROM sqlite_schema WHERE name IN {SQLITE_TABLES}").fetchall():
         connection.execute(f"DELETE FROM {quote(name)}")
