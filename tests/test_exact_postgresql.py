@@ -394,3 +394,51 @@ def test_pagila_owned_by_the_sites_role_comes_back_exactly_by_every_restore_meth
         cursor.execute("DELETE FROM payment_p2022_07; UPDATE actor SET first_name = 'X'; DROP TABLE brew")
     assert quick_restore(made.filename).method == method
     assert_same_fingerprint(postgres_fingerprint(database), before)
+
+
+def extensions_made_by_a_superuser(owned_database, *names):
+    """Extensions a superuser made in the site's database (owned by its role), a table of the
+    role's using one, a backup, then a change."""
+    alias, database, role, owned = owned_database
+    as_superuser("postgres", f"ALTER ROLE {role} CREATEDB")
+    as_superuser(database, *(f"CREATE EXTENSION {name}" for name in names))
+    with owned.cursor() as cursor:
+        cursor.execute("CREATE TABLE tagged (id int PRIMARY KEY, tags hstore); INSERT INTO tagged VALUES (1, 'a=>1')")
+    before = postgres_fingerprint(database)
+    made = backup_of(alias)
+    with owned.cursor() as cursor:
+        cursor.execute("DELETE FROM tagged; DROP TABLE brew")
+    return made, before
+
+
+def test_extensions_a_superuser_made_for_the_site_stay_through_an_in_place_restore(owned_database, settings):
+    """The site's role may not drop them nor set their comments: they stay as they are, and the
+    rest comes back exactly."""
+    database = owned_database[1]
+    made, before = extensions_made_by_a_superuser(owned_database, "hstore", "pg_stat_statements")
+    settings.BACKUP_RESTORE_METHOD = "in-place"
+    quick_restore(made.filename)
+    assert_same_fingerprint(postgres_fingerprint(database), before)
+    owners = as_superuser(database, "SELECT extname, extowner::regrole::text FROM pg_extension ORDER BY 1")
+    assert owners == [("hstore", "postgres"), ("pg_stat_statements", "postgres"), ("plpgsql", "postgres")]
+
+
+def test_a_switch_needs_a_role_that_may_create_every_extension_of_the_database(owned_database, settings):
+    """pg_stat_statements is not trusted: only a superuser could create it in the new database,
+    so auto restores in place and switch refuses before anything is done; hstore is trusted."""
+    database = owned_database[1]
+    made, before = extensions_made_by_a_superuser(owned_database, "hstore", "pg_stat_statements")
+    settings.BACKUP_RESTORE_METHOD = "switch"
+    with pytest.raises(InvalidRequest, match="may create each of its extensions"):
+        quick_restore(made.filename)
+    settings.BACKUP_RESTORE_METHOD = "auto"
+    assert quick_restore(made.filename).method == "in-place"
+    assert_same_fingerprint(postgres_fingerprint(database), before)
+
+    as_superuser(database, "DROP EXTENSION pg_stat_statements")
+    made, before = backup_of(owned_database[0]), postgres_fingerprint(database)
+    try:
+        assert quick_restore(made.filename).method == "switch"
+        assert_same_fingerprint(postgres_fingerprint(database), before)
+    finally:
+        drop_databases_left_beside(database)

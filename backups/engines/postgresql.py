@@ -14,6 +14,7 @@ from django.db.backends.postgresql.client import DatabaseClient
 
 from ..conf import backup_settings
 from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, InvalidRequest, RestoreFailed, ToolMissing
+from ..streams import ChunkStream
 from .base import CHUNK_SIZE, DatabaseEngine, DumpStream, OutputCut, ProcessDump, describe_exit, run_fed, run_tool
 from .pg_parallel import NEED, DumpCut, Entries, ParallelLoad
 
@@ -41,7 +42,8 @@ TO_SQL_OPTIONS = ["--single-transaction", "--no-owner", "--file=-"]
 # app and by hand alike: it refuses when a role the dump grants to is missing, locks every table
 # with a timeout (the hoppybrew.lock_timeout setting, none by hand) so that a busy database fails
 # fast, then leaves the database as initdb made it: no schema but an empty public, no large
-# object, publication, event trigger or extension. The dump, which does not drop anything
+# object, publication, event trigger or extension (but those in public the role may not drop,
+# which the dump keeps as they are: see ``extensions_kept``). The dump, which does not drop anything
 # itself, then recreates exactly what it holds. Schemas are dropped whole; public (which pg_dump
 # does not create) is emptied through its dependants, so no list of object kinds can miss one.
 RESTORE_CLEANUP = r"""
@@ -79,9 +81,12 @@ BEGIN
     FOR item IN SELECT pubname FROM pg_catalog.pg_publication LOOP
         EXECUTE pg_catalog.format('DROP PUBLICATION %I', item.pubname);
     END LOOP;
+    -- An extension in public that the role may not drop (a superuser made it for the site) stays:
+    -- the dump's CREATE EXTENSION IF NOT EXISTS keeps it as it is, and its objects are its own.
     FOR item IN
         SELECT e.extname FROM pg_catalog.pg_extension e
         WHERE e.extnamespace <> 'pg_catalog'::pg_catalog.regnamespace
+          AND (pg_catalog.pg_has_role(e.extowner, 'USAGE') OR e.extnamespace <> 'public'::pg_catalog.regnamespace)
     LOOP
         EXECUTE pg_catalog.format('DROP EXTENSION IF EXISTS %I CASCADE', item.extname);
     END LOOP;
@@ -104,7 +109,7 @@ BEGIN
     FOR item IN
         SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
         WHERE d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.refobjid = public_oid
-          AND d.deptype = 'n'
+          AND d.deptype = 'n' AND d.classid <> 'pg_catalog.pg_extension'::pg_catalog.regclass
           AND NOT EXISTS (
               SELECT FROM pg_catalog.pg_depend owner
               WHERE owner.classid = d.classid AND owner.objid = d.objid AND owner.deptype IN ('i', 'e')
@@ -214,10 +219,21 @@ INDEX_MEMORY = "256MB"
 PSQL_FED = ["-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-password", "-f", "-"]
 # Restore beside, then switch.
 SWITCH_RETRY_SECONDS = 0.05
+# The role may create a database, owns this one, and may create each of its extensions in a new
+# one: a superuser, or the extension is trusted (a superuser may have made an untrusted one here).
 CAN_RESTORE_BESIDE = """
 SELECT (r.rolcreatedb OR r.rolsuper) AND pg_catalog.pg_has_role(d.datdba, 'USAGE')
+   AND (r.rolsuper OR NOT EXISTS (
+       SELECT FROM pg_catalog.pg_extension e
+       WHERE e.extnamespace <> 'pg_catalog'::pg_catalog.regnamespace AND NOT EXISTS (
+           SELECT FROM pg_catalog.pg_available_extension_versions v
+           WHERE v.name = e.extname AND v.version = e.extversion AND v.trusted)))
 FROM pg_catalog.pg_roles r, pg_catalog.pg_database d
 WHERE r.rolname = current_user AND d.datname = pg_catalog.current_database()
+"""
+EXTENSIONS_KEPT = """
+SELECT pg_catalog.quote_ident(extname) FROM pg_catalog.pg_extension
+WHERE extnamespace = 'public'::pg_catalog.regnamespace AND NOT pg_catalog.pg_has_role(extowner, 'USAGE')
 """
 PUBLIC_OWNER = "SELECT nspowner::pg_catalog.regrole::text FROM pg_catalog.pg_namespace WHERE nspname = 'public'"
 DATABASE_PROPERTIES = f"""
@@ -341,6 +357,18 @@ class PostgreSQLEngine(DatabaseEngine):
         """The role the site connects as: libpq's default is the login name."""
         return self.settings_dict.get("USER") or getpass.getuser()
 
+    def extensions_kept(self):
+        """The extensions in public that the role may not drop, which the cleanup keeps: quoted,
+        as a dump's entries name them. Their COMMENTs, which only their owner may set, are left
+        out of the restore (the comment stays as it is)."""
+        connection = self.connect()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(EXTENSIONS_KEPT)
+                return [name for (name,) in cursor.fetchall()]
+        finally:
+            connection.close()
+
     def granted_roles(self):
         connection = self.connect()
         try:
@@ -379,6 +407,7 @@ class PostgreSQLEngine(DatabaseEngine):
         setting = (
             f"SET hoppybrew.lock_timeout = '{int(lock_timeout)}s';\nSET maintenance_work_mem = '{INDEX_MEMORY}';\n"
         )
+        kept = self.extensions_kept() if jobs == 1 else ()
         if jobs > 1 and opens_own_transaction(head):
             load = ParallelLoad(self.command("psql", PSQL_FED), self.connect, jobs, setting.encode())
             load.run(WithheldCommit(head, stream).read)
@@ -389,6 +418,8 @@ class PostgreSQLEngine(DatabaseEngine):
             # transaction.
             prelude, epilogue = setting.encode(), COMMIT
             stream = WithheldCommit(head, stream)
+            if kept:
+                stream = ChunkStream(without_comments_on(stream.read, kept))
         else:
             prelude = (LEGACY_BEGIN + setting + restore_cleanup([])).encode() + head
             epilogue = COMMIT
@@ -819,6 +850,22 @@ class OneTransactionDump(DumpStream):
             if found == 0:
                 raise OutputCut(self.NOT_WHOLE)
             yield tail[:found] + COMMIT[1:] + b"\n" + tail[found:]
+
+
+def without_comments_on(read, extensions):
+    """The dump from ``read`` without the COMMENT entries on ``extensions`` (quoted names)."""
+    headers = tuple(b"-- Name: EXTENSION %s; Type: COMMENT; " % name.encode() for name in extensions)
+    skipping = False
+    kind = None
+    for event, payload in Entries(read):
+        if event == "entry":
+            kind = payload
+            continue
+        if kind is not None:  # the text right after an entry starts is its header line
+            skipping = kind == b"COMMENT" and payload.startswith(headers)
+            kind = None
+        if not skipping:
+            yield payload
 
 
 def restore_cleanup(roles):

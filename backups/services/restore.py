@@ -301,7 +301,8 @@ def restore_method(engine):
     if method == "switch":
         raise InvalidRequest(
             f"BACKUP_RESTORE_METHOD is switch, but the {engine.vendor} database {engine.alias!r} cannot be restored "
-            "beside the live one (PostgreSQL only, by a role with CREATEDB that owns the database). Nothing was "
+            "beside the live one (PostgreSQL only, by a role with CREATEDB that owns the database and may create "
+            "each of its extensions: trusted ones, or any as a superuser). Nothing was "
             "changed; set BACKUP_RESTORE_METHOD=auto or in-place."
         )
     return "in-place"
