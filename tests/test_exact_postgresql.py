@@ -12,10 +12,12 @@ import subprocess
 import threading
 import time
 
+import psycopg2
 import pytest
 from django.core.management import call_command
 
 from backups import services
+from backups.engines import get_engine
 from backups.exceptions import BackupDamaged, DumpFailed, InvalidRequest, RestoreFailed
 from backups.models import Backup, Trigger
 
@@ -442,3 +444,22 @@ def test_a_switch_needs_a_role_that_may_create_every_extension_of_the_database(o
         assert_same_fingerprint(postgres_fingerprint(database), before)
     finally:
         drop_databases_left_beside(database)
+
+
+def test_the_row_count_check_outlasts_a_statement_timeout_of_the_sites_role(owned_database):
+    """Switches and drills count every table's rows as the site's role, which may have a short
+    statement_timeout of its own: a big table must still be counted."""
+    alias, database, role, _owned = owned_database
+    as_superuser(
+        database,
+        "CREATE TABLE public.big AS SELECT g AS id FROM generate_series(1, 5000000) g",
+        f"GRANT SELECT ON public.big TO {role}",
+        f"ALTER ROLE {role} SET statement_timeout = '20ms'",
+    )
+    connection = server_connection(database, role=role)
+    try:
+        with pytest.raises(psycopg2.errors.QueryCanceled), connection.cursor() as cursor:  # the timeout is real
+            cursor.execute("SELECT count(*) FROM public.big")
+    finally:
+        connection.close()
+    assert get_engine(alias).count_rows("public.big") == 5000000
