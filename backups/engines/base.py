@@ -115,6 +115,17 @@ class DatabaseEngine:
         raise NotImplementedError("subclasses of DatabaseEngine must provide a dump() method")
         yield
 
+    def comparable(self, lines):
+        """The lines of a dump as a restore drill compares them, the backup's and the restored
+        database's alike: as they are, unless some may rightly come in another order."""
+        return lines
+
+    def dump_as_made(self, manifest):
+        """``dump()``, as the dump tool that made the backup of ``manifest`` wrote it (its
+        ``dump_tool_version``): what a restore drill compares the backup with. Engines whose
+        dump has changed its form keep the old form here."""
+        return self.dump()
+
     def restore(self, stream, lock_timeout):
         """Replace everything in the database with the plain SQL read from ``stream``.
 

@@ -14,11 +14,13 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, RestoreFailed
+from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, RestoreFailed, ToolMissing
 from ..streams import ReadableStream
 from .base import CHUNK_SIZE, DatabaseEngine
 
 DUMP_WRAPPER_STATEMENTS = {"BEGIN TRANSACTION;", "COMMIT;"}
+DUMP_TOOL = "HoppyBrew SQLite dump"  # the manifest's dump_tool_version
+ITERDUMP = "Python sqlite3 iterdump"  # the one before, which made older backups
 # Numbers in the database file's header that applications set; a dump of the schema and rows leaves them out.
 HEADER_VALUES = ("user_version", "application_id")
 
@@ -45,17 +47,27 @@ class SQLiteEngine(DatabaseEngine):
         return connection
 
     def versions(self):
-        return {"server": f"SQLite {sqlite3.sqlite_version}", "dump_tool": "HoppyBrew SQLite dump"}
+        if sqlite3.sqlite_version_info < OLDEST_SQLITE:
+            raise ToolMissing(
+                f"Backups of SQLite databases need SQLite {'.'.join(map(str, OLDEST_SQLITE))} or later in the "
+                f"Python that makes them; this one has SQLite {sqlite3.sqlite_version}. Run them with a newer Python "
+                "(the python:3.11 images have SQLite 3.40)."
+            )
+        return {"server": f"SQLite {sqlite3.sqlite_version}", "dump_tool": DUMP_TOOL}
+
+    def dump_as_made(self, manifest):
+        made_by_iterdump = manifest.get("dump_tool_version") == ITERDUMP
+        return self.dump(IterdumpStream if made_by_iterdump else SQLiteDumpStream)
 
     @contextmanager
-    def dump(self):
+    def dump(self, stream=None):
         connection = self.connect(read_only=True)
         try:
             connection.execute("BEGIN")
             connection.execute("SELECT count(*) FROM sqlite_master").fetchone()  # pins the snapshot
             values = {name: connection.execute(f"PRAGMA {name}").fetchone()[0] for name in HEADER_VALUES}
             header = [f"PRAGMA {name} = {value};" for name, value in values.items()]
-            yield SQLiteDumpStream(connection, header)
+            yield (stream or SQLiteDumpStream)(connection, header)
         except sqlite3.Error as exc:
             raise DumpFailed(f"Reading the SQLite database {self.path} failed: {exc}") from None
         finally:
@@ -192,9 +204,9 @@ class SQLiteDumpStream:
                 sequences = [f"DELETE FROM {quote(name)};", *self.rows(name)]
                 continue
             if name == "sqlite_stat1":
-                yield 'ANALYZE "sqlite_master";'  # makes the planner's statistics tables, analyzing nothing
-            elif name.startswith("sqlite_") and name != "sqlite_stat4":
-                continue
+                yield 'ANALYZE "sqlite_master";'  # makes the planner's statistics table, analyzing nothing
+            elif name.startswith("sqlite_"):
+                continue  # sqlite_stat4 exists only in some builds of SQLite: ANALYZE remakes it
             elif kind == "shadow":
                 yield f"DELETE FROM {quote(name)};"  # made, with rows of its own, by its virtual table
             else:
@@ -234,7 +246,7 @@ class SQLiteDumpStream:
         )
         if self.tables[table][1] or aliased or table in SQLITE_TABLES:  # SQLite's own: no one reads their rowids
             return columns, False
-        taken = {name.lower() for name in columns}
+        taken = {name.lower() for _, name, *_ in info}  # a generated column may be called rowid
         rowid = [name for name in ("rowid", "_rowid_", "oid") if name not in taken][:1]
         return rowid + columns, bool(rowid)
 
@@ -251,6 +263,19 @@ OTHER_OBJECTS = (
 PRIMARY_KEY_INDEX = "SELECT 1 FROM pragma_index_list(?) WHERE origin = 'pk'"
 # SQLite's own tables that a dump rebuilds: AUTOINCREMENT's counters and the planner's statistics.
 SQLITE_TABLES = ("sqlite_sequence", "sqlite_stat1", "sqlite_stat4")
+# PRAGMA table_list, which tells virtual and shadow tables from the others, came with 3.37 (2021).
+OLDEST_SQLITE = (3, 37)
+
+
+class IterdumpStream(SQLiteDumpStream):
+    """The form of Python's ``iterdump``, which made backups before ``SQLiteDumpStream``: a drill
+    of one compares it with this."""
+
+    def lines(self):
+        for line in self.connection.iterdump():
+            if line == "COMMIT;":
+                yield from self.header
+            yield line
 
 
 def quote(name):

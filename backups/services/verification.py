@@ -129,7 +129,7 @@ def run_checks(engine, filename, manifest, level):
             scratch.restore(sql(), backup_settings.RESTORE_LOCK_TIMEOUT)
             tables = compare_row_counts(scratch, manifest.get("table_rows"))
             source.seek(0)
-            lines = compare_dumps(scratch, sql(), engine.volatile_prefixes)
+            lines = compare_dumps(scratch, sql(), engine.volatile_prefixes, manifest)
             return {
                 "sha256": "matches",
                 "tables_checked": tables,
@@ -176,16 +176,16 @@ def compare_row_counts(scratch, expected):
     return len(expected)
 
 
-def compare_dumps(scratch, original, volatile_prefixes):
+def compare_dumps(scratch, original, volatile_prefixes, manifest):
     """Dump the scratch database again and compare it with the backup, line by line."""
-    with scratch.dump() as dump:
+    with scratch.dump_as_made(manifest) as dump:
         redump = io.BufferedReader(ChunkStream(dump), CHUNK_SIZE)
-        ours = (
+        ours = scratch.comparable(
             line
             for line in io.BufferedReader(ReadableStream(original), CHUNK_SIZE)
             if not line.startswith(volatile_prefixes)
         )
-        theirs = (line for line in redump if not line.startswith(volatile_prefixes))
+        theirs = scratch.comparable(line for line in redump if not line.startswith(volatile_prefixes))
         number = 0
         for number, (expected, found) in enumerate(itertools.zip_longest(ours, theirs), start=1):
             if expected != found:
