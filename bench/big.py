@@ -36,8 +36,9 @@ NOTES = """\
 ### Notes
 
 - "4 x faster than `pg_dump | gzip -6`" cannot be met where `pg_dump | gzip -6` itself takes less
-  than 4 times bare `pg_dump` (the brewery shape on this machine: `pg_dump` and the server, not
-  gzip, set that pipeline's pace); compare the `x bare pg_dump` column instead.
+  than 4 times bare `pg_dump`: on the brewery shape `pg_dump` and the server, more than gzip, set
+  that pipeline's pace, and it took 3.6 to 4.4 times bare `pg_dump` from run to run on this
+  machine. The `x bare pg_dump` column says more.
 - What our backup adds to bare `pg_dump` is CPU: ISA-L level 3 (about 1.4 s per 500 MB of the
   series shape on this machine, whatever the level from 0 to 3), the row count (about 0.2 s) and
   the sha256 (0.3 s). The server takes one of the two cores, so all of that shares the other with
