@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import psycopg2
 import pytest
+from django.db import connections
 from django.utils import timezone
 
 from backups.engines import get_engine, pg_parallel, postgresql
@@ -461,3 +462,23 @@ def test_a_parallel_backup_restores_exactly_as_a_serial_one(pagila, backup_dir, 
     as_superuser(database, PAGILA_CHANGES.format(role=role))
     quick_restore(parallel.filename)
     assert_same_fingerprint(postgres_fingerprint(database), before)
+
+
+def test_a_name_in_another_script_keeps_its_undo_database_findable(extra_alias, settings):
+    """PostgreSQL cuts names at 63 bytes: 31 Cyrillic letters are 61, so the undo's name is made
+    from the name's first 40 bytes, not 40 letters, or its date would be cut off (and the undo
+    database never found, nor dropped)."""
+    name = "пивоварня_" + "я" * 21
+    as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    as_superuser("postgres", f'CREATE DATABASE "{name}"')
+    as_superuser(name, "CREATE TABLE brew (id int); INSERT INTO brew VALUES (1)")
+    alias = extra_alias("cyrillic", NAME=name)
+    settings.BACKUP_RESTORE_METHOD = "switch"
+    try:
+        undo = quick_restore(backup_of(alias).filename).undo_database
+        assert len(undo.encode()) <= 63 and databases_like(undo) == [undo]
+        assert drop_expired_undo_databases(timezone.now() + timedelta(days=3)) == [(alias, undo)]
+    finally:
+        connections[alias].close()
+        as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_databases_left_beside(name)

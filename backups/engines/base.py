@@ -250,11 +250,18 @@ class DatabaseEngine:
 
     def scratch_name(self):
         """A new database's name for a restore drill, recognisably this one's."""
-        return f"{self.database_name[:40]}_drill_{secrets.token_hex(4)}"
+        return f"{name_prefix(self.database_name)}_drill_{secrets.token_hex(4)}"
 
     def count_rows(self, table):
         """The number of rows in ``table``, named as in the dump's ``row_counts``."""
         raise NotImplementedError("subclasses of DatabaseEngine must provide a count_rows() method")
+
+
+def name_prefix(name):
+    """The start of a database's name, for the names of databases made from it: at most 40
+    bytes, so that what follows it survives PostgreSQL's 63-byte cut of every name (a letter of
+    another script than Latin takes two bytes or more)."""
+    return name.encode()[:40].decode("utf-8", "ignore")
 
 
 class RowCounter:

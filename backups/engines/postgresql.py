@@ -16,7 +16,17 @@ from django.db.backends.postgresql.client import DatabaseClient
 from ..conf import backup_settings
 from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, InvalidRequest, RestoreFailed, ToolMissing
 from ..streams import ChunkStream
-from .base import CHUNK_SIZE, DatabaseEngine, DumpStream, OutputCut, ProcessDump, describe_exit, run_fed, run_tool
+from .base import (
+    CHUNK_SIZE,
+    DatabaseEngine,
+    DumpStream,
+    OutputCut,
+    ProcessDump,
+    describe_exit,
+    name_prefix,
+    run_fed,
+    run_tool,
+)
 from .pg_parallel import NEED, DumpCut, Entries, ParallelLoad
 
 # Advisory lock keys: (application, purpose). Advisory locks live inside one database, so the
@@ -538,7 +548,7 @@ class PostgreSQLEngine(DatabaseEngine):
         return self.database_name != self.maintenance_database and bool(self.query_value(CAN_RESTORE_BESIDE))
 
     def restore_beside(self, stream, lock_timeout, check):
-        new = f"{self.database_name[:40]}_restore_{secrets.token_hex(4)}"
+        new = f"{name_prefix(self.database_name)}_restore_{secrets.token_hex(4)}"
         live = self.database_properties()
         try:
             with self.maintenance_connection() as connection, refused("create a database beside it"):
@@ -576,7 +586,7 @@ class PostgreSQLEngine(DatabaseEngine):
         live database meanwhile, and let in again whatever happens."""
         from psycopg2 import errors, sql
 
-        undo = f"{self.database_name[:40]}_undo_{datetime.now(UTC):%Y%m%d_%H%M%S}"
+        undo = f"{name_prefix(self.database_name)}_undo_{datetime.now(UTC):%Y%m%d_%H%M%S}"
         name, new_name, undo_name = (sql.Identifier(n) for n in (self.database_name, new, undo))
         allow = sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}")
         deadline = time.monotonic() + lock_timeout
@@ -649,7 +659,7 @@ class PostgreSQLEngine(DatabaseEngine):
             cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     def undo_databases(self):
-        prefix = f"{self.database_name[:40]}_undo_"
+        prefix = f"{name_prefix(self.database_name)}_undo_"
         with self.maintenance_connection() as connection, connection.cursor() as cursor:
             cursor.execute("SELECT datname FROM pg_catalog.pg_database WHERE starts_with(datname, %s)", (prefix,))
             names = [name for (name,) in cursor.fetchall()]
