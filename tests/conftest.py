@@ -32,6 +32,7 @@ from rest_framework.test import APIClient
 
 from backups import services
 from backups.engines import get_engine
+from backups.engines.base import name_prefix
 from backups.models import Backup, Operation, Origin
 from backups.services.journal import this_worker
 
@@ -740,7 +741,8 @@ def databases_like(prefix):
 
 def drop_databases_left_beside(database):
     """Undo databases, and restored copies an interrupted run may have left."""
-    for name in databases_like(f"{database}_undo_") + databases_like(f"{database}_restore_"):
+    prefix = name_prefix(database)
+    for name in databases_like(f"{prefix}_undo_") + databases_like(f"{prefix}_restore_"):
         as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -15,6 +15,7 @@ from django.db import connections
 from django.utils import timezone
 
 from backups.engines import get_engine, pg_parallel, postgresql
+from backups.engines.base import name_prefix
 from backups.exceptions import DatabaseBusy, InvalidRequest, RestoreFailed
 from backups.services import restore as restore_service
 from backups.services.copies import write_manifest
@@ -121,7 +122,7 @@ def test_the_catalog_is_carried_across_a_switch_of_the_site_database(settings):
         with connection.cursor() as cursor:
             cursor.execute("SELECT current_database(), pg_backend_pid() <> %s", (0,))
             assert cursor.fetchone() == (database, True)
-        assert result.undo_database.startswith(f"{database[:40]}_undo_")
+        assert result.undo_database.startswith(f"{name_prefix(database)}_undo_")
     finally:
         drop_databases_left_beside(database)
 

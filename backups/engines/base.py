@@ -252,8 +252,9 @@ class DatabaseEngine:
         """A new database's name for a restore drill, recognisably this one's."""
         return f"{name_prefix(self.database_name)}_drill_{secrets.token_hex(4)}"
 
-    def count_rows(self, table):
-        """The number of rows in ``table``, named as in the dump's ``row_counts``."""
+    def count_rows(self, table, among=()):
+        """The number of rows in ``table``, named as in the dump's ``row_counts``, whose tables
+        are ``among`` (where a table's count depends on which others have rows of their own)."""
         raise NotImplementedError("subclasses of DatabaseEngine must provide a count_rows() method")
 
 

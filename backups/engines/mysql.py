@@ -241,7 +241,7 @@ class MySQLEngine(DatabaseEngine):
             f"GRANT ALL ON `{pattern}`.* TO that user."
         )
 
-    def count_rows(self, table):
+    def count_rows(self, table, among=()):
         """Past rows of a system-versioned table count too: the dump has them."""
         versioned = self.query_value(
             "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "

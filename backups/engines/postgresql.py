@@ -3,6 +3,7 @@
 import collections
 import getpass
 import hashlib
+import itertools
 import os
 import re
 import secrets
@@ -10,6 +11,7 @@ import tempfile
 import time
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
+from functools import partial
 
 from django.db.backends.postgresql.client import DatabaseClient
 
@@ -284,6 +286,11 @@ LIST_SETTINGS = {"search_path", "temp_tablespaces", "session_preload_libraries",
 
 VERSION_PATTERN = re.compile(r"(\d+)(?:\.(\d+))?")
 # schema.table as pg_dump writes it in COPY headers, each part plain or double-quoted.
+# A row of a partitioned table that lies in none of the dump's other tables (to_regclass: a name
+# that is not there cannot hold it).
+OWN_COPY = (
+    "tableoid <> ALL (ARRAY(SELECT c::oid FROM unnest(%s::text[]) name, to_regclass(name) c WHERE c IS NOT NULL))"
+)
 PARTITIONED_TABLE = "SELECT EXISTS (SELECT FROM pg_catalog.pg_class WHERE oid = to_regclass(%s) AND relkind = 'p')"
 QUALIFIED_NAME = re.compile(r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\.(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)')
 
@@ -457,10 +464,11 @@ class PostgreSQLEngine(DatabaseEngine):
             prelude, epilogue = setting.encode(), COMMIT
             stream = WithheldCommit(head, stream)
         else:
-            prelude = (LEGACY_BEGIN + setting + restore_cleanup([])).encode() + head
+            prelude = (LEGACY_BEGIN + setting + restore_cleanup([])).encode()
             epilogue = COMMIT
+            stream = ChunkStream(itertools.chain([head], iter(partial(stream.read, CHUNK_SIZE), b"")))
         kept = self.extensions_kept()
-        if kept:  # past the head: an entry's comment never lies in it
+        if kept:
             stream = ChunkStream(without_comments_on(stream.read, kept))
         returncode, message = run_fed(args, env, "psql", prelude, stream, epilogue=epilogue)
         if returncode == 0:
@@ -522,11 +530,12 @@ class PostgreSQLEngine(DatabaseEngine):
             return None
         return f"the database role {self.settings_dict['USER']!r} may not create databases (CREATEDB)"
 
-    def count_rows(self, table):
+    def count_rows(self, table, among=()):
         """The rows of ``table`` itself, as its COPY in the dump loaded them: an inheritance
         parent's leave out its children's, which have a COPY of their own; a partitioned table,
-        which holds none itself, has its partitions' when pg_dump loads them through it (it does
-        for some: "load via partition root")."""
+        which holds none itself, has those of its partitions that pg_dump loads through it (it
+        does for some: "load via partition root"), which are those without a COPY of their own
+        among the dump's tables ``among``."""
         if not QUALIFIED_NAME.fullmatch(table):
             raise ValueError(f"not a table name from a dump: {table!r}")
         connection = self.connect()
@@ -536,7 +545,11 @@ class PostgreSQLEngine(DatabaseEngine):
                 # table short; LOCAL, so a pooled server session keeps its own.
                 cursor.execute("BEGIN; SET LOCAL statement_timeout = 0")
                 cursor.execute(PARTITIONED_TABLE, (table,))
-                cursor.execute(f"SELECT count(*) FROM {'' if cursor.fetchone()[0] else 'ONLY '}{table}")
+                if not cursor.fetchone()[0]:
+                    cursor.execute(f"SELECT count(*) FROM ONLY {table}")
+                else:
+                    others = [name for name in among if name != table]
+                    cursor.execute(f"SELECT count(*) FROM {table} WHERE {OWN_COPY}", (others,))
                 return cursor.fetchone()[0]
         finally:
             connection.close()  # the transaction ends with it
@@ -908,15 +921,18 @@ def without_comments_on(read, extensions):
     headers = tuple(b"-- Name: EXTENSION %s; Type: COMMENT; " % name.encode() for name in extensions)
     skipping = False
     kind = None
-    for event, payload in Entries(read):
-        if event == "entry":
-            kind = payload
-            continue
-        if kind is not None:  # the text right after an entry starts is its header line
-            skipping = kind == b"COMMENT" and payload.startswith(headers)
-            kind = None
-        if not skipping:
-            yield payload
+    try:
+        for event, payload in Entries(read):
+            if event == "entry":
+                kind = payload
+                continue
+            if kind is not None:  # the text right after an entry starts is its header line
+                skipping = kind == b"COMMENT" and payload.startswith(headers)
+                kind = None
+            if not skipping:
+                yield payload
+    except DumpCut as cut:
+        raise RestoreFailed(f"Database restore failed; the database was not changed. {cut}") from None
 
 
 def restore_cleanup(roles):

@@ -139,7 +139,7 @@ class SQLiteEngine(DatabaseEngine):
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
-    def count_rows(self, table):
+    def count_rows(self, table, among=()):
         connection = self.connect(read_only=True)
         try:
             quoted = '"' + table.replace('"', '""') + '"'

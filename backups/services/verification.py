@@ -163,7 +163,7 @@ def compare_row_counts(scratch, expected):
         return 0
     for table, rows in sorted(expected.items()):
         try:
-            found = scratch.count_rows(table)
+            found = scratch.count_rows(table, among=expected)
         except Exception as exc:
             raise VerificationFailed(f"Table {table} could not be read after the restore: {exc}", table=table) from None
         if found != rows:
