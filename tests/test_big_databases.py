@@ -205,6 +205,21 @@ def test_a_parallel_switch_restores_lookalikes_of_dump_entries_exactly(switching
     assert_same_fingerprint(postgres_fingerprint(database), before)
 
 
+def record_sql_sent(monkeypatch):
+    """The SQL the dispatcher hands the pool and the first session, as it goes ("pool" and
+    "serial"); the real ``put`` still runs."""
+    sent = {"pool": [], "serial": []}
+    put = pg_parallel.ParallelLoad.put
+
+    def recording(self, items, item):
+        if item is not None and item[0] == "sql":
+            sent["pool" if items is self.shared else "serial"].append(item[1][1])
+        put(self, items, item)
+
+    monkeypatch.setattr(pg_parallel.ParallelLoad, "put", recording)
+    return sent
+
+
 KEYS = r"""
 CREATE SCHEMA "Odd Schema";
 CREATE TABLE "Odd Schema"."Keyed ""t"" rows" ("Id" int NOT NULL, code text, note text, at int);
@@ -229,15 +244,7 @@ def test_keys_are_built_by_the_pool_as_their_indexes_then_made_constraints_exact
     database = switching[1]
     settings.BACKUP_RESTORE_JOBS = 2
     made, before = backed_up_then_changed(switching, KEYS)
-    sent = {"pool": [], "serial": []}
-    put = pg_parallel.ParallelLoad.put
-
-    def recording(self, items, item):
-        if item is not None and item[0] == "sql":
-            sent["pool" if items is self.shared else "serial"].append(item[1][1])
-        put(self, items, item)
-
-    monkeypatch.setattr(pg_parallel.ParallelLoad, "put", recording)
+    sent = record_sql_sent(monkeypatch)
 
     assert quick_restore(made.filename).method == "switch"
     assert_same_fingerprint(postgres_fingerprint(database), before)
@@ -288,15 +295,7 @@ def test_table_flags_set_by_index_entries_wait_for_the_pool_and_come_back(switch
     database = switching[1]
     settings.BACKUP_RESTORE_JOBS = 2
     made, before = backed_up_then_changed(switching, TWO_FLAGS)
-    in_pool = []
-    put = pg_parallel.ParallelLoad.put
-
-    def recording(self, items, item):
-        if items is self.shared and item is not None and item[0] == "sql":
-            in_pool.append(item[1][1])
-        put(self, items, item)
-
-    monkeypatch.setattr(pg_parallel.ParallelLoad, "put", recording)
+    in_pool = record_sql_sent(monkeypatch)["pool"]
 
     assert quick_restore(made.filename).method == "switch"
     assert_same_fingerprint(postgres_fingerprint(database), before)

@@ -94,11 +94,15 @@ class DatabaseEngine:
 
     def query_value(self, sql):
         """The first value ``sql`` answers, on a connection of its own."""
+        return self.query_column(sql)[0]
+
+    def query_column(self, sql):
+        """The first value of every row ``sql`` answers, on a connection of its own."""
         connection = self.connect()
         try:
             with closing(connection.cursor()) as cursor:
                 cursor.execute(sql)
-                return cursor.fetchone()[0]
+                return [row[0] for row in cursor.fetchall()]
         finally:
             connection.close()
 

@@ -285,13 +285,13 @@ SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = ANY(%s) AND pid <> p
 LIST_SETTINGS = {"search_path", "temp_tablespaces", "session_preload_libraries", "local_preload_libraries"}
 
 VERSION_PATTERN = re.compile(r"(\d+)(?:\.(\d+))?")
-# schema.table as pg_dump writes it in COPY headers, each part plain or double-quoted.
 # A row of a partitioned table that lies in none of the dump's other tables (to_regclass: a name
 # that is not there cannot hold it).
 OWN_COPY = (
     "tableoid <> ALL (ARRAY(SELECT c::oid FROM unnest(%s::text[]) name, to_regclass(name) c WHERE c IS NOT NULL))"
 )
 PARTITIONED_TABLE = "SELECT EXISTS (SELECT FROM pg_catalog.pg_class WHERE oid = to_regclass(%s) AND relkind = 'p')"
+# schema.table as pg_dump writes it in COPY headers, each part plain or double-quoted.
 QUALIFIED_NAME = re.compile(r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\.(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)')
 
 
@@ -407,22 +407,10 @@ class PostgreSQLEngine(DatabaseEngine):
         """The extensions in public that the role may not drop, which the cleanup keeps: quoted,
         as a dump's entries name them. Their COMMENTs, which only their owner may set, are left
         out of the restore (the comment stays as it is)."""
-        connection = self.connect()
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(EXTENSIONS_KEPT)
-                return [name for (name,) in cursor.fetchall()]
-        finally:
-            connection.close()
+        return self.query_column(EXTENSIONS_KEPT)
 
     def granted_roles(self):
-        connection = self.connect()
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(GRANTED_ROLES)
-                return [name for (name,) in cursor.fetchall()]
-        finally:
-            connection.close()
+        return self.query_column(GRANTED_ROLES)
 
     def check_restore_requirements(self, requirements):
         wanted = (requirements or {}).get("roles") or []
@@ -528,7 +516,7 @@ class PostgreSQLEngine(DatabaseEngine):
     def cannot_create_databases(self):
         if self.query_value("SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"):
             return None
-        return f"the database role {self.settings_dict['USER']!r} may not create databases (CREATEDB)"
+        return f"the database role {self.role_name()!r} may not create databases (CREATEDB)"
 
     def count_rows(self, table, among=()):
         """The rows of ``table`` itself, as its COPY in the dump loaded them: an inheritance

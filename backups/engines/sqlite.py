@@ -142,8 +142,7 @@ class SQLiteEngine(DatabaseEngine):
     def count_rows(self, table, among=()):
         connection = self.connect(read_only=True)
         try:
-            quoted = '"' + table.replace('"', '""') + '"'
-            return connection.execute(f"SELECT count(*) FROM {quoted}").fetchone()[0]
+            return connection.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0]
         finally:
             connection.close()
 
@@ -261,7 +260,8 @@ OTHER_OBJECTS = (
     "SELECT sql FROM sqlite_schema WHERE type IN ('index', 'trigger', 'view') AND sql IS NOT NULL ORDER BY rowid"
 )
 PRIMARY_KEY_INDEX = "SELECT 1 FROM pragma_index_list(?) WHERE origin = 'pk'"
-# SQLite's own tables that a dump rebuilds: AUTOINCREMENT's counters and the planner's statistics.
+# SQLite's own tables that a restore empties: AUTOINCREMENT's counters and the planner's statistics
+# (the dump rebuilds sqlite_sequence and sqlite_stat1; sqlite_stat4 is ANALYZE's to remake).
 SQLITE_TABLES = ("sqlite_sequence", "sqlite_stat1", "sqlite_stat4")
 # PRAGMA table_list, which tells virtual and shadow tables from the others, came with 3.37 (2021).
 OLDEST_SQLITE = (3, 37)
@@ -290,8 +290,8 @@ def drop_everything(connection):
         "SELECT type, name, sql LIKE 'CREATE VIRTUAL TABLE%' FROM sqlite_schema "
         "WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND type IN ('view', 'table', 'trigger')"
     ).fetchall()
-    order = {"trigger": 0, "view": 1, "table": 3}
-    for kind, name, _virtual in sorted(objects, key=lambda item: order[item[0]] - item[2]):
+    order = {"trigger": 0, "view": 1, "table": 2}
+    for kind, name, _virtual in sorted(objects, key=lambda item: (order[item[0]], not item[2])):
         connection.execute(f"DROP {kind.upper()} IF EXISTS {quote(name)}")
     for (name,) in connection.execute(f"SELECT name FROM sqlite_schema WHERE name IN {SQLITE_TABLES}").fetchall():
         connection.execute(f"DELETE FROM {quote(name)}")
