@@ -303,6 +303,44 @@ def test_table_flags_set_by_index_entries_wait_for_the_pool_and_come_back(switch
     assert any(b"CREATE INDEX reading_log_sensor ON public.reading_log" in text for text in in_pool)
 
 
+def row_bytes_by_table(path):
+    """The bytes of each table's rows in a plain dump, read line by line."""
+    sizes, table = {}, None
+    with gzip.open(path, "rb") as dump:
+        for line in dump:
+            if table is not None:
+                if line == b"\\.\n":
+                    table = None
+                else:
+                    sizes[table] += len(line)
+            elif line.startswith(b"COPY ") and line.endswith(b" FROM stdin;\n"):
+                table = line.split(b" ")[1]
+                sizes.setdefault(table, 0)
+    return sizes
+
+
+def test_the_pool_builds_the_indexes_of_the_largest_tables_first(switching, settings, monkeypatch, backup_dir):
+    """Pagila's dump lists its keys and indexes by name; the pool is handed them by the size of
+    their table's rows, largest first (the longest builds start together), and the restore is
+    exact."""
+    alias, database, role = switching
+    settings.BACKUP_RESTORE_JOBS = 2
+    before = postgres_fingerprint(database)
+    made = backup_of(alias)
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
+    sizes = row_bytes_by_table(backup_dir / made.filename)
+    in_pool = record_sql_sent(monkeypatch)["pool"]
+
+    assert quick_restore(made.filename).method == "switch"
+    assert_same_fingerprint(postgres_fingerprint(database), before)
+    tables = [pg_parallel.BUILT_ON.search(text).group(1) for text in in_pool]
+    largest = max(sizes, key=sizes.get)
+    assert tables[0] == largest, (tables[:3], largest)
+    handed = [sizes.get(table, 0) for table in tables]
+    assert handed == sorted(handed, reverse=True)
+    assert len(set(tables)) > 10
+
+
 def test_a_row_that_fails_in_the_pool_stops_the_load_and_changes_nothing(switching, settings, monkeypatch):
     """A row the server refuses (here: one made up on the way) fails its session of the pool;
     every session stops, the new database is dropped, and the live one is as it was."""

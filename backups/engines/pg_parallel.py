@@ -11,7 +11,10 @@ and split at the entries pg_restore marks (``-- Name: ...; Type: ...``):
   whichever session is free, so a big table loads on several cores (its rows' physical order,
   which only a SELECT without ORDER BY shows, then differs from the live database's);
 - indexes and constraints (``INDEX``, ``CONSTRAINT`` entries: primary keys, unique, exclusion and
-  check constraints) are built by the pool once every row is in, side by side. A plain primary key
+  check constraints) are built by the pool once every row is in, side by side, those of the
+  tables with the most data first (as pg_restore orders its work): the longest builds start
+  together, and the short ones fill the gaps, rather than one long build running alone at the
+  end. A plain primary key
   or unique constraint of an ordinary table is built as its unique index, then made the constraint
   (``ADD CONSTRAINT ... USING INDEX``, which only links the two) by the first session once the pool
   is done: ``ADD CONSTRAINT`` would lock the table against every other index built on it meanwhile,
@@ -61,6 +64,16 @@ PLAIN_KEY = re.compile(
 TABLE_FLAG = re.compile(
     rb"ALTER TABLE (?:ONLY )?%(id)s\.%(id)s (?:CLUSTER ON|REPLICA IDENTITY USING INDEX) %(id)s;\n" % {b"id": IDENTIFIER}
 )
+# The table an index's or a constraint's entry builds on, and the one a COPY loads.
+BUILT_ON = re.compile(
+    rb"^(?:CREATE (?:UNIQUE )?INDEX %(id)s ON (?:ONLY )?|ALTER TABLE (?:ONLY )?)(%(id)s\.%(id)s)[ \n]"
+    % {b"id": IDENTIFIER},
+    re.M,
+)
+COPIED_TABLE = re.compile(rb"COPY (%(id)s\.%(id)s)[ (]" % {b"id": IDENTIFIER})
+# Builds held back to be handed out biggest first: up to this much of their text, so memory stays
+# flat however many indexes a dump holds.
+HELD_BUILDS_BYTES = 1024 * 1024
 ORDINARY_TABLE = "SELECT relkind = 'r' FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass(%s)"
 # Session settings pg_restore changes between entries; each session is told the current ones.
 TRACKED_SETTINGS = (b"SET default_tablespace = ", b"SET default_table_access_method = ")
@@ -508,6 +521,9 @@ class ParallelLoad:
         self.in_transaction = True  # the serial session's: at first the dump's own
         self.lookup = None  # a connection of the dispatcher's, to ask what kind a table is
         self.after_pool = []  # for the serial session once the pool is done: keys' links, tables' flags
+        self.row_bytes = collections.Counter()  # of each table's rows, by its name as the dump writes it
+        self.held_builds = []  # (minus its table's row bytes, its order in the dump, item), for the pool
+        self.held_bytes = 0
 
     # -- called by the sessions' threads ------------------------------------------------------
 
@@ -599,6 +615,7 @@ class ParallelLoad:
                 self._before_pool("rows")
                 copy_line = payload
             elif event == "rows":
+                self.row_bytes[copied_table(copy_line)] += len(payload)
                 self.put(self.shared, ("rows", (copy_line, payload)))
             elif event == "flag":
                 collecting[2].append(payload)
@@ -647,7 +664,18 @@ class ParallelLoad:
                 b"ALTER TABLE ONLY %s\n    ADD CONSTRAINT %s %s USING INDEX %s;\n" % (table, name, key["kind"], name)
             )
         self.after_pool.extend(flags)
-        self.put(self.shared, ("sql", (settings, text)))
+        built_on = BUILT_ON.search(text)
+        size = self.row_bytes[built_on.group(1)] if built_on else 0
+        self.held_builds.append((-size, len(self.held_builds), ("sql", (settings, text))))
+        self.held_bytes += len(text)
+        if self.held_bytes > HELD_BUILDS_BYTES:
+            self._hand_out_builds()
+
+    def _hand_out_builds(self):
+        """To the pool, the builds on the tables with the most data first."""
+        for _size, _order, item in sorted(self.held_builds):
+            self.put(self.shared, item)
+        self.held_builds, self.held_bytes = [], 0
 
     def _is_ordinary_table(self, table):
         """Not a partitioned table, whose indexes cannot become constraints. A server that does
@@ -697,6 +725,7 @@ class ParallelLoad:
 
     def _barrier(self):
         """Wait until every session of the pool has run all it was given."""
+        self._hand_out_builds()
         for _ in self.pool:
             self.put(self.shared, ("barrier", None))
         self.meet()
@@ -727,6 +756,11 @@ class ParallelLoad:
             session.join()
         if self.lookup is not None:
             self.lookup.close()
+
+
+def copied_table(copy_line):
+    found = COPIED_TABLE.match(copy_line)
+    return found.group(1) if found else None
 
 
 def setting_name(line):
