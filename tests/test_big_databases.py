@@ -406,8 +406,10 @@ def test_a_switch_that_fails_at_any_step_leaves_the_live_database_as_it_was(swit
     assert databases_like(f"{database}_undo_") == []
 
 
-def test_a_switch_whose_rows_do_not_match_the_manifest_changes_nothing(switching):
+@pytest.mark.parametrize("jobs", [1, 2], ids=["counted by psql's load", "as the pool's COPYs loaded them"])
+def test_a_switch_whose_rows_do_not_match_the_manifest_changes_nothing(switching, settings, jobs):
     alias, database, role = switching
+    settings.BACKUP_RESTORE_JOBS = jobs
     made = backup_of(alias)
     table = sorted(made.manifest["table_rows"])[0]
     made.manifest["table_rows"][table] += 1
@@ -419,6 +421,37 @@ def test_a_switch_whose_rows_do_not_match_the_manifest_changes_nothing(switching
         quick_restore(made.filename)
     assert_same_fingerprint(postgres_fingerprint(database), changed)
     assert databases_like(f"{database}_restore_") == []
+
+
+def test_the_rows_the_pool_says_it_loaded_are_those_in_the_tables(switching, settings, monkeypatch):
+    """The switch's check takes the server's answer to each COPY of the parallel load: for every
+    table of the manifest (one whose name holds what a COPY line holds, too), the rows a count
+    finds in the loaded database."""
+    alias, database, role = switching
+    settings.BACKUP_RESTORE_JOBS = 2
+    as_superuser(
+        database,
+        """CREATE TABLE public."rows (of"" FROM stdin; kind" (id int);
+        INSERT INTO public."rows (of"" FROM stdin; kind" SELECT generate_series(1, 700);""",
+    )
+    made = backup_of(alias)
+    as_superuser(database, PAGILA_CHANGES.format(role=role))
+    checked = []
+    check_loaded = restore_service.check_loaded
+
+    def recording(loaded, copied, table_rows):
+        counted = {table: loaded.count_rows(table, among=table_rows) for table in table_rows}
+        checked.append((copied, counted))
+        check_loaded(loaded, copied, table_rows)
+
+    monkeypatch.setattr(restore_service, "check_loaded", recording)
+
+    assert quick_restore(made.filename).method == "switch"
+    [(copied, counted)] = checked
+    assert counted == made.manifest["table_rows"]
+    assert {table: copied.get(table, 0) for table in counted} == counted
+    assert copied['public."rows (of"" FROM stdin; kind"'] == 700
+    assert sum(counted.values()) > 40000
 
 
 def change(owned):

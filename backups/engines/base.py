@@ -164,8 +164,10 @@ class DatabaseEngine:
         return False
 
     def restore_beside(self, stream, lock_timeout, check):
-        """Load the dump into a new database next to this one, ``check(engine)`` it (an engine
-        for the loaded database; raising stops here), then give it this database's name in one
+        """Load the dump into a new database next to this one, ``check(engine, copied)`` it (an
+        engine for the loaded database, and the rows the load saw the server take into each table,
+        ``{table: rows}``, or None where it cannot tell; raising stops here), then give it this
+        database's name in one
         short step that ends the sessions on both; returns the name the old database now has
         (the undo, kept for BACKUP_RESTORE_KEEP_OLD_HOURS). On any error before that step ends,
         the live database is as it was and the new one is gone. Only where

@@ -70,7 +70,8 @@ BUILT_ON = re.compile(
     % {b"id": IDENTIFIER},
     re.M,
 )
-COPIED_TABLE = re.compile(rb"COPY (%(id)s\.%(id)s)[ (]" % {b"id": IDENTIFIER})
+# Names as pg_dump writes them; anything else up to the column list as it comes.
+COPIED_TABLE = re.compile(rb"COPY (%(id)s\.%(id)s|.+?) (?:\(|FROM stdin;)" % {b"id": IDENTIFIER})
 # Builds held back to be handed out biggest first: up to this much of their text, so memory stays
 # flat however many indexes a dump holds.
 HELD_BUILDS_BYTES = 1024 * 1024
@@ -424,6 +425,7 @@ class PoolSession:
         self.held = None  # an item taken while in a COPY, for after it
         self.error = None
         self.connection = None
+        self.copied = collections.Counter()  # rows its COPYs loaded, by table
         self.writer = threading.Thread(target=self._work, daemon=True)
         self.writer.start()
 
@@ -458,6 +460,7 @@ class PoolSession:
         if what == "rows":
             copy_line, rows = payload
             cursor.copy_expert(copy_line.decode("utf-8"), CopyFeed(self, copy_line, rows), size=CHUNK_SIZE)
+            self.copied[copied_table(copy_line)] += cursor.rowcount
         elif what == "sql":
             settings, text = payload
             changed = [line for name, line in settings.items() if self.settings.get(name) != line]
@@ -564,6 +567,8 @@ class ParallelLoad:
     # -- the dispatcher -----------------------------------------------------------------------
 
     def run(self, read):
+        """Load the dump ``read`` gives; returns the rows the server says each table's COPYs
+        loaded ({table: rows}, tables named as ``OneTransactionDump.row_counts`` names them)."""
         try:
             self._dispatch(read)
         except Stopped:
@@ -580,6 +585,8 @@ class ParallelLoad:
             raise RestoreFailed(
                 "Database restore failed; the database was not changed. psql said: " + self.failed.failure()
             )
+        copied = sum((session.copied for session in self.pool), collections.Counter())
+        return {table.decode("utf-8", "replace"): rows for table, rows in copied.items()}
 
     def _dispatch(self, read):
         head = []  # the dump up to its first entry: its session settings and its BEGIN
@@ -759,8 +766,8 @@ class ParallelLoad:
 
 
 def copied_table(copy_line):
-    found = COPIED_TABLE.match(copy_line)
-    return found.group(1) if found else None
+    """The table a COPY line loads (bytes), as the dump names it: the key of its row counts."""
+    return COPIED_TABLE.match(copy_line).group(1)
 
 
 def setting_name(line):

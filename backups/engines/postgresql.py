@@ -29,7 +29,7 @@ from .base import (
     run_fed,
     run_tool,
 )
-from .pg_parallel import NEED, DumpCut, Entries, ParallelLoad
+from .pg_parallel import NEED, DumpCut, Entries, ParallelLoad, copied_table
 
 # Advisory lock keys: (application, purpose). Advisory locks live inside one database, so the
 # database being backed up is part of the key by construction.
@@ -433,7 +433,8 @@ class PostgreSQLEngine(DatabaseEngine):
 
     def restore(self, stream, lock_timeout, jobs=1):
         """Replay the dump in one transaction; or, into a new database nobody uses yet (beside
-        the live one), with ``jobs`` sessions side by side (``pg_parallel``)."""
+        the live one), with ``jobs`` sessions side by side (``pg_parallel``), which returns the
+        rows the server loaded into each table (psql alone returns None: it does not tell)."""
         args, env = self.command("psql", PSQL_FED)
         head = read_head(stream)
         # Index builds (one sort each, with PostgreSQL's parallel workers) are much of a restore's
@@ -443,8 +444,7 @@ class PostgreSQLEngine(DatabaseEngine):
         )
         if jobs > 1 and opens_own_transaction(head):
             load = ParallelLoad(self.command("psql", PSQL_FED), self.connect, jobs, setting.encode())
-            load.run(WithheldCommit(head, stream).read)
-            return
+            return load.run(WithheldCommit(head, stream).read)
         if opens_own_transaction(head):
             # The file's own COMMIT is held back and sent only once the whole stream has been
             # read: whatever follows it, or a stream that fails at its end, stays inside the
@@ -460,7 +460,7 @@ class PostgreSQLEngine(DatabaseEngine):
             stream = ChunkStream(without_comments_on(stream.read, kept))
         returncode, message = run_fed(args, env, "psql", prelude, stream, epilogue=epilogue)
         if returncode == 0:
-            return
+            return None
         if "lock timeout" in message:
             raise DatabaseBusy(
                 f"The database {self.database_name} is busy: other sessions kept their locks for "
@@ -557,8 +557,8 @@ class PostgreSQLEngine(DatabaseEngine):
             sibling = PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": new})
             with refused("give the new database's public schema the live one's owner"):
                 sibling.adopt_public_owner(live["public_owner"])
-            sibling.restore(stream, lock_timeout, jobs=backup_settings.RESTORE_JOBS)
-            check(sibling)
+            copied = sibling.restore(stream, lock_timeout, jobs=backup_settings.RESTORE_JOBS)
+            check(sibling, copied)
             with self.maintenance_connection() as connection, refused("give the restored database its properties"):
                 copy_database_properties(connection, new, live)
             return self.switch(new, live, lock_timeout)
@@ -761,7 +761,6 @@ def _major(text):
     return int(match.group(1)) if match else None
 
 
-COPY_HEADER = re.compile(rb"^COPY (?P<table>.+?) (?:\(.*\) )?FROM stdin;$")
 # What PostgreSQL answers pg_dump when a policy would hide rows from it (pg_dump turns row security off).
 ROW_SECURITY_REFUSED = "query would be affected by row-level security policy"
 # What pg_dump writes last, before psql's \unrestrict: the COMMIT goes right before it.
@@ -858,7 +857,7 @@ class OneTransactionDump(DumpStream):
                 out.append(self._opening())
             return
         if what == "copy":
-            self.table = COPY_HEADER.match(payload.rstrip(b"\n"))["table"].decode("utf-8", "replace")
+            self.table = copied_table(payload).decode("utf-8", "replace")
             self.rows = 0
         elif what == "rows":
             self.rows += payload.count(b"\n")

@@ -456,7 +456,9 @@ def load_dump(engine, source, filename, expected_size=None, table_rows=None, swi
     timeout = backup_settings.RESTORE_LOCK_TIMEOUT
     try:
         if switch:
-            undo_database = engine.restore_beside(guarded, timeout, lambda loaded: check_loaded(loaded, table_rows))
+            undo_database = engine.restore_beside(
+                guarded, timeout, lambda loaded, copied: check_loaded(loaded, copied, table_rows)
+            )
         else:
             engine.restore(guarded, timeout)
             undo_database = None
@@ -488,13 +490,19 @@ def prove_loadable(engine, source, filename, expected_size):
     source.seek(0)
 
 
-def check_loaded(loaded, table_rows):
+def check_loaded(loaded, copied, table_rows):
     """A database loaded beside the live one holds the rows its manifest recorded, or the switch
-    does not happen."""
+    does not happen: as the server answered each COPY of the load (``copied``), which costs
+    nothing more, or else counted in the loaded database."""
     from .verification import VerificationFailed, compare_row_counts  # verification builds on this module
 
+    def count(table):
+        if copied is not None:
+            return copied.get(table, 0)  # a table without rows had no COPY
+        return loaded.count_rows(table, among=table_rows)
+
     try:
-        compare_row_counts(loaded, table_rows)
+        compare_row_counts(table_rows, count)
     except VerificationFailed as exc:
         raise RestoreFailed(f"Database restore failed; the database was not changed. {exc.message}") from None
 
