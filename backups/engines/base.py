@@ -167,10 +167,9 @@ class DatabaseEngine:
         """Load the dump into a new database next to this one, ``check(engine, copied)`` it (an
         engine for the loaded database, and the rows the load saw the server take into each table,
         ``{table: rows}``, or None where it cannot tell; raising stops here), then give it this
-        database's name in one
-        short step that ends the sessions on both; returns the name the old database now has
-        (the undo, kept for BACKUP_RESTORE_KEEP_OLD_HOURS). On any error before that step ends,
-        the live database is as it was and the new one is gone. Only where
+        database's name in one short step that ends the sessions on both; returns the name the
+        old database now has (the undo, kept for BACKUP_RESTORE_KEEP_OLD_HOURS). On any error
+        before that step ends, the live database is as it was and the new one is gone. Only where
         ``can_restore_beside()``."""
         raise NotImplementedError(f"{self.vendor} databases cannot be restored beside the live one")
 

@@ -64,13 +64,13 @@ PLAIN_KEY = re.compile(
 TABLE_FLAG = re.compile(
     rb"ALTER TABLE (?:ONLY )?%(id)s\.%(id)s (?:CLUSTER ON|REPLICA IDENTITY USING INDEX) %(id)s;\n" % {b"id": IDENTIFIER}
 )
-# The table an index's or a constraint's entry builds on, and the one a COPY loads.
+# The table an index's or a constraint's entry builds on.
 BUILT_ON = re.compile(
     rb"^(?:CREATE (?:UNIQUE )?INDEX %(id)s ON (?:ONLY )?|ALTER TABLE (?:ONLY )?)(%(id)s\.%(id)s)[ \n]"
     % {b"id": IDENTIFIER},
     re.M,
 )
-# Names as pg_dump writes them; anything else up to the column list as it comes.
+# The table a COPY loads: a name as pg_dump writes it, or else whatever comes before the columns.
 COPIED_TABLE = re.compile(rb"COPY (%(id)s\.%(id)s|.+?) (?:\(|FROM stdin;)" % {b"id": IDENTIFIER})
 # Builds held back to be handed out biggest first: up to this much of their text, so memory stays
 # flat however many indexes a dump holds.
