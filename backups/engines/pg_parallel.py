@@ -592,7 +592,7 @@ class ParallelLoad:
         head = []  # the dump up to its first entry: its session settings and its BEGIN
         collecting = None  # the text of an entry for the pool
         kind = None
-        copy_line = None
+        copy_line = table = None
         for event, payload in Entries(read):
             if event == "transaction":
                 event = "text"  # the head's BEGIN: the serial session's, like any statement
@@ -620,9 +620,9 @@ class ParallelLoad:
                 self.put(self.serial_items, ("sql", ({}, payload)))
             elif event == "copy":
                 self._before_pool("rows")
-                copy_line = payload
+                copy_line, table = payload, copied_table(payload)
             elif event == "rows":
-                self.row_bytes[copied_table(copy_line)] += len(payload)
+                self.row_bytes[table] += len(payload)
                 self.put(self.shared, ("rows", (copy_line, payload)))
             elif event == "flag":
                 collecting[2].append(payload)
