@@ -52,11 +52,14 @@ NOTES = """\
   with `BACKUP_RESTORE_JOBS` (2) sessions: the rows of each table in chunks to whichever is
   free, then indexes and constraints side by side (a plain key as its index, linked afterwards);
   `pg_restore -j 2` does the same per table. Both gain less than 2x on two cores: loading rows is
-  the server's CPU (parsing COPY and writing WAL), and two sessions of `psql \\copy` alone load the
-  series shape's big table (410 MB of rows) in 3.8-4.1 s against 6.2-7.4 s for one, on this
-  machine, with the reader left to share the same two cores. That is why 0.7 x `gunzip | psql`
-  is out of reach here. The switch's other gain is the site's gap: the site answers during the
-  whole load and waits only for the switch itself.
+  the server's CPU (parsing COPY and writing WAL), which two sessions share with our reader
+  (inflating, finding entries) on the same two cores; two sessions into one table also cost the
+  server 0-20 % more CPU than one. On this machine that puts the floor of a switch at about
+  0.65 x `gunzip | psql`, before start-up, the sha256 of the file and the end of the last index
+  build, which use one core.
+- The site costs CPU only while it answers: a switch, which keeps it answering, serves the probe's
+  requests during the whole load (the "site probed" columns), while psql and the in-place restore
+  keep them waiting. The restore's time is therefore the run with the site idle.
 - The issue's targets are those of the default backup and of the switch; `BACKUP_JOBS=2` and the
   in-place restore are measured against the same targets for comparison.
 """
@@ -297,8 +300,8 @@ def report(context):
         "The peers dump plain SQL (`pg_dump --format=plain`). The pg_restore peer loads a custom-format "
         "archive made beforehand (untimed) into a new database, created within the timing; the switch, too, loads "
         "into a new database, and then swaps names. Untimed between runs: the database goes back to the "
-        "backup's content (`manage.py backups sync`, `vacuumdb --freeze --analyze`), the peer's database and the "
-        "switch's undo database are dropped.",
+        "backup's content (`manage.py backups sync`, `vacuumdb --freeze --analyze`, `CHECKPOINT`), the peer's "
+        "database and the switch's undo database are dropped.",
         END,
         "",
     ]
