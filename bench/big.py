@@ -179,14 +179,17 @@ def restores_of(bench, scale):
                     if probe is not None:
                         probe.start()
                     measurement = measure(item.command, env)
-                    said = f"  {item.label}, site idle: {measurement.wall:.2f} s"
-                    if probe is not None:
+                    item.runs.append(measurement)
+                    if probe is None:
+                        print(f"  {item.label}, site idle: {measurement.wall:.2f} s", flush=True)
+                    else:
                         probe.done.set()
                         probe.join()
                         gaps[item.label].append(probe.gap)
-                        said = f"  {item.label}, site probed: {measurement.wall:.2f} s, longest gap {probe.gap:.2f} s"
-                    item.runs.append(measurement)
-                    print(said, flush=True)
+                        print(
+                            f"  {item.label}, site probed: {measurement.wall:.2f} s, longest gap {probe.gap:.2f} s",
+                            flush=True,
+                        )
                     after_restore(bench, scale, env, scratch)
     return idle, probed, gaps, path.stat().st_size
 
