@@ -7,16 +7,20 @@ privileges) are those of tests/test_exact_postgresql.py, on the same Pagila copy
 """
 
 import gzip
+import io
 from datetime import timedelta
 
 import psycopg2
 import pytest
+from django.core.management import call_command
 from django.db import connections
 from django.utils import timezone
 
+from backups import services
 from backups.engines import get_engine, pg_parallel, postgresql
 from backups.engines.base import name_prefix
 from backups.exceptions import DatabaseBusy, InvalidRequest, RestoreFailed
+from backups.models import DatabaseCopy
 from backups.services import restore as restore_service
 from backups.services.copies import write_manifest
 from backups.services.retention import drop_expired_undo_databases
@@ -512,6 +516,49 @@ def test_the_undo_database_is_dropped_after_its_time(switching, settings):
     assert databases_like(undo) == [undo]
     assert drop_expired_undo_databases(now + timedelta(hours=3)) == [(alias, undo)]
     assert databases_like(undo) == []
+
+
+def left_by_an_interrupted_restore(database, suffix="0badcafe"):
+    """A database as a switch restore leaves it when its process is killed during the load."""
+    name = f"{name_prefix(database)}_restore_{suffix}"
+    as_superuser("postgres", f'CREATE DATABASE "{name}"')
+    return name
+
+
+def test_the_next_restore_drops_a_database_an_interrupted_restore_left(switching):
+    alias, database, role = switching
+    made = backup_of(alias)
+    left = left_by_an_interrupted_restore(database)
+    not_ours = left_by_an_interrupted_restore(database, "not_ours")
+
+    result = quick_restore(made.filename)
+
+    assert result.method == "switch"
+    assert f"Dropped {left}, a database that an interrupted restore had left beside this one." in result.warnings
+    assert databases_like(f"{name_prefix(database)}_restore_") == [not_ours]
+
+
+def test_the_cleanup_drops_what_interrupted_restores_left_unless_a_restore_is_running(switching):
+    alias, database, role = switching
+    engine = get_engine(alias)
+    left = left_by_an_interrupted_restore(database)
+    a_copy = left_by_an_interrupted_restore(database, "c0ffee00")
+    DatabaseCopy.objects.create(
+        name=a_copy, database=alias, engine="postgresql", host=engine.database_host, filename="x.sql.gz",
+        created_at=timezone.now(),
+    )  # fmt: skip
+
+    def cleanup(dry_run=False):
+        return services.cleanup_backups(actor=services.Actor.command(), dry_run=dry_run).dropped_interrupted_loads
+
+    with engine.lock(exclusive=True):  # a restore is running: it may be loading into one of them
+        assert cleanup() == []
+    output = io.StringIO()
+    call_command("backups", "cleanup", "--dry-run", stdout=output)
+    assert f"Would drop {left}, left beside {alias} by a switch restore that was interrupted" in output.getvalue()
+    assert databases_like(f"{name_prefix(database)}_restore_") == [left, a_copy]
+    assert cleanup() == [(alias, left)]
+    assert databases_like(f"{name_prefix(database)}_restore_") == [a_copy]
 
 
 def test_a_parallel_backup_restores_exactly_as_a_serial_one(pagila, backup_dir, settings):

@@ -177,9 +177,19 @@ class DatabaseEngine:
         """The undo databases that ``restore_beside`` left of this one: ``(name, made_at)`` pairs."""
         return []
 
+    def interrupted_loads(self):
+        """The new databases that ``restore_beside`` made and could not drop, its process killed
+        during the load: names. Only the holder of the exclusive ``operations`` lock (or of the
+        shared one, which keeps restores out) may take them for leftovers."""
+        return []
+
     def drop_undo_database(self, name):
         """Drop an undo database listed by ``undo_databases``."""
         raise NotImplementedError(f"{self.vendor} databases have no undo databases")
+
+    def drop_interrupted_load(self, name):
+        """Drop a database listed by ``interrupted_loads``."""
+        raise NotImplementedError(f"{self.vendor} databases are never restored beside the live one")
 
     def check_restore_requirements(self, requirements):
         """Raise ``InvalidRequest`` when this database lacks what a backup's

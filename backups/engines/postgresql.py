@@ -549,7 +549,7 @@ class PostgreSQLEngine(DatabaseEngine):
         return self.database_name != self.maintenance_database and bool(self.query_value(CAN_RESTORE_BESIDE))
 
     def restore_beside(self, stream, lock_timeout, check):
-        new = f"{name_prefix(self.database_name)}_restore_{secrets.token_hex(4)}"
+        new = f"{self.beside_prefix}{secrets.token_hex(4)}"
         live = self.database_properties()
         try:
             with self.maintenance_connection() as connection, refused("create a database beside it"):
@@ -676,6 +676,22 @@ class PostgreSQLEngine(DatabaseEngine):
     def drop_undo_database(self, name):
         if name not in dict(self.undo_databases()):
             raise ValueError(f"{name!r} is no undo database of {self.database_name}")
+        self.drop_database(name)
+
+    @property
+    def beside_prefix(self):
+        return f"{name_prefix(self.database_name)}_restore_"
+
+    def interrupted_loads(self):
+        prefix = self.beside_prefix
+        with self.maintenance_connection() as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT datname FROM pg_catalog.pg_database WHERE starts_with(datname, %s)", (prefix,))
+            names = [name for (name,) in cursor.fetchall()]
+        return sorted(name for name in names if re.fullmatch("[0-9a-f]{8}", name.removeprefix(prefix)))
+
+    def drop_interrupted_load(self, name):
+        if name not in self.interrupted_loads():
+            raise ValueError(f"{name!r} is no database that a restore beside {self.database_name} left")
         self.drop_database(name)
 
 

@@ -42,6 +42,7 @@ from .copies import usable_manifest
 from .journal import journal
 from .migrations import MigrationDiff, ahead_refusal, migrate_database, migration_diff, refuse_ahead, wants_migrate
 from .notify import notify
+from .retention import drop_interrupted_loads
 
 logger = logging.getLogger("backups")
 
@@ -173,6 +174,11 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress, s
             stage("checking")
             with verified_copy_anywhere(filename, manifest, result.warnings) as source:
                 prove_loadable(engine, source, filename, manifest.get("uncompressed_bytes"))
+                if result.method == "switch":  # the room the new database needs, before it is made
+                    result.warnings += [
+                        f"Dropped {name}, a database that an interrupted restore had left beside this one."
+                        for name in drop_interrupted_loads(engine)
+                    ]
                 if pre_restore_backup:
                     result.pre_restore_backup = take_pre_restore_backup(
                         engine, actor, f"Before restoring {filename}", stage

@@ -20,8 +20,8 @@ from django.utils import timezone
 
 from ..conf import backup_settings
 from ..engines import get_engine
-from ..exceptions import BackupError
-from ..models import Action, Backup, BackupStatus
+from ..exceptions import BackupError, OperationInProgress
+from ..models import Action, Backup, BackupStatus, DatabaseCopy
 from ..storage import destinations
 from .backups import remove_backup_files
 from .catalog import sync_catalog
@@ -44,6 +44,7 @@ class CleanupResult:
     removed_partials: list = field(default_factory=list)
     removed_copies: list = field(default_factory=list)  # (backup, [destination]) kept elsewhere
     dropped_undo_databases: list = field(default_factory=list)  # (alias, name) left by switch restores
+    dropped_interrupted_loads: list = field(default_factory=list)  # (alias, name) left by killed switch restores
 
     @property
     def total_size_freed(self):
@@ -130,6 +131,7 @@ def cleanup_backups(*, actor, dry_run=False, now=None):
             for backup, names in result.removed_copies:
                 remove_copies(backup, names)
         result.dropped_undo_databases = drop_expired_undo_databases(now, dry_run)
+        result.dropped_interrupted_loads = drop_every_interrupted_load(dry_run)
         operation.message = (
             f"{'Would delete' if dry_run else 'Deleted'} {len(result.deleted)} backups "
             f"({result.total_size_freed} bytes), kept {len(result.kept)}"
@@ -140,6 +142,7 @@ def cleanup_backups(*, actor, dry_run=False, now=None):
             "deleted_files": [b.filename for b in result.deleted],
             "removed_copies": {backup.filename: names for backup, names in result.removed_copies},
             "dropped_undo_databases": [name for _alias, name in result.dropped_undo_databases],
+            "dropped_interrupted_loads": [name for _alias, name in result.dropped_interrupted_loads],
             "dry_run": dry_run,
         }
     return result
@@ -188,4 +191,43 @@ def drop_expired_undo_databases(now, dry_run=False):
                     dropped.append((alias, name))
         except BackupError as exc:
             logger.warning("Undo databases of %s not checked: %s", alias, exc.message)
+    return dropped
+
+
+def drop_interrupted_loads(engine, dry_run=False):
+    """Drop the databases that restores beside ``engine``'s database made and could not drop
+    themselves (their process was killed during the load), each a copy of the database's size;
+    returns their names. The caller holds the database's ``operations`` lock, which keeps any
+    restore that could still be loading one out. A name that a database copy or a configured
+    alias uses is never taken for one."""
+    taken = set(
+        DatabaseCopy.objects.filter(engine=engine.vendor, host=engine.database_host).values_list("name", flat=True)
+    ) | {
+        str(settings.get("NAME"))
+        for settings in connections.settings.values()
+        if settings.get("HOST", "") == engine.settings_dict.get("HOST", "")
+    }
+    names = [name for name in engine.interrupted_loads() if name not in taken]
+    for name in names:
+        if not dry_run:
+            engine.drop_interrupted_load(name)
+            logger.warning("Dropped %s, a database that an interrupted restore left beside %s", name, engine.alias)
+    return names
+
+
+def drop_every_interrupted_load(dry_run=False):
+    """``drop_interrupted_loads`` for every database that no restore is running on now; returns
+    (alias, name) of each. A database out of reach, or being restored, is skipped, not fatal."""
+    dropped = []
+    for alias in sorted(connections.settings):
+        try:
+            engine = get_engine(alias)
+            if not engine.interrupted_loads():
+                continue
+            with engine.lock(exclusive=False):  # as a backup does: a restore cannot start meanwhile
+                dropped += [(alias, name) for name in drop_interrupted_loads(engine, dry_run)]
+        except OperationInProgress:
+            logger.info("Databases left beside %s not checked: a restore of it is running", alias)
+        except BackupError as exc:
+            logger.warning("Databases left beside %s not checked: %s", alias, exc.message)
     return dropped

@@ -469,9 +469,11 @@ class Command(BaseCommand):
             self.stdout.write(f"{verb} {backup.filename} ({human_size(backup.size_bytes)})")
         for filename, reasons in sorted(result.kept.items()):
             self.stdout.write(f"Kept {filename}: {'; '.join(reasons)}")
+        verb_drop = "Would drop" if dry_run else "Dropped"
         for alias, name in result.dropped_undo_databases:
-            verb_undo = "Would drop" if dry_run else "Dropped"
-            self.stdout.write(f"{verb_undo} {name}, the database a switch restore of {alias} replaced")
+            self.stdout.write(f"{verb_drop} {name}, the database a switch restore of {alias} replaced")
+        for alias, name in result.dropped_interrupted_loads:
+            self.stdout.write(f"{verb_drop} {name}, left beside {alias} by a switch restore that was interrupted")
         self.stdout.write(
             f"{verb} {len(result.deleted)} backups, {human_size(result.total_size_freed)} "
             f"(retention {result.retention_days} days)."
