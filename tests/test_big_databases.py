@@ -20,7 +20,6 @@ from backups import services
 from backups.engines import get_engine, pg_parallel, postgresql
 from backups.engines.base import name_prefix
 from backups.exceptions import DatabaseBusy, InvalidRequest, RestoreFailed
-from backups.models import DatabaseCopy
 from backups.services import restore as restore_service
 from backups.services.copies import write_manifest
 from backups.services.retention import drop_expired_undo_databases
@@ -518,35 +517,42 @@ def test_the_undo_database_is_dropped_after_its_time(switching, settings):
     assert databases_like(undo) == []
 
 
-def left_by_an_interrupted_restore(database, suffix="0badcafe"):
-    """A database as a switch restore leaves it when its process is killed during the load."""
-    name = f"{name_prefix(database)}_restore_{suffix}"
-    as_superuser("postgres", f'CREATE DATABASE "{name}"')
-    return name
+def left_by_an_interrupted_restore(made, monkeypatch):
+    """The database a switch restore of ``made`` leaves when its process is killed just before
+    the switch: made, marked and loaded by restore_beside, never dropped."""
+    prefix = f"{name_prefix(made.database_name)}_restore_"
+    before = set(databases_like(prefix))
+    with monkeypatch.context() as killed:
+        killed.setattr(postgresql.PostgreSQLEngine, "drop_database", lambda engine, name: None)
+        killed.setattr(postgresql, "end_sessions", fail_after(lambda cursor, databases: None))
+        killed.setattr(restore_service, "drop_interrupted_loads", lambda engine: [])  # keep the others
+        with pytest.raises(Failure):
+            quick_restore(made.filename)
+    [left] = set(databases_like(prefix)) - before
+    return left
 
 
-def test_the_next_restore_drops_a_database_an_interrupted_restore_left(switching):
+def test_the_next_restore_drops_a_database_an_interrupted_restore_left(switching, monkeypatch):
     alias, database, role = switching
+    properties = database_properties(database)
     made = backup_of(alias)
-    left = left_by_an_interrupted_restore(database)
-    not_ours = left_by_an_interrupted_restore(database, "not_ours")
+    left = left_by_an_interrupted_restore(made, monkeypatch)
+    hand_made = f"{name_prefix(database)}_restore_20261204"  # a name alone proves nothing
+    as_superuser("postgres", f"CREATE DATABASE {hand_made}")
 
     result = quick_restore(made.filename)
 
     assert result.method == "switch"
     assert f"Dropped {left}, a database that an interrupted restore had left beside this one." in result.warnings
-    assert databases_like(f"{name_prefix(database)}_restore_") == [not_ours]
+    assert databases_like(f"{name_prefix(database)}_restore_") == [hand_made]
+    assert database_properties(database) == properties  # the mark went with the switch
 
 
-def test_the_cleanup_drops_what_interrupted_restores_left_unless_a_restore_is_running(switching):
+def test_the_cleanup_drops_what_interrupted_restores_left_unless_a_restore_is_running(switching, monkeypatch):
     alias, database, role = switching
     engine = get_engine(alias)
-    left = left_by_an_interrupted_restore(database)
-    a_copy = left_by_an_interrupted_restore(database, "c0ffee00")
-    DatabaseCopy.objects.create(
-        name=a_copy, database=alias, engine="postgresql", host=engine.database_host, filename="x.sql.gz",
-        created_at=timezone.now(),
-    )  # fmt: skip
+    made = backup_of(alias)
+    left, looked_at = sorted(left_by_an_interrupted_restore(made, monkeypatch) for _ in range(2))
 
     def cleanup(dry_run=False):
         return services.cleanup_backups(actor=services.Actor.command(), dry_run=dry_run).dropped_interrupted_loads
@@ -556,9 +562,14 @@ def test_the_cleanup_drops_what_interrupted_restores_left_unless_a_restore_is_ru
     output = io.StringIO()
     call_command("backups", "cleanup", "--dry-run", stdout=output)
     assert f"Would drop {left}, left beside {alias} by a switch restore that was interrupted" in output.getvalue()
-    assert databases_like(f"{name_prefix(database)}_restore_") == [left, a_copy]
-    assert cleanup() == [(alias, left)]
-    assert databases_like(f"{name_prefix(database)}_restore_") == [a_copy]
+    session = server_connection(looked_at)  # someone looking at it: it stays
+    try:
+        assert cleanup() == [(alias, left)]
+        assert databases_like(f"{name_prefix(database)}_restore_") == [looked_at]
+    finally:
+        session.close()
+    assert cleanup() == [(alias, looked_at)]
+    assert databases_like(f"{name_prefix(database)}_restore_") == []
 
 
 def test_a_parallel_backup_restores_exactly_as_a_serial_one(pagila, backup_dir, settings):

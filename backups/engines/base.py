@@ -178,9 +178,9 @@ class DatabaseEngine:
         return []
 
     def interrupted_loads(self):
-        """The new databases that ``restore_beside`` made and could not drop, its process killed
-        during the load: names. Only the holder of the exclusive ``operations`` lock (or of the
-        shared one, which keeps restores out) may take them for leftovers."""
+        """The new databases that ``restore_beside`` made for this one and could not drop, its
+        process killed during the load: names. Only the holder of the ``operations`` lock (which
+        keeps restores out) may take them for leftovers."""
         return []
 
     def drop_undo_database(self, name):
@@ -188,7 +188,7 @@ class DatabaseEngine:
         raise NotImplementedError(f"{self.vendor} databases have no undo databases")
 
     def drop_interrupted_load(self, name):
-        """Drop a database listed by ``interrupted_loads``."""
+        """Drop ``name`` if ``interrupted_loads`` lists it; ``DatabaseBusy`` if it has sessions."""
         raise NotImplementedError(f"{self.vendor} databases are never restored beside the live one")
 
     def check_restore_requirements(self, requirements):

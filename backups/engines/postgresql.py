@@ -254,7 +254,7 @@ DATABASE_PROPERTIES = f"""
 SELECT pg_catalog.pg_encoding_to_char(d.encoding) AS encoding, d.datcollate AS collate, d.datctype AS ctype,
        d.datlocprovider AS locale_provider, d.daticulocale AS icu_locale, t.spcname AS tablespace,
        d.datdba::pg_catalog.regrole::text AS owner, pg_catalog.shobj_description(d.oid, 'pg_database') AS comment,
-       d.datconnlimit AS limit, d.datallowconn AS allow_connections,
+       d.datconnlimit AS limit, d.datallowconn AS allow_connections, d.datacl IS NULL AS default_grants,
        ({PUBLIC_OWNER}) AS public_owner
 FROM pg_catalog.pg_database d JOIN pg_catalog.pg_tablespace t ON t.oid = d.dattablespace
 WHERE d.datname = pg_catalog.current_database()
@@ -290,6 +290,11 @@ VERSION_PATTERN = re.compile(r"(\d+)(?:\.(\d+))?")
 OWN_COPY = (
     "tableoid <> ALL (ARRAY(SELECT c::oid FROM unnest(%s::text[]) name, to_regclass(name) c WHERE c IS NOT NULL))"
 )
+INTERRUPTED_LOADS = """
+SELECT datname FROM pg_catalog.pg_database d
+WHERE starts_with(datname, %s) AND pg_catalog.shobj_description(d.oid, 'pg_database') = %s
+  AND NOT pg_catalog.pg_is_in_recovery()
+"""
 PARTITIONED_TABLE = "SELECT EXISTS (SELECT FROM pg_catalog.pg_class WHERE oid = to_regclass(%s) AND relkind = 'p')"
 # schema.table as pg_dump writes it in COPY headers, each part plain or double-quoted.
 QUALIFIED_NAME = re.compile(r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\.(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)')
@@ -554,6 +559,7 @@ class PostgreSQLEngine(DatabaseEngine):
         try:
             with self.maintenance_connection() as connection, refused("create a database beside it"):
                 create_database_like(connection, new, live)
+                mark_as_loading(connection, new, self.database_name)  # until the switch
             sibling = PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": new})
             with refused("give the new database's public schema the live one's owner"):
                 sibling.adopt_public_owner(live["public_owner"])
@@ -602,6 +608,7 @@ class PostgreSQLEngine(DatabaseEngine):
                     try:
                         cursor.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(name, undo_name))
                         cursor.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(new_name, name))
+                        comment_on_database(cursor, self.database_name, live["comment"])
                         connection.commit()
                         switched = True
                     except errors.ObjectInUse:
@@ -683,16 +690,26 @@ class PostgreSQLEngine(DatabaseEngine):
         return f"{name_prefix(self.database_name)}_restore_"
 
     def interrupted_loads(self):
+        # Only databases marked by restore_beside for this very database: a name alone could be
+        # anyone's. A standby lists the primary's databases, loads under way included: none there.
         prefix = self.beside_prefix
         with self.maintenance_connection() as connection, connection.cursor() as cursor:
-            cursor.execute("SELECT datname FROM pg_catalog.pg_database WHERE starts_with(datname, %s)", (prefix,))
+            cursor.execute(INTERRUPTED_LOADS, (prefix, loading_mark(self.database_name)))
             names = [name for (name,) in cursor.fetchall()]
         return sorted(name for name in names if re.fullmatch("[0-9a-f]{8}", name.removeprefix(prefix)))
 
     def drop_interrupted_load(self, name):
+        import psycopg2
+        from psycopg2 import sql
+
         if name not in self.interrupted_loads():
-            raise ValueError(f"{name!r} is no database that a restore beside {self.database_name} left")
-        self.drop_database(name)
+            return  # gone meanwhile, or never one
+        # Without FORCE: a database with sessions (a load whose lock was lost, someone looking) stays.
+        with self.maintenance_connection() as connection, connection.cursor() as cursor:
+            try:
+                cursor.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+            except psycopg2.Error as exc:
+                raise DatabaseBusy(f"{name} was not dropped: {str(exc).strip().splitlines()[0]}.") from None
 
 
 @contextmanager
@@ -723,6 +740,23 @@ def end_sessions(cursor, databases):
             pass
 
 
+def loading_mark(database):
+    return f"hoppybrew: a restore of {database} loading beside it"
+
+
+def mark_as_loading(connection, name, database):
+    """Say on the new database whose restore is loading into it: what a killed restore leaves is
+    known by this, not by its name alone."""
+    with connection.cursor() as cursor:
+        comment_on_database(cursor, name, loading_mark(database))
+
+
+def comment_on_database(cursor, name, comment):
+    from psycopg2 import sql
+
+    cursor.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(comment)))
+
+
 def create_database_like(connection, name, live):
     """A new empty database with the live one's encoding, locale and tablespace."""
     from psycopg2 import sql
@@ -741,14 +775,14 @@ def create_database_like(connection, name, live):
 
 
 def copy_database_properties(connection, name, live):
-    """Give database ``name`` what lives on the live database itself: owner, comment,
-    connection limit, settings (ALTER DATABASE/ROLE ... SET) and grants."""
+    """Give database ``name`` what lives on the live database itself: owner, connection limit,
+    settings (ALTER DATABASE/ROLE ... SET) and grants. Its comment comes with the switch, which
+    replaces ``mark_as_loading``'s."""
     from psycopg2 import sql
 
     target = sql.Identifier(name)
     with connection.cursor() as cursor:
         cursor.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(target, sql.Identifier(live["owner"])))
-        cursor.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(target, sql.Literal(live["comment"])))
         cursor.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT {}").format(target, sql.Literal(live["limit"])))
         for role, setting, value in live["settings"]:
             # List settings (search_path) come back as the server wrote them, quoted as needed.
@@ -760,6 +794,8 @@ def copy_database_properties(connection, name, live):
                     sql.Identifier(role), target, sql.Identifier(setting), value
                 )
             cursor.execute(statement)
+        if live["default_grants"]:  # never granted nor revoked: a new database's are the same
+            return
         cursor.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(target))
         for grantee, privilege, grantable in live["grants"]:
             cursor.execute(

@@ -175,9 +175,12 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress, s
             with verified_copy_anywhere(filename, manifest, result.warnings) as source:
                 prove_loadable(engine, source, filename, manifest.get("uncompressed_bytes"))
                 if result.method == "switch":  # the room the new database needs, before it is made
+                    dropped = drop_interrupted_loads(engine)
+                    if dropped:
+                        record.details = {**record.details, "dropped_interrupted_loads": dropped}
                     result.warnings += [
                         f"Dropped {name}, a database that an interrupted restore had left beside this one."
-                        for name in drop_interrupted_loads(engine)
+                        for name in dropped
                     ]
                 if pre_restore_backup:
                     result.pre_restore_backup = take_pre_restore_backup(

@@ -21,7 +21,7 @@ from django.utils import timezone
 from ..conf import backup_settings
 from ..engines import get_engine
 from ..exceptions import BackupError, OperationInProgress
-from ..models import Action, Backup, BackupStatus, DatabaseCopy
+from ..models import Action, Backup, BackupStatus
 from ..storage import destinations
 from .backups import remove_backup_files
 from .catalog import sync_catalog
@@ -197,22 +197,19 @@ def drop_expired_undo_databases(now, dry_run=False):
 def drop_interrupted_loads(engine, dry_run=False):
     """Drop the databases that restores beside ``engine``'s database made and could not drop
     themselves (their process was killed during the load), each a copy of the database's size;
-    returns their names. The caller holds the database's ``operations`` lock, which keeps any
-    restore that could still be loading one out. A name that a database copy or a configured
-    alias uses is never taken for one."""
-    taken = set(
-        DatabaseCopy.objects.filter(engine=engine.vendor, host=engine.database_host).values_list("name", flat=True)
-    ) | {
-        str(settings.get("NAME"))
-        for settings in connections.settings.values()
-        if settings.get("HOST", "") == engine.settings_dict.get("HOST", "")
-    }
-    names = [name for name in engine.interrupted_loads() if name not in taken]
-    for name in names:
+    returns the names dropped. The caller holds the database's ``operations`` lock, which keeps
+    out any restore that could still be loading one; one that has sessions is left, and said."""
+    dropped = []
+    for name in engine.interrupted_loads():
         if not dry_run:
-            engine.drop_interrupted_load(name)
+            try:
+                engine.drop_interrupted_load(name)
+            except BackupError as exc:
+                logger.warning("A database an interrupted restore left beside %s: %s", engine.alias, exc.message)
+                continue
             logger.warning("Dropped %s, a database that an interrupted restore left beside %s", name, engine.alias)
-    return names
+        dropped.append(name)
+    return dropped
 
 
 def drop_every_interrupted_load(dry_run=False):
