@@ -525,7 +525,7 @@ def left_by_an_interrupted_restore(made, monkeypatch):
     with monkeypatch.context() as killed:
         killed.setattr(postgresql.PostgreSQLEngine, "drop_database", lambda engine, name: None)
         killed.setattr(postgresql, "end_sessions", fail_after(lambda cursor, databases: None))
-        killed.setattr(restore_service, "drop_interrupted_loads", lambda engine: [])  # keep the others
+        killed.setattr(restore_service, "drop_interrupted_loads", lambda engine, **options: [])  # keep the others
         with pytest.raises(Failure):
             quick_restore(made.filename)
     [left] = set(databases_like(prefix)) - before
@@ -539,12 +539,18 @@ def test_the_next_restore_drops_a_database_an_interrupted_restore_left(switching
     left = left_by_an_interrupted_restore(made, monkeypatch)
     hand_made = f"{name_prefix(database)}_restore_20261204"  # a name alone proves nothing
     as_superuser("postgres", f"CREATE DATABASE {hand_made}")
+    anothers = f"{name_prefix(database)}_restore_abcdef12"  # a database whose 40 first bytes are the same
+    as_superuser(
+        "postgres",
+        f"CREATE DATABASE {anothers}",
+        f"COMMENT ON DATABASE {anothers} IS '{postgresql.loading_mark(database + '_too')}'",
+    )
 
     result = quick_restore(made.filename)
 
     assert result.method == "switch"
     assert f"Dropped {left}, a database that an interrupted restore had left beside this one." in result.warnings
-    assert databases_like(f"{name_prefix(database)}_restore_") == [hand_made]
+    assert databases_like(f"{name_prefix(database)}_restore_") == [hand_made, anothers]
     assert database_properties(database) == properties  # the mark went with the switch
 
 

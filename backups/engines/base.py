@@ -188,7 +188,8 @@ class DatabaseEngine:
         raise NotImplementedError(f"{self.vendor} databases have no undo databases")
 
     def drop_interrupted_load(self, name):
-        """Drop ``name`` if ``interrupted_loads`` lists it; ``DatabaseBusy`` if it has sessions."""
+        """Drop ``name`` if ``interrupted_loads`` lists it, and say whether it did; ``DatabaseBusy``
+        if it has sessions."""
         raise NotImplementedError(f"{self.vendor} databases are never restored beside the live one")
 
     def check_restore_requirements(self, requirements):

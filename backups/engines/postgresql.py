@@ -692,9 +692,16 @@ class PostgreSQLEngine(DatabaseEngine):
     def interrupted_loads(self):
         # Only databases marked by restore_beside for this very database: a name alone could be
         # anyone's. A standby lists the primary's databases, loads under way included: none there.
+        import psycopg2
+
         prefix = self.beside_prefix
         with self.maintenance_connection() as connection, connection.cursor() as cursor:
-            cursor.execute(INTERRUPTED_LOADS, (prefix, loading_mark(self.database_name)))
+            try:
+                cursor.execute(INTERRUPTED_LOADS, (prefix, loading_mark(self.database_name)))
+            except psycopg2.Error as exc:
+                raise DatabaseUnavailable(
+                    f"Cannot list the databases beside {self.describe()}: {first_line(exc)}"
+                ) from None
             names = [name for (name,) in cursor.fetchall()]
         return sorted(name for name in names if re.fullmatch("[0-9a-f]{8}", name.removeprefix(prefix)))
 
@@ -703,13 +710,14 @@ class PostgreSQLEngine(DatabaseEngine):
         from psycopg2 import sql
 
         if name not in self.interrupted_loads():
-            return  # gone meanwhile, or never one
+            return False  # gone meanwhile, or never one
         # Without FORCE: a database with sessions (a load whose lock was lost, someone looking) stays.
         with self.maintenance_connection() as connection, connection.cursor() as cursor:
             try:
                 cursor.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
             except psycopg2.Error as exc:
-                raise DatabaseBusy(f"{name} was not dropped: {str(exc).strip().splitlines()[0]}.") from None
+                raise DatabaseBusy(f"{name} was not dropped: {first_line(exc)}.") from None
+        return True
 
 
 @contextmanager
@@ -738,6 +746,11 @@ def end_sessions(cursor, databases):
             cursor.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (pid,))
         except psycopg2.Error:
             pass
+
+
+def first_line(exc):
+    said = str(exc).strip()
+    return said.splitlines()[0] if said else type(exc).__name__
 
 
 def loading_mark(database):

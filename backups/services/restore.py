@@ -174,14 +174,8 @@ def _restore(filename, actor, target, pre_restore_backup, operation, progress, s
             stage("checking")
             with verified_copy_anywhere(filename, manifest, result.warnings) as source:
                 prove_loadable(engine, source, filename, manifest.get("uncompressed_bytes"))
-                if result.method == "switch":  # the room the new database needs, before it is made
-                    dropped = drop_interrupted_loads(engine)
-                    if dropped:
-                        record.details = {**record.details, "dropped_interrupted_loads": dropped}
-                    result.warnings += [
-                        f"Dropped {name}, a database that an interrupted restore had left beside this one."
-                        for name in dropped
-                    ]
+                if result.method == "switch":
+                    drop_leftovers_before_switch(engine, record, result.warnings)
                 if pre_restore_backup:
                     result.pre_restore_backup = take_pre_restore_backup(
                         engine, actor, f"Before restoring {filename}", stage
@@ -240,6 +234,21 @@ class RestorePreview:
     def refused(self):
         """Why the restore would be refused unless forced (a backup from newer code), or None."""
         return ahead_refusal(self.migrations)
+
+
+def drop_leftovers_before_switch(engine, record, warnings):
+    """Before a switch makes its new database: drop those that interrupted restores left, which
+    take the room it needs. Housekeeping: a failure is a warning, never the restore's."""
+    try:
+        dropped = drop_interrupted_loads(engine, warnings=warnings)
+    except BackupError as exc:
+        warnings.append(f"The databases that interrupted restores may have left were not looked for: {exc.message}")
+        return
+    if dropped:
+        record.details = {**record.details, "dropped_interrupted_loads": dropped}
+    warnings.extend(
+        f"Dropped {name}, a database that an interrupted restore had left beside this one." for name in dropped
+    )
 
 
 def restore_preview(filename, *, actor, target=None, kind=Action.RESTORE):

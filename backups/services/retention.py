@@ -194,18 +194,22 @@ def drop_expired_undo_databases(now, dry_run=False):
     return dropped
 
 
-def drop_interrupted_loads(engine, dry_run=False):
+def drop_interrupted_loads(engine, dry_run=False, warnings=None):
     """Drop the databases that restores beside ``engine``'s database made and could not drop
     themselves (their process was killed during the load), each a copy of the database's size;
     returns the names dropped. The caller holds the database's ``operations`` lock, which keeps
-    out any restore that could still be loading one; one that has sessions is left, and said."""
+    out any restore that could still be loading one. One that has sessions is left, and said in
+    the log and in ``warnings``."""
     dropped = []
     for name in engine.interrupted_loads():
         if not dry_run:
             try:
-                engine.drop_interrupted_load(name)
+                if not engine.drop_interrupted_load(name):
+                    continue
             except BackupError as exc:
                 logger.warning("A database an interrupted restore left beside %s: %s", engine.alias, exc.message)
+                if warnings is not None:
+                    warnings.append(f"A database that an interrupted restore left beside this one: {exc.message}")
                 continue
             logger.warning("Dropped %s, a database that an interrupted restore left beside %s", name, engine.alias)
         dropped.append(name)
