@@ -21,6 +21,7 @@ from backups.engines import get_engine, pg_parallel, postgresql
 from backups.engines.base import name_prefix
 from backups.exceptions import DatabaseBusy, InvalidRequest, RestoreFailed
 from backups.services import restore as restore_service
+from backups.services import retention
 from backups.services.copies import write_manifest
 from backups.services.retention import drop_expired_undo_databases
 
@@ -576,6 +577,42 @@ def test_the_cleanup_drops_what_interrupted_restores_left_unless_a_restore_is_ru
         session.close()
     assert cleanup() == [(alias, looked_at)]
     assert databases_like(f"{name_prefix(database)}_restore_") == []
+
+
+def left_by_a_killed_drill(made, monkeypatch):
+    """The scratch database a restore drill of ``made`` leaves when its process is killed: made,
+    marked and loaded, never dropped."""
+    prefix = f"{name_prefix(made.database_name)}_drill_"
+    before = set(databases_like(prefix))
+    with monkeypatch.context() as killed:
+        killed.setattr(postgresql.PostgreSQLEngine, "drop_database", lambda engine, name: None)
+        services.verify_backup(made.filename, actor=services.Actor.command(), level="restore")
+    [left] = set(databases_like(prefix)) - before
+    return left
+
+
+def test_the_cleanup_drops_a_scratch_database_a_killed_drill_left_once_it_is_a_day_old(pagila, monkeypatch):
+    alias, database, role = pagila
+    made = backup_of(alias)
+    left = left_by_a_killed_drill(made, monkeypatch)
+    hand_made = f"{name_prefix(database)}_drill_abcdef12"  # a name alone proves nothing
+    as_superuser("postgres", f"CREATE DATABASE {hand_made}")
+
+    def cleanup(days_later):
+        later = timezone.now() + timedelta(days=days_later)
+        return services.cleanup_backups(actor=services.Actor.command(), now=later).dropped_scratches
+
+    try:
+        assert cleanup(0) == []  # a drill may still be loading it
+        with monkeypatch.context() as a_day_later:
+            a_day_later.setattr(retention, "STALE_SCRATCH_HOURS", -1)
+            output = io.StringIO()
+            call_command("backups", "cleanup", "--dry-run", stdout=output)
+        assert f"Would drop {left}, a scratch database of {alias} that a killed drill" in output.getvalue()
+        assert cleanup(2) == [(alias, left)]
+        assert databases_like(f"{name_prefix(database)}_drill_") == [hand_made]
+    finally:
+        as_superuser("postgres", f"DROP DATABASE IF EXISTS {left}", f"DROP DATABASE IF EXISTS {hand_made}")
 
 
 def test_a_parallel_backup_restores_exactly_as_a_serial_one(pagila, backup_dir, settings):

@@ -232,9 +232,24 @@ class DatabaseEngine:
         server = type(self)(self.alias, self.drill_server())  # BACKUP_VERIFY_DATABASE_URL's, if set
         engine = server.create_database(self.scratch_name(), advice=self.scratch_advice())
         try:
+            server.mark_scratch(engine.database_name, self.database_name)
             yield engine
         finally:
             server.drop_database(engine.database_name)
+
+    def mark_scratch(self, name, database):
+        """Hook: say on the scratch database ``name`` (of ``database``) when it was made, so that
+        ``stale_scratches`` knows it if its process dies. Engines without database comments keep this."""
+
+    def stale_scratches(self, made_before):
+        """The scratch databases of this one that killed processes left on the drill server:
+        marked by ``mark_scratch`` before ``made_before`` (no drill lasts that long)."""
+        return []
+
+    def drop_stale_scratch(self, name, made_before):
+        """Drop ``name`` if ``stale_scratches`` lists it, and say whether it did; ``DatabaseBusy``
+        if it has sessions."""
+        raise NotImplementedError(f"{self.vendor} databases do not mark their scratch databases")
 
     def scratch_advice(self):
         """What to do when a scratch database cannot be created, for the error."""

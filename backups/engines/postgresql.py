@@ -290,11 +290,14 @@ VERSION_PATTERN = re.compile(r"(\d+)(?:\.(\d+))?")
 OWN_COPY = (
     "tableoid <> ALL (ARRAY(SELECT c::oid FROM unnest(%s::text[]) name, to_regclass(name) c WHERE c IS NOT NULL))"
 )
-INTERRUPTED_LOADS = """
-SELECT datname FROM pg_catalog.pg_database d
-WHERE starts_with(datname, %s) AND pg_catalog.shobj_description(d.oid, 'pg_database') = %s
+# Databases whose name starts so and whose comment starts with a mark, on a server that is no
+# standby (which lists its primary's databases, those in use included).
+MARKED_DATABASES = """
+SELECT datname, pg_catalog.shobj_description(d.oid, 'pg_database') FROM pg_catalog.pg_database d
+WHERE starts_with(datname, %s) AND starts_with(pg_catalog.shobj_description(d.oid, 'pg_database'), %s)
   AND NOT pg_catalog.pg_is_in_recovery()
 """
+MARK_TIME = "%Y-%m-%dT%H:%M:%SZ"
 PARTITIONED_TABLE = "SELECT EXISTS (SELECT FROM pg_catalog.pg_class WHERE oid = to_regclass(%s) AND relkind = 'p')"
 # schema.table as pg_dump writes it in COPY headers, each part plain or double-quoted.
 QUALIFIED_NAME = re.compile(r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)\.(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)')
@@ -691,32 +694,66 @@ class PostgreSQLEngine(DatabaseEngine):
 
     def interrupted_loads(self):
         # Only databases marked by restore_beside for this very database: a name alone could be
-        # anyone's. A standby lists the primary's databases, loads under way included: none there.
+        # anyone's.
+        prefix, mark = self.beside_prefix, loading_mark(self.database_name)
+        return sorted(
+            name
+            for name, comment in self.marked_databases(self, prefix, mark)
+            if comment == mark and re.fullmatch("[0-9a-f]{8}", name.removeprefix(prefix))
+        )
+
+    def mark_scratch(self, name, database):
+        with self.maintenance_connection() as connection, connection.cursor() as cursor:
+            comment_on_database(cursor, name, f"{scratch_mark(database)}{datetime.now(UTC):{MARK_TIME}}")
+
+    def stale_scratches(self, made_before):
+        prefix, mark = f"{name_prefix(self.database_name)}_drill_", scratch_mark(self.database_name)
+        stale = []
+        for name, comment in self.marked_databases(PostgreSQLEngine(self.alias, self.drill_server()), prefix, mark):
+            try:
+                made_at = datetime.strptime(comment.removeprefix(mark), MARK_TIME).replace(tzinfo=UTC)
+            except ValueError:
+                continue
+            if made_at < made_before and re.fullmatch("[0-9a-f]{8}", name.removeprefix(prefix)):
+                stale.append(name)
+        return sorted(stale)
+
+    def marked_databases(self, server, prefix, mark):
+        """(name, comment) of the databases on ``server`` named ``prefix``... whose comment starts
+        with ``mark``."""
         import psycopg2
 
-        prefix = self.beside_prefix
-        with self.maintenance_connection() as connection, connection.cursor() as cursor:
+        with server.maintenance_connection() as connection, connection.cursor() as cursor:
             try:
-                cursor.execute(INTERRUPTED_LOADS, (prefix, loading_mark(self.database_name)))
+                cursor.execute(MARKED_DATABASES, (prefix, mark))
             except psycopg2.Error as exc:
                 raise DatabaseUnavailable(
-                    f"Cannot list the databases beside {self.describe()}: {first_line(exc)}"
+                    f"Cannot list the databases made for {self.describe()}: {first_line(exc)}"
                 ) from None
-            names = [name for (name,) in cursor.fetchall()]
-        return sorted(name for name in names if re.fullmatch("[0-9a-f]{8}", name.removeprefix(prefix)))
+            return cursor.fetchall()
 
-    def drop_interrupted_load(self, name):
+    def drop_stale_scratch(self, name, made_before):
+        if name not in self.stale_scratches(made_before):
+            return False
+        PostgreSQLEngine(self.alias, self.drill_server()).drop_unused(name)
+        return True
+
+    def drop_unused(self, name):
+        """Drop the database ``name`` unless it has sessions (``DatabaseBusy`` then): no FORCE."""
         import psycopg2
         from psycopg2 import sql
 
-        if name not in self.interrupted_loads():
-            return False  # gone meanwhile, or never one
-        # Without FORCE: a database with sessions (a load whose lock was lost, someone looking) stays.
         with self.maintenance_connection() as connection, connection.cursor() as cursor:
             try:
                 cursor.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
             except psycopg2.Error as exc:
                 raise DatabaseBusy(f"{name} was not dropped: {first_line(exc)}.") from None
+
+    def drop_interrupted_load(self, name):
+        if name not in self.interrupted_loads():
+            return False  # gone meanwhile, or never one
+        # Without FORCE: a database with sessions (a load whose lock was lost, someone looking) stays.
+        self.drop_unused(name)
         return True
 
 
@@ -751,6 +788,10 @@ def end_sessions(cursor, databases):
 def first_line(exc):
     said = str(exc).strip()
     return said.splitlines()[0] if said else type(exc).__name__
+
+
+def scratch_mark(database):
+    return f"hoppybrew: a scratch database of {database}, made "
 
 
 def loading_mark(database):

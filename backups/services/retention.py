@@ -14,6 +14,7 @@ kept by its policy, and a backup goes only when no destination keeps it.
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from functools import partial
 
 from django.db import connections
 from django.utils import timezone
@@ -29,6 +30,9 @@ from .copies import remove_copies
 from .journal import journal
 
 logger = logging.getLogger("backups")
+# A scratch database marked longer ago than this is one a killed process left: no drill lasts a day.
+STALE_SCRATCH_HOURS = 24
+KILLED_SCRATCH_USER = "a killed drill or model restore"
 
 FINISHED = (BackupStatus.SUCCEEDED, BackupStatus.FAILED, BackupStatus.MISSING)
 
@@ -45,6 +49,7 @@ class CleanupResult:
     removed_copies: list = field(default_factory=list)  # (backup, [destination]) kept elsewhere
     dropped_undo_databases: list = field(default_factory=list)  # (alias, name) left by switch restores
     dropped_interrupted_loads: list = field(default_factory=list)  # (alias, name) left by killed switch restores
+    dropped_scratches: list = field(default_factory=list)  # (alias, name) left by killed drills
 
     @property
     def total_size_freed(self):
@@ -132,6 +137,7 @@ def cleanup_backups(*, actor, dry_run=False, now=None):
                 remove_copies(backup, names)
         result.dropped_undo_databases = drop_expired_undo_databases(now, dry_run)
         result.dropped_interrupted_loads = drop_every_interrupted_load(dry_run)
+        result.dropped_scratches = drop_stale_scratches(now, dry_run)
         operation.message = (
             f"{'Would delete' if dry_run else 'Deleted'} {len(result.deleted)} backups "
             f"({result.total_size_freed} bytes), kept {len(result.kept)}"
@@ -143,6 +149,7 @@ def cleanup_backups(*, actor, dry_run=False, now=None):
             "removed_copies": {backup.filename: names for backup, names in result.removed_copies},
             "dropped_undo_databases": [name for _alias, name in result.dropped_undo_databases],
             "dropped_interrupted_loads": [name for _alias, name in result.dropped_interrupted_loads],
+            "dropped_scratches": [name for _alias, name in result.dropped_scratches],
             "dry_run": dry_run,
         }
     return result
@@ -198,21 +205,45 @@ def drop_interrupted_loads(engine, dry_run=False, warnings=None):
     """Drop the databases that restores beside ``engine``'s database made and could not drop
     themselves (their process was killed during the load), each a copy of the database's size;
     returns the names dropped. The caller holds the database's ``operations`` lock, which keeps
-    out any restore that could still be loading one. One that has sessions is left, and said in
-    the log and in ``warnings``."""
+    out any restore that could still be loading one."""
+    return drop_leftovers(
+        engine, engine.interrupted_loads(), engine.drop_interrupted_load, "an interrupted restore", dry_run, warnings
+    )
+
+
+def drop_leftovers(engine, names, drop, left_by, dry_run=False, warnings=None):
+    """Drop each of ``names`` with ``drop(name)`` (False: gone meanwhile); returns those dropped.
+    One that has sessions is left, and said in the log and in ``warnings``."""
     dropped = []
-    for name in engine.interrupted_loads():
+    for name in names:
         if not dry_run:
             try:
-                if not engine.drop_interrupted_load(name):
+                if not drop(name):
                     continue
             except BackupError as exc:
-                logger.warning("A database an interrupted restore left beside %s: %s", engine.alias, exc.message)
+                logger.warning("A database %s left beside %s: %s", left_by, engine.alias, exc.message)
                 if warnings is not None:
-                    warnings.append(f"A database that an interrupted restore left beside this one: {exc.message}")
+                    warnings.append(f"A database that {left_by} left beside this one: {exc.message}")
                 continue
-            logger.warning("Dropped %s, a database that an interrupted restore left beside %s", name, engine.alias)
+            logger.warning("Dropped %s, a database that %s left beside %s", name, left_by, engine.alias)
         dropped.append(name)
+    return dropped
+
+
+def drop_stale_scratches(now, dry_run=False):
+    """Drop the scratch databases that drills and model restores killed midway left (marked more
+    than ``STALE_SCRATCH_HOURS`` ago, without sessions); returns (alias, name) of each. A
+    database out of reach is skipped, not fatal."""
+    made_before = now - timedelta(hours=STALE_SCRATCH_HOURS)
+    dropped = []
+    for alias in sorted(connections.settings):
+        try:
+            engine = get_engine(alias)
+            names = engine.stale_scratches(made_before)
+            drop = partial(engine.drop_stale_scratch, made_before=made_before)
+            dropped += [(alias, name) for name in drop_leftovers(engine, names, drop, KILLED_SCRATCH_USER, dry_run)]
+        except BackupError as exc:
+            logger.warning("Scratch databases of %s not checked: %s", alias, exc.message)
     return dropped
 
 

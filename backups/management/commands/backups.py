@@ -474,6 +474,10 @@ class Command(BaseCommand):
             self.stdout.write(f"{verb_drop} {name}, the database a switch restore of {alias} replaced")
         for alias, name in result.dropped_interrupted_loads:
             self.stdout.write(f"{verb_drop} {name}, left beside {alias} by a switch restore that was interrupted")
+        for alias, name in result.dropped_scratches:
+            self.stdout.write(
+                f"{verb_drop} {name}, a scratch database of {alias} that a killed drill or model restore left"
+            )
         self.stdout.write(
             f"{verb} {len(result.deleted)} backups, {human_size(result.total_size_freed)} "
             f"(retention {result.retention_days} days)."
