@@ -740,9 +740,11 @@ def databases_like(prefix):
 
 
 def drop_databases_left_beside(database):
-    """Undo databases, and restored copies an interrupted run may have left."""
+    """Undo databases, and restored copies and scratch databases an interrupted run may have left."""
     prefix = name_prefix(database)
-    for name in databases_like(f"{prefix}_undo_") + databases_like(f"{prefix}_restore_"):
+    for name in (
+        databases_like(f"{prefix}_undo_") + databases_like(f"{prefix}_restore_") + databases_like(f"{prefix}_drill_")
+    ):
         as_superuser("postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -593,26 +593,43 @@ def left_by_a_killed_drill(made, monkeypatch):
 
 def test_the_cleanup_drops_a_scratch_database_a_killed_drill_left_once_it_is_a_day_old(pagila, monkeypatch):
     alias, database, role = pagila
-    made = backup_of(alias)
-    left = left_by_a_killed_drill(made, monkeypatch)
     hand_made = f"{name_prefix(database)}_drill_abcdef12"  # a name alone proves nothing
-    as_superuser("postgres", f"CREATE DATABASE {hand_made}")
+    drop_databases_left_beside(database)
 
     def cleanup(days_later):
         later = timezone.now() + timedelta(days=days_later)
         return services.cleanup_backups(actor=services.Actor.command(), now=later).dropped_scratches
 
     try:
+        left = left_by_a_killed_drill(backup_of(alias), monkeypatch)
+        as_superuser("postgres", f"CREATE DATABASE {hand_made}")
         assert cleanup(0) == []  # a drill may still be loading it
         with monkeypatch.context() as a_day_later:
             a_day_later.setattr(retention, "STALE_SCRATCH_HOURS", -1)
             output = io.StringIO()
             call_command("backups", "cleanup", "--dry-run", stdout=output)
         assert f"Would drop {left}, a scratch database of {alias} that a killed drill" in output.getvalue()
+        session = server_connection(left)  # someone looking at it: it stays
+        try:
+            assert cleanup(2) == []
+        finally:
+            session.close()
         assert cleanup(2) == [(alias, left)]
         assert databases_like(f"{name_prefix(database)}_drill_") == [hand_made]
     finally:
-        as_superuser("postgres", f"DROP DATABASE IF EXISTS {left}", f"DROP DATABASE IF EXISTS {hand_made}")
+        drop_databases_left_beside(database)
+
+
+def test_a_scratch_database_in_use_is_never_taken_for_a_leftover(pagila):
+    """However long a drill lasts, and between its own connections, its scratch database has a
+    session of its own: the cleanup's DROP without FORCE is refused."""
+    alias, database, role = pagila
+    engine = get_engine(alias)
+    with engine.scratch() as scratch:
+        later = timezone.now() + timedelta(days=2)
+        assert services.cleanup_backups(actor=services.Actor.command(), now=later).dropped_scratches == []
+        assert databases_like(scratch.database_name) == [scratch.database_name]
+    assert databases_like(scratch.database_name) == []
 
 
 def test_a_parallel_backup_restores_exactly_as_a_serial_one(pagila, backup_dir, settings):

@@ -232,14 +232,18 @@ class DatabaseEngine:
         server = type(self)(self.alias, self.drill_server())  # BACKUP_VERIFY_DATABASE_URL's, if set
         engine = server.create_database(self.scratch_name(), advice=self.scratch_advice())
         try:
-            server.mark_scratch(engine.database_name, self.database_name)
-            yield engine
+            with server.kept_as_scratch(engine.database_name, self.database_name):
+                yield engine
         finally:
             server.drop_database(engine.database_name)
 
-    def mark_scratch(self, name, database):
-        """Hook: say on the scratch database ``name`` (of ``database``) when it was made, so that
-        ``stale_scratches`` knows it if its process dies. Engines without database comments keep this."""
+    @contextmanager
+    def kept_as_scratch(self, name, database):
+        """Hook: while the block runs, the new database ``name`` is a scratch database of
+        ``database``, in use: marked with the time it was made, so that ``stale_scratches``
+        knows it if its process dies, and never taken for one meanwhile. Engines that do not
+        mark theirs keep this."""
+        yield
 
     def stale_scratches(self, made_before):
         """The scratch databases of this one that killed processes left on the drill server:

@@ -702,9 +702,22 @@ class PostgreSQLEngine(DatabaseEngine):
             if comment == mark and re.fullmatch("[0-9a-f]{8}", name.removeprefix(prefix))
         )
 
-    def mark_scratch(self, name, database):
+    @contextmanager
+    def kept_as_scratch(self, name, database):
+        import psycopg2
+
         with self.maintenance_connection() as connection, connection.cursor() as cursor:
-            comment_on_database(cursor, name, f"{scratch_mark(database)}{datetime.now(UTC):{MARK_TIME}}")
+            try:
+                comment_on_database(cursor, name, f"{scratch_mark(database)}{datetime.now(UTC):{MARK_TIME}}")
+            except psycopg2.Error as exc:
+                raise DatabaseUnavailable(f"Cannot mark the scratch database {name}: {first_line(exc)}") from None
+        # A session of its own, for as long as it is used: a database with sessions is never dropped
+        # as a leftover, whatever the gaps between the drill's own connections.
+        keeper = PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": name}).connect()
+        try:
+            yield
+        finally:
+            keeper.close()
 
     def stale_scratches(self, made_before):
         prefix, mark = f"{name_prefix(self.database_name)}_drill_", scratch_mark(self.database_name)

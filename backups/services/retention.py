@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import partial
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.utils import timezone
 
@@ -221,11 +222,11 @@ def drop_leftovers(engine, names, drop, left_by, dry_run=False, warnings=None):
                 if not drop(name):
                     continue
             except BackupError as exc:
-                logger.warning("A database %s left beside %s: %s", left_by, engine.alias, exc.message)
+                logger.warning("A database %s left (%s): %s", left_by, engine.alias, exc.message)
                 if warnings is not None:
                     warnings.append(f"A database that {left_by} left beside this one: {exc.message}")
                 continue
-            logger.warning("Dropped %s, a database that %s left beside %s", name, left_by, engine.alias)
+            logger.warning("Dropped %s, a database that %s left (%s)", name, left_by, engine.alias)
         dropped.append(name)
     return dropped
 
@@ -242,8 +243,8 @@ def drop_stale_scratches(now, dry_run=False):
             names = engine.stale_scratches(made_before)
             drop = partial(engine.drop_stale_scratch, made_before=made_before)
             dropped += [(alias, name) for name in drop_leftovers(engine, names, drop, KILLED_SCRATCH_USER, dry_run)]
-        except BackupError as exc:
-            logger.warning("Scratch databases of %s not checked: %s", alias, exc.message)
+        except (BackupError, ImproperlyConfigured) as exc:  # a bad BACKUP_VERIFY_DATABASE_URL, too
+            logger.warning("Scratch databases of %s not checked: %s", alias, getattr(exc, "message", exc))
     return dropped
 
 
