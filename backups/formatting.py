@@ -86,3 +86,10 @@ def human_age(moment, now=None):
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{int(seconds // size)} {unit} ago"
+
+
+def first_line(exc, default=None):
+    """The first line of what an error says, for a message; ``default`` (else its type's name)
+    when it says nothing."""
+    said = str(exc).strip()
+    return said.splitlines()[0] if said else default or type(exc).__name__

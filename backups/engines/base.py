@@ -247,7 +247,7 @@ class DatabaseEngine:
 
     def stale_scratches(self, made_before):
         """The scratch databases of this one that killed processes left on the drill server:
-        marked by ``mark_scratch`` before ``made_before`` (no drill lasts that long)."""
+        marked by ``kept_as_scratch`` before ``made_before`` (no drill lasts that long)."""
         return []
 
     def drop_stale_scratch(self, name, made_before):

@@ -17,6 +17,7 @@ from django.db.backends.postgresql.client import DatabaseClient
 
 from ..conf import backup_settings
 from ..exceptions import DatabaseBusy, DatabaseUnavailable, DumpFailed, InvalidRequest, RestoreFailed, ToolMissing
+from ..formatting import first_line
 from ..streams import ChunkStream
 from .base import (
     CHUNK_SIZE,
@@ -331,9 +332,8 @@ class PostgreSQLEngine(DatabaseEngine):
         try:
             connection = psycopg2.connect(**params)
         except psycopg2.OperationalError as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection refused"
             raise DatabaseUnavailable(
-                f"Cannot connect to the PostgreSQL database {self.describe()}: {first_line}"
+                f"Cannot connect to the PostgreSQL database {self.describe()}: {first_line(exc, 'connection refused')}"
             ) from None
         connection.autocommit = True
         return connection
@@ -562,7 +562,8 @@ class PostgreSQLEngine(DatabaseEngine):
         try:
             with self.maintenance_connection() as connection, refused("create a database beside it"):
                 create_database_like(connection, new, live)
-                mark_as_loading(connection, new, self.database_name)  # until the switch
+                with connection.cursor() as cursor:  # what a killed restore leaves is known by this mark
+                    comment_on_database(cursor, new, loading_mark(self.database_name))  # until the switch
             sibling = PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": new})
             with refused("give the new database's public schema the live one's owner"):
                 sibling.adopt_public_owner(live["public_owner"])
@@ -778,10 +779,9 @@ def refused(doing):
     try:
         yield
     except psycopg2.Error as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RestoreFailed(
             f"Database restore failed; the database was not changed. PostgreSQL would not let the restore "
-            f"{doing}: {first_line}. Set BACKUP_RESTORE_METHOD=in-place, or give the role the right."
+            f"{doing}: {first_line(exc)}. Set BACKUP_RESTORE_METHOD=in-place, or give the role the right."
         ) from None
 
 
@@ -798,24 +798,12 @@ def end_sessions(cursor, databases):
             pass
 
 
-def first_line(exc):
-    said = str(exc).strip()
-    return said.splitlines()[0] if said else type(exc).__name__
-
-
 def scratch_mark(database):
     return f"hoppybrew: a scratch database of {database}, made "
 
 
 def loading_mark(database):
     return f"hoppybrew: a restore of {database} loading beside it"
-
-
-def mark_as_loading(connection, name, database):
-    """Say on the new database whose restore is loading into it: what a killed restore leaves is
-    known by this, not by its name alone."""
-    with connection.cursor() as cursor:
-        comment_on_database(cursor, name, loading_mark(database))
 
 
 def comment_on_database(cursor, name, comment):
@@ -844,7 +832,7 @@ def create_database_like(connection, name, live):
 def copy_database_properties(connection, name, live):
     """Give database ``name`` what lives on the live database itself: owner, connection limit,
     settings (ALTER DATABASE/ROLE ... SET) and grants. Its comment comes with the switch, which
-    replaces ``mark_as_loading``'s."""
+    replaces the mark ``restore_beside`` gave it."""
     from psycopg2 import sql
 
     target = sql.Identifier(name)

@@ -24,6 +24,7 @@ from django.db.migrations.recorder import MigrationRecorder
 
 from ..conf import backup_settings
 from ..exceptions import InvalidRequest, MigrateFailed
+from ..formatting import first_line
 
 logger = logging.getLogger("backups")
 
@@ -183,7 +184,7 @@ def migrate_database(alias, *, restored_from=None, undo=None):
             alias=alias,
             failed_migration=failed,
             applied=applied,
-            reason=str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+            reason=first_line(exc),
             restored_from=restored_from,
             pre_restore_backup=undo,
         ) from None

@@ -33,7 +33,6 @@ from .journal import journal
 logger = logging.getLogger("backups")
 # A scratch database marked longer ago than this is one a killed process left: no drill lasts a day.
 STALE_SCRATCH_HOURS = 24
-KILLED_SCRATCH_USER = "a killed drill or model restore"
 
 FINISHED = (BackupStatus.SUCCEEDED, BackupStatus.FAILED, BackupStatus.MISSING)
 
@@ -188,18 +187,58 @@ def drop_expired_undo_databases(now, dry_run=False):
     """Drop the databases that switch restores replaced, once BACKUP_RESTORE_KEEP_OLD_HOURS have
     passed; returns (alias, name) of each. A database out of reach is skipped, not fatal."""
     expired = now - timedelta(hours=backup_settings.RESTORE_KEEP_OLD_HOURS)
-    dropped = []
+
+    def drop_expired(engine):
+        for name, made_at in engine.undo_databases():
+            if made_at <= expired:
+                if not dry_run:
+                    engine.drop_undo_database(name)
+                yield name
+
+    return on_every_database("Undo databases of", drop_expired)
+
+
+def drop_every_interrupted_load(dry_run=False):
+    """``drop_interrupted_loads`` for every database that no restore is running on now; returns
+    (alias, name) of each. A database out of reach, or being restored, is skipped, not fatal."""
+
+    def drop_unless_restoring(engine):
+        if not engine.interrupted_loads():
+            return []
+        with engine.lock(exclusive=False):  # as a backup does: a restore cannot start meanwhile
+            return drop_interrupted_loads(engine, dry_run)
+
+    return on_every_database("Databases left beside", drop_unless_restoring)
+
+
+def drop_stale_scratches(now, dry_run=False):
+    """Drop the scratch databases that drills and model restores killed midway left (marked more
+    than ``STALE_SCRATCH_HOURS`` ago, without sessions); returns (alias, name) of each. A
+    database out of reach is skipped, not fatal."""
+    made_before = now - timedelta(hours=STALE_SCRATCH_HOURS)
+
+    def drop_stale(engine):
+        drop = partial(engine.drop_stale_scratch, made_before=made_before)
+        return drop_leftovers(
+            engine, engine.stale_scratches(made_before), drop, "a killed drill or model restore", dry_run
+        )
+
+    return on_every_database("Scratch databases of", drop_stale)
+
+
+def on_every_database(what, work):
+    """(alias, name) for each name ``work(engine)`` returns, for every configured database; one
+    out of reach (or being restored, or with a bad BACKUP_VERIFY_DATABASE_URL) is skipped and said."""
+    done = []
     for alias in sorted(connections.settings):
         try:
-            engine = get_engine(alias)
-            for name, made_at in engine.undo_databases():
-                if made_at <= expired:
-                    if not dry_run:
-                        engine.drop_undo_database(name)
-                    dropped.append((alias, name))
-        except BackupError as exc:
-            logger.warning("Undo databases of %s not checked: %s", alias, exc.message)
-    return dropped
+            for name in work(get_engine(alias)):  # one by one: those dropped before a failure count
+                done.append((alias, name))
+        except OperationInProgress:
+            logger.info("%s %s not checked: a restore of it is running", what, alias)
+        except (BackupError, ImproperlyConfigured) as exc:
+            logger.warning("%s %s not checked: %s", what, alias, getattr(exc, "message", exc))
+    return done
 
 
 def drop_interrupted_loads(engine, dry_run=False, warnings=None):
@@ -228,39 +267,4 @@ def drop_leftovers(engine, names, drop, left_by, dry_run=False, warnings=None):
                 continue
             logger.warning("Dropped %s, a database that %s left (%s)", name, left_by, engine.alias)
         dropped.append(name)
-    return dropped
-
-
-def drop_stale_scratches(now, dry_run=False):
-    """Drop the scratch databases that drills and model restores killed midway left (marked more
-    than ``STALE_SCRATCH_HOURS`` ago, without sessions); returns (alias, name) of each. A
-    database out of reach is skipped, not fatal."""
-    made_before = now - timedelta(hours=STALE_SCRATCH_HOURS)
-    dropped = []
-    for alias in sorted(connections.settings):
-        try:
-            engine = get_engine(alias)
-            names = engine.stale_scratches(made_before)
-            drop = partial(engine.drop_stale_scratch, made_before=made_before)
-            dropped += [(alias, name) for name in drop_leftovers(engine, names, drop, KILLED_SCRATCH_USER, dry_run)]
-        except (BackupError, ImproperlyConfigured) as exc:  # a bad BACKUP_VERIFY_DATABASE_URL, too
-            logger.warning("Scratch databases of %s not checked: %s", alias, getattr(exc, "message", exc))
-    return dropped
-
-
-def drop_every_interrupted_load(dry_run=False):
-    """``drop_interrupted_loads`` for every database that no restore is running on now; returns
-    (alias, name) of each. A database out of reach, or being restored, is skipped, not fatal."""
-    dropped = []
-    for alias in sorted(connections.settings):
-        try:
-            engine = get_engine(alias)
-            if not engine.interrupted_loads():
-                continue
-            with engine.lock(exclusive=False):  # as a backup does: a restore cannot start meanwhile
-                dropped += [(alias, name) for name in drop_interrupted_loads(engine, dry_run)]
-        except OperationInProgress:
-            logger.info("Databases left beside %s not checked: a restore of it is running", alias)
-        except BackupError as exc:
-            logger.warning("Databases left beside %s not checked: %s", alias, exc.message)
     return dropped
