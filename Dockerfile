@@ -19,7 +19,10 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
-RUN DJANGO_SECRET_KEY=build-only python manage.py collectstatic --noinput --verbosity 0 \
+# Bytecode written now: the app's user cannot write it under /app, and PYTHONDONTWRITEBYTECODE
+# would keep it from trying, so every cron job would compile the app again at start-up.
+RUN python -m compileall -q backups hoppybrew_site manage.py \
+ && DJANGO_SECRET_KEY=build-only python manage.py collectstatic --noinput --verbosity 0 \
  && mkdir -p /app/data/backups /app/data/logs \
  && chmod 700 /app/data/backups \
  && chown -R app:app /app/data

@@ -24,7 +24,12 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(VENV)/.installed $@
 
+# The project's bytecode, written ahead: where PYTHONDONTWRITEBYTECODE is set (this machine, our
+# image), every command would otherwise compile the app again, 0.1-0.15 s of its start-up.
+BYTECODE = -m compileall -q backups hoppybrew_site manage.py
+
 run: $(VENV)/.installed
+	$(PY) $(BYTECODE)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput --verbosity 0
 	$(PY) manage.py ensure_admin
@@ -51,12 +56,14 @@ $(BENCH_VENV)/.installed: requirements.txt bench/requirements.txt
 # environment (see bench/run.py).
 bench: $(BENCH_VENV)/.installed
 	scripts/system-packages /usr/bin/time=time zstd=zstd pg_dump=postgresql-client
+	$(BENCH_VENV)/bin/python $(BYTECODE)
 	$(BENCH_VENV)/bin/python bench/run.py
 
 # Big databases (issue 19): both data shapes, parallel backups, restores beside and switched, the
 # site's longest gap during a restore; replaces its section of bench/RESULTS.md.
 bench-big: $(BENCH_VENV)/.installed
 	scripts/system-packages /usr/bin/time=time pg_dump=postgresql-client
+	$(BENCH_VENV)/bin/python $(BYTECODE)
 	$(BENCH_VENV)/bin/python bench/big.py
 
 lint: $(VENV)/.installed-dev

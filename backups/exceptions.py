@@ -176,14 +176,17 @@ def catalog_error(exc):
     unreachable (a stopped server, refused connections), or without the app's tables."""
     from django.db import ProgrammingError
 
-    first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), exc.__class__.__name__)
-    if isinstance(exc, ProgrammingError):
+    from .formatting import first_line
+
+    said = first_line(exc)
+    # A missing table is a ProgrammingError on PostgreSQL and MySQL, an OperationalError on SQLite.
+    if isinstance(exc, ProgrammingError) or said.startswith("no such table"):
         return CatalogUnavailable(
-            f"The backup catalog cannot be read from the site's database ({first_line}); "
+            f"The backup catalog cannot be read from the site's database ({said}); "
             "run 'manage.py migrate' to create its tables."
         )
     return CatalogUnavailable(
-        f"The site's database, which holds the backup catalog, cannot be reached ({first_line}). "
+        f"The site's database, which holds the backup catalog, cannot be reached ({said}). "
         "Check DATABASE_URL and that the database server is running and accepts connections."
     )
 

@@ -121,6 +121,14 @@ def test_commands_say_in_one_line_that_the_sites_database_is_down(site_down, arg
     assert "DATABASE_URL" in line
 
 
+def test_a_command_before_migrate_says_to_migrate(tmp_path):
+    # SQLite calls a missing table an OperationalError, as it does a file it cannot open.
+    environment = site_environment(f"sqlite:///{tmp_path / 'new.sqlite3'}", tmp_path / "backups")
+    line = assert_one_line_failure(manage(environment, "backups", "list"))
+    assert "(no such table: backups_backup); run 'manage.py migrate' to create its tables." in line
+    assert "cannot be reached" not in line
+
+
 def test_health_command_reports_the_catalog_unreadable(site_down):
     result = manage(site_down["environment"], "backups", "health")
     line = assert_one_line_failure(result)
