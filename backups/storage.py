@@ -11,8 +11,10 @@ Local writes are atomic (temporary name, fsync, rename) and private (directory 0
 aborted on any error; reads stream the object's body.
 """
 
+import ctypes
 import errno
 import functools
+import io
 import json
 import logging
 import os
@@ -41,6 +43,9 @@ DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
 FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # .<name>.<pid>@<host>.partial: the writer is known, so its leftovers can be recognised.
+# Every this many bytes written, the kernel is asked to start writing the file to disk (see WriteBehind).
+WRITE_BEHIND_BYTES = 8 * 1024 * 1024
+SYNC_FILE_RANGE_WRITE = 2  # Linux's flag: start writing the dirty pages back, without waiting
 PARTIAL_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[^/]+)\.partial$")
 
 
@@ -166,7 +171,7 @@ class BackupStorage:
         except OSError as exc:
             raise storage_error(exc, f"creating {name}", self, written=True) from None
         try:
-            with os.fdopen(descriptor, "wb", buffering=CHUNK_SIZE) as stream:
+            with WriteBehind(io.FileIO(descriptor, "wb")) as stream:
                 yield stream
                 stream.flush()
                 os.fsync(stream.fileno())
@@ -322,6 +327,44 @@ class BackupStorage:
                 _unlink_quietly(Path(entry.path))
                 removed.append(entry.name)
         return removed
+
+
+class WriteBehind(io.BufferedWriter):
+    """A local file whose data goes to disk while it is being written, a few MiB behind, rather
+    than all at the fsync that completes it: the kernel keeps a whole backup in memory otherwise
+    (its writeback waits for gigabytes of dirty pages), and that fsync took 0.4 s of a 9 s backup
+    of 240 MB, on one core, after the dump. The pages stay cached, for a drill or restore that
+    reads them next. Where ``sync_file_range`` is missing (not Linux), only the fsync writes."""
+
+    def __init__(self, raw):
+        super().__init__(raw, CHUNK_SIZE)
+        self.unsynced = 0
+
+    def write(self, data):
+        written = super().write(data)
+        self.unsynced += written
+        if self.unsynced >= WRITE_BEHIND_BYTES:
+            self.unsynced = 0
+            start_writeback(self.raw.fileno())
+        return written
+
+
+@functools.cache
+def _sync_file_range():
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return call
+
+
+def start_writeback(descriptor):
+    """Ask the kernel to start writing the file's dirty pages (best effort: a refusal only
+    leaves them for the fsync)."""
+    call = _sync_file_range()
+    if call is not None:
+        call(descriptor, 0, 0, SYNC_FILE_RANGE_WRITE)
 
 
 class FanOutWriter:

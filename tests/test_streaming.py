@@ -4,20 +4,23 @@ The stream reads whatever the dump tool's pipe holds, so chunk boundaries fall a
 compressors cut their own blocks. None of that may change a byte or a count.
 """
 
+import gzip
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from backups import services
+from backups import compression, services
 from backups.engines.base import CHUNK_SIZE, DumpStream, OutputCut, ProcessDump
 from backups.engines.pg_parallel import copy_terminator
 from backups.engines.postgresql import OneTransactionDump
 from backups.exceptions import DumpFailed
 from backups.models import Backup
+from backups.storage import get_storage
 
-from .conftest import as_superuser, by_hand_psql, execute, fetch, new_database, read_manifest
+from .conftest import DATASETS, as_superuser, by_hand_psql, execute, fetch, new_database, read_manifest
 
 COMMAND = services.Actor.command()
 
@@ -224,6 +227,59 @@ def big_brew(db):
         "CREATE TABLE brew (id integer PRIMARY KEY, notes text)",
         "INSERT INTO brew SELECT i, md5(i::text) || repeat(' hoppy', i % 40) FROM generate_series(1, 60000) i",
     )
+
+
+def test_gzip_takes_level_2_only_where_level_3_does_not_pay(monkeypatch, tmp_path):
+    monkeypatch.setattr(compression, "SEGMENT_BYTES", 256 * 1024)  # a sample every write below
+    text = (DATASETS / "pagila-data.sql").read_bytes()[1 << 20 : 11 << 18]  # rows of several tables
+    generator = random.Random(7)
+    numbers = b"".join(b"%d\t%.15f\t%.15f\n" % (i, generator.random(), generator.random() * 1000) for i in range(40000))
+    path = tmp_path / "levels.sql.gz"
+    levels = []
+    with path.open("wb") as raw:
+        writer = compression.Gzip().compressor(raw)
+        for part in (text, numbers, text):
+            chosen = []
+            for start in range(0, len(part), 256 * 1024):
+                writer.write(part[start : start + 256 * 1024])
+                chosen.append(writer.level)
+            levels.append(chosen[2:])  # a part's first writes are sampled on the last one's terms
+        writer.close()
+    assert levels == [[3] * len(levels[0]), [2] * len(levels[1]), [3] * len(levels[2])]
+    whole = text + numbers + text
+    assert subprocess.run(["gunzip", "-c", str(path)], check=True, capture_output=True).stdout == whole
+    assert gzip.decompress(path.read_bytes()) == whole
+    with path.open("rb") as raw, compression.Gzip().decompressor(raw) as reader:
+        assert reader.read() == whole
+
+
+def dirty_bytes():
+    """The system's file pages written but not yet handed to the disk (Linux's /proc/meminfo)."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Dirty:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("/proc/meminfo has no Dirty line")
+
+
+def test_a_local_backup_goes_to_disk_while_it_is_written(backup_dir, tmp_path):
+    chunk, chunks = random.Random(3).randbytes(CHUNK_SIZE), 128
+    # The control: the kernel leaves a file written plainly in memory (its writeback waits for
+    # gigabytes), so all of it would wait for the backup's fsync.
+    before = dirty_bytes()
+    with (tmp_path / "plain").open("wb") as plain:
+        for _ in range(chunks):
+            plain.write(chunk)
+        plain.flush()
+        left_plain = dirty_bytes() - before
+    assert left_plain > chunks * CHUNK_SIZE // 2, "this machine writes files back at once: nothing to compare"
+    before = dirty_bytes()
+    with get_storage().writer("behind.sql.gz") as stream:
+        for _ in range(chunks):
+            stream.write(chunk)
+        stream.flush()
+        left_behind = dirty_bytes() - before
+    assert left_behind < left_plain // 4
+    assert (backup_dir / "behind.sql.gz").read_bytes() == chunk * chunks
 
 
 def decompressed_size(command, path):
