@@ -1,7 +1,8 @@
 """Compression codecs, and the byte counters and checksums that ride along the stream.
 
 gzip is written by ISA-L (``isal``): standard gzip that ``gunzip`` reads, several times faster
-than zlib, which is what keeps a ``.sql.gz`` backup as fast as the dump itself.
+than zlib, which is what keeps a ``.sql.gz`` backup as fast as the dump itself; at level 3, or 2
+where level 3 does not pay (``AdaptiveGzipWriter``).
 zstd is faster still, for those who can use ``zstd -dc`` when restoring by hand.
 ``bench/RESULTS.md`` has the measurements behind the levels and sizes chosen here.
 """

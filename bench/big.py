@@ -39,11 +39,10 @@ NOTES = """\
   than 4 times bare `pg_dump`: on the brewery shape `pg_dump` and the server, more than gzip, set
   that pipeline's pace, and it took 3.6 to 4.4 times bare `pg_dump` from run to run on this
   machine. The `x bare pg_dump` column says more.
-- What our backup adds to bare `pg_dump` is CPU: ISA-L level 3 (about 1.4 s per 500 MB of the
-  series shape on this machine, whatever the level from 0 to 3), the row count (about 0.2 s) and
-  the sha256 (0.3 s). The server takes one of the two cores, so all of that shares the other with
-  pg_dump; on two cores shared with other work it shows as wall time, more on data that
-  compresses less (series).
+- What our backup adds to bare `pg_dump` is CPU: ISA-L gzip (level 3, or level 2 where a sample
+  every 32 MiB shows level 3 saving under 1.5 %: most of the series shape), the row count and the
+  sha256. The server takes one of the two cores, so all of that shares the other with pg_dump;
+  on two cores shared with other work it shows as wall time.
 - `BACKUP_JOBS=2` writes a compressed directory archive with two workers, then turns it into the
   plain SQL stream: on two cores that is more work for the same cores (gzip level 1 in pg_dump,
   inflating in pg_restore, then our compression), so it is slower here. It is for servers with cores

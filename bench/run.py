@@ -693,10 +693,10 @@ def write_report(path, context):
         "scale 1 that is a tenth of bare `pg_dump`'s time, which leaves the zstd target (1.15 x) "
         "about 5% for the stream itself. At larger scales the start weighs less (the 4x table).",
         "- The backup's stream: pg_dump writes into a 1 MiB pipe, read in chunks of up to 256 KiB; "
-        "the COPY rows are counted, the chunk is compressed (ISA-L gzip level 3 or zstd level 1, "
-        "in the backup's own thread on two cores) and written with its sha256 to a temporary file "
-        "in `BACKUP_DIR`, which becomes the backup. `pg_dump` and the database server set the "
-        "pace; the compressor only has to keep up with them.",
+        "the COPY rows are counted, the chunk is compressed (ISA-L gzip level 3, or 2 where level 3 "
+        "does not pay, or zstd level 1, in the backup's own thread on two cores) and written with its "
+        "sha256 to a temporary file in `BACKUP_DIR`, which becomes the backup. `pg_dump` and the "
+        "database server set the pace; the compressor only has to keep up with them.",
         "- django-dbbackup ran with its defaults: for PostgreSQL `pg_dump --format=custom` "
         "(compressed by pg_dump), gzipped again by `-z`, through temporary files.",
         "- On a busy machine every process competes for the cores, and the backup's extra CPU "

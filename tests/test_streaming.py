@@ -229,7 +229,9 @@ def big_brew(db):
     )
 
 
-def test_gzip_takes_level_2_only_where_level_3_does_not_pay(monkeypatch, tmp_path):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gzip_takes_level_2_only_where_level_3_does_not_pay(monkeypatch, tmp_path, settings, threads):
+    settings.BACKUP_COMPRESSION_THREADS = threads
     monkeypatch.setattr(compression, "SEGMENT_BYTES", 256 * 1024)  # a sample every write below
     text = (DATASETS / "pagila-data.sql").read_bytes()[1 << 20 : 11 << 18]  # rows of several tables
     generator = random.Random(7)
