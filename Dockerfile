@@ -21,7 +21,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
 # Bytecode written now: the app's user cannot write it under /app, and PYTHONDONTWRITEBYTECODE
 # would keep it from trying, so every cron job would compile the app again at start-up.
-RUN python -m compileall -q backups hoppybrew_site manage.py \
+RUN python -m compileall -q backups hoppybrew_site \
  && DJANGO_SECRET_KEY=build-only python manage.py collectstatic --noinput --verbosity 0 \
  && mkdir -p /app/data/backups /app/data/logs \
  && chmod 700 /app/data/backups \

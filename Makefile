@@ -26,7 +26,7 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(PY)
 
 # The project's bytecode, written ahead: where PYTHONDONTWRITEBYTECODE is set (this machine, our
 # image), every command would otherwise compile the app again, 0.1-0.15 s of its start-up.
-BYTECODE = -m compileall -q backups hoppybrew_site manage.py
+BYTECODE = -m compileall -q backups hoppybrew_site
 
 run: $(VENV)/.installed
 	$(PY) $(BYTECODE)

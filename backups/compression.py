@@ -9,6 +9,7 @@ zstd is faster still, for those who can use ``zstd -dc`` when restoring by hand.
 
 import hashlib
 import os
+import struct
 
 from .conf import backup_settings
 from .encryption import SUFFIX as ENCRYPTED_SUFFIX
@@ -27,7 +28,8 @@ ZSTD_JOB_SIZE = 512 * 1024
 # shape, 2.3-5 % on the brewery shape, 3 % on Pagila and Sakila mostly).
 SEGMENT_BYTES = 32 * 1024 * 1024
 SAMPLE_BYTES = 256 * 1024
-MIN_SAMPLE_BYTES = 64 * 1024
+# A gzip member's header: deflate, no name, no time (as gzip -n writes it), unknown system.
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 LEVEL_3_GAIN = 0.015
 
 
@@ -50,7 +52,13 @@ class Gzip:
     suffix = ".sql.gz"
 
     def compressor(self, raw):
-        return AdaptiveGzipWriter(raw)
+        threads = worker_threads()
+        if not threads:
+            return AdaptiveGzipWriter(raw)
+        from isal import igzip_threaded
+
+        # Where cores are to spare, blocks deflated by several threads, at level 3 throughout.
+        return igzip_threaded.open(raw, "wb", compresslevel=3, threads=threads, block_size=BLOCK_SIZE)
 
     def decompressor(self, raw):
         from isal import igzip_threaded
@@ -60,57 +68,73 @@ class Gzip:
 
 
 class AdaptiveGzipWriter:
-    """gzip at ISA-L's level 3, or level 2 where level 3 does not pay. Level 3 writes 2-5 % less
-    than level 2 on text and on mixed rows (Pagila, the brewery shape) and stays within about
-    10 % of ``gzip -6``; on dense numbers (the series shape) it saves about 1 % for half again the
-    CPU, which on two cores pg_dump and the database server need. So from ``SEGMENT_BYTES`` on,
-    and every ``SEGMENT_BYTES`` after, a sample of the data being written is deflated at both
-    levels, and level 2 is taken when level 3's is not ``LEVEL_3_GAIN`` smaller. A smaller dump
-    is all level 3, as before. A change of level ends the gzip member and starts another:
-    members concatenated are one gzip file to every reader (gunzip, zcat, Python, ISA-L)."""
+    """One gzip member deflated by ISA-L in the backup's own thread: at level 3, or level 2 where
+    level 3 does not pay. Level 3 writes 2-5 % less than level 2 on text and mixed rows (Pagila,
+    the brewery shape) and stays within about 10 % of ``gzip -6``; on dense numbers (the series
+    shape) it saves about 1 % for half again the CPU, which on two cores pg_dump and the database
+    server need. So from ``SEGMENT_BYTES`` on, and every ``SEGMENT_BYTES`` after, a sample of what
+    is being written is deflated at both levels, and level 2 is taken when level 3's is not
+    ``LEVEL_3_GAIN`` smaller; a dump smaller than that is all level 3. A change of level ends the
+    deflater with a sync flush (an empty stored block, at a byte boundary) and goes on with a
+    new one: still one deflate stream, which only never refers back across the change, so every
+    gzip reader reads the file as any other."""
 
     def __init__(self, raw):
-        self.raw = raw
-        self.level = None
-        self.member = None
-        self.until_sample = SEGMENT_BYTES  # input bytes left before the next sample
-
-    def write(self, data):
-        if self.member is None:
-            self._start_member(3)
-        elif self.until_sample <= 0 and len(data) >= MIN_SAMPLE_BYTES:  # a small write is a poor sample
-            self.until_sample = SEGMENT_BYTES
-            level = self._level_for(data[:SAMPLE_BYTES])
-            if level != self.level:
-                self.member.close()
-                self._start_member(level)
-        self.until_sample -= len(data)
-        return self.member.write(data)
-
-    @staticmethod
-    def _level_for(sample):
         from isal import isal_zlib
 
-        level_2 = len(isal_zlib.compress(sample, 2, -15))
-        level_3 = len(isal_zlib.compress(sample, 3, -15))
-        return 3 if level_3 <= level_2 * (1 - LEVEL_3_GAIN) else 2
+        self.zlib = isal_zlib
+        self.raw = raw
+        self.crc = 0
+        self.size = 0
+        self.level = 3
+        self.deflater = isal_zlib.compressobj(3, isal_zlib.DEFLATED, -15)
+        self.until_sample = SEGMENT_BYTES  # input bytes left before the next sample
+        self.sample = []
+        self.sampled = 0
+        raw.write(GZIP_HEADER)
 
-    def _start_member(self, level):
-        from isal import igzip_threaded
+    def write(self, data):
+        if self.until_sample <= 0:
+            self._add_to_sample(data)
+        self.until_sample -= len(data)
+        self.crc = self.zlib.crc32(data, self.crc)
+        self.size += len(data)
+        compressed = self.deflater.compress(data)
+        if compressed:
+            self.raw.write(compressed)
+        return len(data)
 
-        self.member = igzip_threaded.open(
-            self.raw, "wb", compresslevel=level, threads=worker_threads(), block_size=BLOCK_SIZE
-        )
-        self.level = level
-
-    def flush(self):
-        if self.member is not None:
-            self.member.flush()
+    def _add_to_sample(self, data):
+        """Gather the sample from as many writes as it takes (a pipe's reads may be small), then
+        choose the level of what follows."""
+        part = data[: SAMPLE_BYTES - self.sampled]
+        self.sample.append(part)
+        self.sampled += len(part)
+        if self.sampled < SAMPLE_BYTES:
+            return
+        level = level_for(b"".join(self.sample))
+        self.sample, self.sampled, self.until_sample = [], 0, SEGMENT_BYTES
+        if level != self.level:
+            self.raw.write(self.deflater.flush(self.zlib.Z_SYNC_FLUSH))
+            self.deflater = self.zlib.compressobj(level, self.zlib.DEFLATED, -15)
+            self.level = level
 
     def close(self):
-        if self.member is None:  # nothing was written: still a gzip file, an empty one
-            self._start_member(3)
-        self.member.close()
+        if self.deflater is None:
+            return
+        deflater, self.deflater = self.deflater, None
+        self.raw.write(deflater.flush())
+        self.raw.write(struct.pack("<II", self.crc, self.size & 0xFFFFFFFF))
+
+
+def level_for(sample):
+    """ISA-L's level for data like ``sample``: 3, unless its output is not ``LEVEL_3_GAIN``
+    smaller than level 2's."""
+    from isal import isal_zlib
+
+    level_2 = len(isal_zlib.compress(sample, 2, -15))
+    level_3 = len(isal_zlib.compress(sample, 3, -15))
+    return 3 if level_3 <= level_2 * (1 - LEVEL_3_GAIN) else 2
 
 
 class Zstd:

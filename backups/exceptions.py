@@ -183,7 +183,7 @@ def catalog_error(exc):
     if isinstance(exc, ProgrammingError) or said.startswith("no such table"):
         return CatalogUnavailable(
             f"The backup catalog cannot be read from the site's database ({said}); "
-            "run 'manage.py migrate' to create its tables."
+            "run 'manage.py migrate' to create its tables, or check that DATABASE_URL names the site's database."
         )
     return CatalogUnavailable(
         f"The site's database, which holds the backup catalog, cannot be reached ({said}). "

@@ -351,6 +351,8 @@ class WriteBehind(io.BufferedWriter):
 
 @functools.cache
 def _sync_file_range():
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         call = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (AttributeError, OSError):
@@ -363,8 +365,8 @@ def start_writeback(descriptor):
     """Ask the kernel to start writing the file's dirty pages (best effort: a refusal only
     leaves them for the fsync)."""
     call = _sync_file_range()
-    if call is not None:
-        call(descriptor, 0, 0, SYNC_FILE_RANGE_WRITE)
+    if call is not None and call(descriptor, 0, 0, SYNC_FILE_RANGE_WRITE) != 0:
+        logger.debug("sync_file_range refused: %s", os.strerror(ctypes.get_errno()))
 
 
 class FanOutWriter:

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -487,6 +488,29 @@ def quick_restore(filename, **options):
 
 
 # -- backup files -------------------------------------------------------------------------------
+
+
+def alternate_gzip_levels(monkeypatch):
+    """gzip's level changed at every sample, 2 then 3 and so on (the real choice is tested in
+    test_streaming), sampled every 64 KiB: returns the levels chosen so far."""
+    from backups import compression
+
+    chosen = []
+
+    def alternating(sample):
+        chosen.append(3 if chosen and chosen[-1] == 2 else 2)
+        return chosen[-1]
+
+    monkeypatch.setattr(compression, "SEGMENT_BYTES", 64 * 1024)
+    monkeypatch.setattr(compression, "level_for", alternating)
+    return chosen
+
+
+def assert_one_gzip_member(data):
+    """What every gzip reader reads whole, even one that stops after the first member."""
+    inflater = zlib.decompressobj(31)
+    inflater.decompress(data)
+    assert inflater.eof and not inflater.unused_data
 
 
 def read_manifest(directory, filename):

@@ -125,7 +125,7 @@ def test_a_command_before_migrate_says_to_migrate(tmp_path):
     # SQLite calls a missing table an OperationalError, as it does a file it cannot open.
     environment = site_environment(f"sqlite:///{tmp_path / 'new.sqlite3'}", tmp_path / "backups")
     line = assert_one_line_failure(manage(environment, "backups", "list"))
-    assert "(no such table: backups_backup); run 'manage.py migrate' to create its tables." in line
+    assert "(no such table: backups_backup); run 'manage.py migrate' to create its tables" in line
     assert "cannot be reached" not in line
 
 
