@@ -28,9 +28,9 @@ ZSTD_JOB_SIZE = 512 * 1024
 # shape, 2.3-5 % on the brewery shape, 3 % on Pagila and Sakila mostly).
 SEGMENT_BYTES = 32 * 1024 * 1024
 SAMPLE_BYTES = 256 * 1024
+LEVEL_3_GAIN = 0.015
 # A gzip member's header: deflate, no name, no time (as gzip -n writes it), unknown system.
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-LEVEL_3_GAIN = 0.015
 
 
 def compression_threads():
