@@ -1,6 +1,7 @@
 """Configuration: defaults, parsing at the moment of use, and loud failures naming the variable."""
 
 import os
+import random
 import re
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from backups import checks
-from backups.conf import backup_settings, cronjobs, from_environment
+from backups.conf import backup_settings, cronjobs, from_environment, parse_cron
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -127,6 +128,30 @@ def test_cronjobs_exist_only_when_enabled():
     assert (
         cronjobs({"BACKUP_ENABLED": "true", "BACKUP_VERIFY_SCHEDULE": "off"})[-1][1] == "backups.cron.scheduled_cleanup"
     )
+
+
+def test_every_cron_expression_the_settings_accept_is_one_croniter_can_schedule():
+    """The settings check cron expressions field by field, without croniter (whose import runs a
+    subprocess): whatever they accept, croniter, which computes the runs, must accept too."""
+    from croniter import croniter
+
+    # Parts every field takes, parts only some take (names, high values), and parts none takes.
+    common = ["*", "0", "1", "5", "1-5", "*/15", "2-6/2", "1,3"]
+    some = ["jan", "Dec", "jan-mar", "mon", "SUN", "mon-fri", "sat,sun", "7", "12", "23", "31", "59"]
+    wrong = ["60", "-1", "5-1", "*/0", "L", "?", "x", "", "frii", "1#2", "15W"]
+    picks = random.Random(19)
+    accepted = 0
+    for _ in range(5000):
+        fields = [picks.choice([common, common, common, some, wrong]) for _ in range(5)]
+        expression = " ".join(picks.choice(parts) for parts in fields)
+        try:
+            text = parse_cron(expression)
+        except ValueError:
+            continue
+        accepted += 1
+        assert croniter.is_valid(text), expression
+        croniter(text).get_next()
+    assert accepted > 200  # the sample reached well beyond the refusals
 
 
 def test_an_alias_that_cannot_be_in_a_filename_is_an_error(settings, extra_alias):

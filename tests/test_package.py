@@ -36,8 +36,16 @@ from .conftest import (
 REPOSITORY = Path(__file__).resolve().parent.parent
 SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
 SECTION = "## Adding backups to your Django project"
-# Imports that `backups list` has no use for, and that cost most of its start-up.
-HEAVY_MODULES = ["boto3", "botocore", "storages.backends.s3", "drf_spectacular", "rest_framework.serializers"]
+# Imports that `backups list` has no use for, and that cost most of its start-up (croniter's
+# import runs `file` on the interpreter, through platform.architecture()).
+HEAVY_MODULES = [
+    "boto3",
+    "botocore",
+    "storages.backends.s3",
+    "drf_spectacular",
+    "rest_framework.serializers",
+    "croniter",
+]
 PASSWORD = "Package-Test-Pass-41"
 # What only the [s3] and [age] extras install: left out of the new environment.
 EXTRAS_ONLY = ("boto3", "botocore", "s3transfer", "storages", "django_storages", "pyrage")

@@ -11,7 +11,6 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from croniter import croniter
 from django.db import DatabaseError, router
 
 from ..conf import backup_settings
@@ -163,10 +162,14 @@ def local_now(now=None):
 
 def previous_run(expression, now=None):
     """When the run in progress started: the latest fire time at or before ``now``."""
+    from croniter import croniter  # its import runs a subprocess (platform.architecture): not at start-up
+
     return croniter(expression, local_now(now) + timedelta(seconds=1)).get_prev(datetime)
 
 
 def next_runs(expression, count=3, now=None):
+    from croniter import croniter
+
     schedule = croniter(expression, local_now(now))
     return [schedule.get_next(datetime) for _ in range(count)]
 
