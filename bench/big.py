@@ -37,12 +37,15 @@ NOTES = """\
 
 - "4 x faster than `pg_dump | gzip -6`" cannot be met where `pg_dump | gzip -6` itself takes less
   than 4 times bare `pg_dump`: on the brewery shape `pg_dump` and the server, more than gzip, set
-  that pipeline's pace, and it took 3.6 to 4.4 times bare `pg_dump` from run to run on this
-  machine. The `x bare pg_dump` column says more.
+  that pipeline's pace, and it took between 2.5 and 4.4 times bare `pg_dump` on the machines
+  measured so far. The `x bare pg_dump` column says more.
 - What our backup adds to bare `pg_dump` is CPU: ISA-L gzip (level 3, or level 2 where a sample
   every 32 MiB shows level 3 saving under 1.5 %: most of the series shape), the row count and the
   sha256. The server takes one of the two cores, so all of that shares the other with pg_dump;
-  on two cores shared with other work it shows as wall time.
+  on two cores shared with other work it shows as wall time. The series shape shows it most: the
+  server dumps it fast, while ISA-L deflates dense numbers at about 0.4 s of CPU per 100 MB at any
+  of its levels 0-2, so our process needs 4-5 CPU-s beside the server's 6 and both cores are full
+  (1.11-1.16 x bare `pg_dump` without the start-up on the machines measured).
 - `BACKUP_JOBS=2` writes a compressed directory archive with two workers, then turns it into the
   plain SQL stream: on two cores that is more work for the same cores (gzip level 1 in pg_dump,
   inflating in pg_restore, then our compression), so it is slower here. It is for servers with cores
@@ -53,9 +56,10 @@ NOTES = """\
   `pg_restore -j 2` does the same per table. Both gain less than 2x on two cores: loading rows is
   the server's CPU (parsing COPY and writing WAL), which two sessions share with our reader
   (inflating, finding entries) on the same two cores; two sessions into one table also cost the
-  server 0-20 % more CPU than one. On this machine that puts the floor of a switch at about
-  0.65 x `gunzip | psql`, before start-up, the sha256 of the file and the end of the last index
-  build, which use one core.
+  server 0-20 % more CPU than one. What two sessions gain depends on the machine: the switch
+  measured 0.71-0.73 x `gunzip | psql` on the machines of 2026-12-02 to 12-04, 0.79 x on that of
+  2026-12-06. Besides the load, its start-up, the sha256 of the file and the end of the last
+  index build use one core.
 - The site costs CPU only while it answers: a switch, which keeps it answering, serves the probe's
   requests during the whole load (the "site probed" columns), while psql and the in-place restore
   keep them waiting. The restore's time is therefore the run with the site idle.
