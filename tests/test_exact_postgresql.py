@@ -20,6 +20,7 @@ from backups import services
 from backups.engines import get_engine
 from backups.exceptions import BackupDamaged, DumpFailed, InvalidRequest, RestoreFailed
 from backups.models import Backup, Trigger
+from backups.services.copies import write_manifest
 
 from .conftest import (
     DATASETS,
@@ -360,6 +361,8 @@ ALTER TABLE wide ADD CONSTRAINT wide_t2 UNIQUE (t2);
 ALTER TABLE wide CLUSTER ON wide_t2;
 ALTER TABLE wide REPLICA IDENTITY USING INDEX wide_pkey;
 CREATE SERVER loopback FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname 'postgres');
+CREATE TABLE no_columns ();
+INSERT INTO no_columns DEFAULT VALUES; INSERT INTO no_columns DEFAULT VALUES;
 """
 AFTER_FEATURES = (
     "DROP TABLE wide",
@@ -410,6 +413,35 @@ def test_a_restore_drill_counts_each_tables_rows_as_its_copy_loaded_them(pagila)
     assert (rows["public.hop_use"], rows["public.dosing"], rows["public.dosing_late"]) == (30, 100, 40)
     result = services.verify_backup(made.filename, actor=COMMAND, level="restore")
     assert result.passed, result.message
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_table_without_columns_is_counted_in_new_backups_and_in_those_that_named_it_with_a_space(
+    pagila, settings, jobs
+):
+    """pg_dump writes two spaces where such a table's column list would be ("COPY public.t  FROM
+    stdin;"); backups made before 2026-12-06 recorded its rows under "public.t " and failed their
+    drill and a switch that counts in the new database. Both kinds restore by a switch, which
+    checks the rows (by each COPY's answer with two sessions, by counting with one), and pass
+    the drill."""
+    alias, database, _role = pagila
+    settings.BACKUP_RESTORE_METHOD, settings.BACKUP_RESTORE_JOBS = "switch", jobs
+    as_superuser(database, "CREATE TABLE no_columns (); INSERT INTO no_columns SELECT FROM generate_series(1, 3)")
+    made = backup_of(alias)
+    assert made.manifest["table_rows"]["public.no_columns"] == 3
+    old_style = Backup.objects.get(filename=made.filename)
+    rows = old_style.manifest["table_rows"]
+    rows["public.no_columns "] = rows.pop("public.no_columns")
+    old_style.save(update_fields=["manifest"])
+    write_manifest(old_style)  # the stored manifest, which restores and drills read
+    try:
+        as_superuser(database, "DELETE FROM no_columns")
+        assert quick_restore(made.filename).method == "switch"
+        assert as_superuser(database, "SELECT count(*) FROM no_columns") == [(3,)]
+        result = services.verify_backup(made.filename, actor=COMMAND, level="restore")
+        assert result.passed, result.message
+    finally:
+        drop_databases_left_beside(database)
 
 
 def test_rows_a_policy_hides_from_the_role_fail_the_backup_with_what_to_do(owned_database):

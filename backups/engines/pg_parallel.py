@@ -70,8 +70,9 @@ BUILT_ON = re.compile(
     % {b"id": IDENTIFIER},
     re.M,
 )
-# The table a COPY loads: a name as pg_dump writes it, or else whatever comes before the columns.
-COPIED_TABLE = re.compile(rb"COPY (%(id)s\.%(id)s|.+?) (?:\(|FROM stdin;)" % {b"id": IDENTIFIER})
+# The table a COPY loads: a name as pg_dump writes it, or else whatever comes before the columns
+# (none for a table without columns: "COPY public.t  FROM stdin;").
+COPIED_TABLE = re.compile(rb"COPY (%(id)s\.%(id)s|.+?) +(?:\(|FROM stdin;)" % {b"id": IDENTIFIER})
 # Builds held back to be handed out biggest first: up to this much of their text, so memory stays
 # flat however many indexes a dump holds.
 HELD_BUILDS_BYTES = 1024 * 1024

@@ -550,6 +550,13 @@ class PostgreSQLEngine(DatabaseEngine):
         finally:
             connection.close()  # the transaction ends with it
 
+    def recorded_rows(self, table_rows):
+        """Backups made before 2026-12-06 name a table without columns with a trailing space, as
+        its COPY line has two ("COPY public.t  FROM stdin;"); no name pg_dump writes ends in one."""
+        if not table_rows:
+            return table_rows
+        return {table.rstrip(" "): rows for table, rows in table_rows.items()}
+
     # -- restore beside, then switch ---------------------------------------------------------
 
     def can_restore_beside(self):
