@@ -133,7 +133,8 @@ def test_the_catalog_is_carried_across_a_switch_of_the_site_database(settings):
 
 # Text that looks like the entries of a dump, where the dump reader must not take it for them:
 # in a function body, in a string that spans lines (a real newline before each fake header), in
-# names with "$", and rows whose text starts with "\.".
+# names with "$", and rows whose text starts with "\."; a table and a column whose names hold a
+# newline, so that its COPY statement spans lines, with rows full of quotes after it.
 LOOKALIKES = r"""
 CREATE FUNCTION public.looks_like_a_dump() RETURNS text LANGUAGE sql AS $body$
 SELECT '
@@ -152,7 +153,13 @@ COMMENT ON TABLE public."odd$name" IS '
 INSERT INTO public."odd$name" (note) SELECT '\.' || g FROM generate_series(1, 5) g;
 CREATE INDEX "odd$name_idx" ON public."odd$name" (note);
 COMMENT ON INDEX public."odd$name_idx" IS 'an index; Type: TABLE DATA;';
+CREATE TABLE public."two
+lines" (id int PRIMARY KEY, "it""s
+note" text);
+INSERT INTO public."two
+lines" SELECT g, 'it''s row ' || g || ' "quoted" $$' FROM generate_series(1, 40) g;
 """
+TWO_LINES = 'public."two\nlines"'  # as the dump names it
 
 
 def test_the_dump_reader_sees_the_same_entries_whatever_the_size_of_the_reads(switching, backup_dir):
@@ -188,6 +195,7 @@ def test_the_dump_reader_sees_the_same_entries_whatever_the_size_of_the_reads(sw
     copies = [payload for event, payload in marked if event == "copy"]
     assert b'COPY public."odd$name" ("we$ird", note) FROM stdin;\n' in copies
     assert b"COPY public.film (film_id) FROM stdin;\n" not in copies  # the function's, not the table's
+    assert b'COPY public."two\nlines" (id, "it""s\nnote") FROM stdin;\n' in copies
 
 
 def backed_up_then_changed(switching, statements):
@@ -204,6 +212,7 @@ def test_a_parallel_switch_restores_lookalikes_of_dump_entries_exactly(switching
     database = switching[1]
     settings.BACKUP_RESTORE_JOBS = 3
     made, before = backed_up_then_changed(switching, LOOKALIKES)
+    assert made.manifest["table_rows"][TWO_LINES] == 40  # the rows a switch checks it loaded
 
     assert quick_restore(made.filename).method == "switch"
     assert_same_fingerprint(postgres_fingerprint(database), before)

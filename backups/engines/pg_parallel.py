@@ -73,6 +73,10 @@ BUILT_ON = re.compile(
 # The table a COPY loads: a name as pg_dump writes it, or else whatever comes before the columns
 # (none for a table without columns: "COPY public.t  FROM stdin;").
 COPIED_TABLE = re.compile(rb"COPY (%(id)s\.%(id)s|.+?) +(?:\(|FROM stdin;)" % {b"id": IDENTIFIER})
+# A table's COPY statement whole, where a quoted name in it holds a newline (pg_dump writes the
+# statement on one line otherwise), and the most of it waited for: 1,600 columns of 63 bytes.
+COPY_STATEMENT = re.compile(rb'COPY (?:[^"\n]|"(?:[^"]|"")*+")*? FROM stdin;\n')
+COPY_STATEMENT_LIMIT = 256 * 1024
 # Builds held back to be handed out biggest first: up to this much of their text, so memory stays
 # flat however many indexes a dump holds.
 HELD_BUILDS_BYTES = 1024 * 1024
@@ -213,10 +217,20 @@ class Entries:
                     if self.kind in PARALLEL_KINDS and TABLE_FLAG.fullmatch(line):
                         self.position = line_end
                         return "flag", line_start, line_end
-                    if self.kind == b"TABLE DATA" and line.startswith(b"COPY ") and line.endswith(b" FROM stdin;\n"):
-                        self.position = line_end
-                        self.state = "copy"
-                        return "copy", line_start, line_end
+                    if self.kind == b"TABLE DATA" and line.startswith(b"COPY "):
+                        if line.endswith(b" FROM stdin;\n"):
+                            self.position = line_end
+                            self.state = "copy"
+                            return "copy", line_start, line_end
+                        statement = COPY_STATEMENT.match(buffer, line_start)
+                        if statement is not None:
+                            self.position = statement.end()
+                            self.state = "copy"
+                            return "copy", line_start, statement.end()
+                        waiting = len(buffer) - line_start < COPY_STATEMENT_LIMIT
+                        if waiting and not self.ended and buffer.find(b" FROM stdin;\n", line_start) < 0:
+                            self.position = match.start()  # its end is yet to come
+                            return None
                     self.position = line_start  # an ordinary line: scan it
                     continue
                 self.position = match.end()
