@@ -700,7 +700,7 @@ def postgres_fingerprint(database):
     """Everything a restore must bring back, as a dict of sorted lines."""
     print_ = {}
     dump = subprocess.run(
-        ["pg_dump", "--schema-only", "-h", "127.0.0.1", "-U", "postgres", database],
+        ["pg_dump", "--schema-only", "--encoding=UTF8", "-h", "127.0.0.1", "-U", "postgres", database],
         capture_output=True,
         text=True,
         check=True,

@@ -198,6 +198,38 @@ def test_the_dump_reader_sees_the_same_entries_whatever_the_size_of_the_reads(sw
     assert b'COPY public."two\nlines" (id, "it""s\nnote") FROM stdin;\n' in copies
 
 
+@pytest.mark.parametrize("method,jobs", [("switch", 2), ("switch", 1), ("in-place", 1)])
+def test_a_latin1_database_with_accented_names_backs_up_and_restores_exactly(extra_alias, settings, method, jobs):
+    """pg_dump writes a LATIN1 database's text in LATIN1: the manifest names its tables as they
+    are (the catalog, in LATIN1 too, once refused the backup for a name read as UTF-8), the pool
+    sends its statements as they are, and a switch checks its rows under those names."""
+    database = f"latin_exact{settings.SUFFIX}"
+    as_superuser(
+        "postgres",
+        f"DROP DATABASE IF EXISTS {database} WITH (FORCE)",
+        f"CREATE DATABASE {database} TEMPLATE template0 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'",
+    )
+    alias = extra_alias("latin", NAME=database)
+    settings.BACKUP_RESTORE_METHOD, settings.BACKUP_RESTORE_JOBS = method, jobs
+    try:
+        as_superuser(
+            database,
+            'CREATE TABLE "café" (id int PRIMARY KEY, "naïve" text)',
+            """INSERT INTO "café" SELECT g, 'crème ' || g FROM generate_series(1, 25) g""",
+            'CREATE INDEX ON "café" ("naïve")',
+        )
+        before = postgres_fingerprint(database)
+        made = backup_of(alias)
+        assert made.manifest["table_rows"] == {'public."café"': 25}
+        as_superuser(database, 'DELETE FROM "café"')
+        assert quick_restore(made.filename).method == method
+        assert_same_fingerprint(postgres_fingerprint(database), before)
+    finally:
+        connections[alias].close()
+        drop_databases_left_beside(database)
+        as_superuser("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
 def backed_up_then_changed(switching, statements):
     """Pagila with ``statements`` run, its fingerprint and a backup of it; then changed."""
     alias, database, role = switching

@@ -33,6 +33,7 @@ connections of this process, whose rows go straight into COPY. A session that fa
 all, and the caller then drops the new database.
 """
 
+import codecs
 import collections
 import queue
 import re
@@ -99,6 +100,17 @@ MARK = re.compile(rb"hoppybrew-mark-[0-9a-f]{16}")
 WAIT = 0.2  # seconds between looks at whether another session has failed
 # The session settings pg_restore writes at the top of a dump.
 SESSION_SETTING = re.compile(rb"^(?:SET [a-z_]+ = [^\n]*;|SELECT pg_catalog\.set_config\([^\n]*\);)\n", re.M)
+# The encoding of a dump's text (pg_dump writes the database's), and Python's codec for each server
+# encoding whose name Python does not know as it is.
+CLIENT_ENCODING = re.compile(rb"^SET client_encoding = '([A-Za-z0-9_]+)';$", re.M)
+CODECS = {
+    "UTF8": "utf-8",
+    **{f"LATIN{n}": f"iso8859_{part}" for n, part in enumerate((1, 2, 3, 4, 9, 10, 13, 14, 15, 16), start=1)},
+    **{f"WIN{page}": f"cp{page}" for page in (866, 874, 1250, 1251, 1252, 1253, 1254, 1255, 1256, 1257, 1258)},
+    "EUC_CN": "gb2312",
+    "KOI8R": "koi8_r",
+    "KOI8U": "koi8_u",
+}
 
 
 TERMINATOR_LOOKS = 8  # backslashes looked at before copy_terminator searches for the whole line
@@ -474,7 +486,8 @@ class PoolSession:
     def perform(self, cursor, what, payload):
         if what == "rows":
             copy_line, rows = payload
-            cursor.copy_expert(copy_line.decode("utf-8"), CopyFeed(self, copy_line, rows), size=CHUNK_SIZE)
+            # As bytes: the statement is in the dump's encoding, which the session was set to.
+            cursor.copy_expert(copy_line, CopyFeed(self, copy_line, rows), size=CHUNK_SIZE)
             self.copied[copied_table(copy_line)] += cursor.rowcount
         elif what == "sql":
             settings, text = payload
@@ -534,6 +547,7 @@ class ParallelLoad:
         self.barrier = threading.Barrier(jobs + 1)
         self.current = {}  # tracked settings as the dump last set them
         self.pool_settings = b""
+        self.codec = "utf-8"  # of the dump's text, known from its head
         self.serial_pending = False  # the serial session has work not known to be done
         self.pool_work = None  # "rows" or "sql": what the pool was given since its last barrier
         self.in_transaction = True  # the serial session's: at first the dump's own
@@ -601,7 +615,7 @@ class ParallelLoad:
                 "Database restore failed; the database was not changed. psql said: " + self.failed.failure()
             )
         copied = sum((session.copied for session in self.pool), collections.Counter())
-        return {table.decode("utf-8", "replace"): rows for table, rows in copied.items()}
+        return {table_name(table, self.codec): rows for table, rows in copied.items()}
 
     def _dispatch(self, read):
         head = []  # the dump up to its first entry: its session settings and its BEGIN
@@ -664,6 +678,7 @@ class ParallelLoad:
         # The pool's sessions start as the dump's own session does: with the SET lines pg_restore
         # writes at the top (the cleanup before them is the serial session's work).
         self.pool_settings = b"".join(SESSION_SETTING.findall(head))
+        self.codec = dump_codec(head)
 
     def _to_serial(self, text):
         """The serial session runs in a transaction, opened again after each commit for the pool:
@@ -708,7 +723,7 @@ class ParallelLoad:
             if self.lookup is None:
                 self.lookup = self.connect()
             with self.lookup.cursor() as cursor:
-                cursor.execute(ORDINARY_TABLE, (table.decode(),))
+                cursor.execute(ORDINARY_TABLE, (table_name(table, self.codec),))
                 found = cursor.fetchone()
         except psycopg2.Error:
             return False
@@ -783,6 +798,24 @@ class ParallelLoad:
 def copied_table(copy_line):
     """The table a COPY line loads (bytes), as the dump names it: the key of its row counts."""
     return COPIED_TABLE.match(copy_line).group(1)
+
+
+def dump_codec(head):
+    """Python's codec for the text of the dump whose beginning is ``head``: that of the
+    ``client_encoding`` it sets, UTF-8 where it sets none Python knows (SQL_ASCII has none)."""
+    found = CLIENT_ENCODING.search(head)
+    name = found.group(1).decode().upper() if found else "UTF8"
+    codec = CODECS.get(name, name.lower())
+    try:
+        codecs.lookup(codec)
+    except LookupError:
+        return "utf-8"
+    return codec
+
+
+def table_name(table, codec):
+    """A table's name (bytes, as ``copied_table`` gives it) as text, for the row counts."""
+    return table.decode(codec, "replace")
 
 
 def setting_name(line):

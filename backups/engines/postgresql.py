@@ -30,7 +30,7 @@ from .base import (
     run_fed,
     run_tool,
 )
-from .pg_parallel import NEED, DumpCut, Entries, ParallelLoad, copied_table
+from .pg_parallel import NEED, DumpCut, Entries, ParallelLoad, copied_table, dump_codec, table_name
 
 # Advisory lock keys: (application, purpose). Advisory locks live inside one database, so the
 # database being backed up is part of the key by construction.
@@ -923,6 +923,7 @@ class OneTransactionDump(DumpStream):
         self.cleanup = cleanup.encode()
         self.wrap = wrap
         self.counts = {}
+        self.codec = "utf-8"  # of the dump's text, known from its head
 
     @property
     def row_counts(self):
@@ -971,7 +972,7 @@ class OneTransactionDump(DumpStream):
                 out.append(self._opening())
             return
         if what == "copy":
-            self.table = copied_table(payload).decode("utf-8", "replace")
+            self.table = table_name(copied_table(payload), self.codec)
             self.rows = 0
         elif what == "rows":
             self.rows += payload.count(b"\n")
@@ -989,6 +990,7 @@ class OneTransactionDump(DumpStream):
 
     def _opening(self):
         head, self.head = b"".join(self.head), None
+        self.codec = dump_codec(head)
         if self.wrap:
             start = statement_start(head)
             if start is None:
