@@ -217,7 +217,7 @@ class DatabaseEngine:
         """Create a new, empty database ``name`` next to this one (the same server; SQLite: a
         file path) and return an engine for it. Raise ``DatabaseUnavailable`` when it cannot be
         created (no privilege, the name is taken), with ``advice`` on what to do, if given:
-        never reuse a database that exists."""
+        never reuse a database that exists. An engine's ``scratch_options`` may add keywords."""
         raise NotImplementedError("subclasses of DatabaseEngine must provide a create_database() method")
 
     def drop_database(self, name):
@@ -230,7 +230,7 @@ class DatabaseEngine:
         restore drills, the proofs of restores that cannot roll back, and model restores: yields
         an engine for it and removes it on exit. Never the live database."""
         server = type(self)(self.alias, self.drill_server())  # BACKUP_VERIFY_DATABASE_URL's, if set
-        engine = server.create_database(self.scratch_name(), advice=self.scratch_advice())
+        engine = server.create_database(self.scratch_name(), advice=self.scratch_advice(), **self.scratch_options())
         try:
             with server.kept_as_scratch(engine.database_name, self.database_name):
                 yield engine
@@ -254,6 +254,11 @@ class DatabaseEngine:
         """Drop ``name`` if ``stale_scratches`` lists it, and say whether it did; ``DatabaseBusy``
         if it has sessions."""
         raise NotImplementedError(f"{self.vendor} databases do not mark their scratch databases")
+
+    def scratch_options(self):
+        """What ``create_database`` is given for a scratch database of this one (keyword
+        arguments), beyond its name."""
+        return {}
 
     def scratch_advice(self):
         """What to do when a scratch database cannot be created, for the error."""

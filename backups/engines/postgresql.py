@@ -250,6 +250,9 @@ EXTENSIONS_KEPT = """
 SELECT pg_catalog.quote_ident(extname) FROM pg_catalog.pg_extension
 WHERE extnamespace = 'public'::pg_catalog.regnamespace AND NOT pg_catalog.pg_has_role(extowner, 'USAGE')
 """
+DATABASE_ENCODING = (
+    "SELECT pg_catalog.pg_encoding_to_char(encoding) FROM pg_catalog.pg_database WHERE datname = current_database()"
+)
 PUBLIC_OWNER = "SELECT nspowner::pg_catalog.regrole::text FROM pg_catalog.pg_namespace WHERE nspname = 'public'"
 DATABASE_PROPERTIES = f"""
 SELECT pg_catalog.pg_encoding_to_char(d.encoding) AS encoding, d.datcollate AS collate, d.datctype AS ctype,
@@ -496,14 +499,17 @@ class PostgreSQLEngine(DatabaseEngine):
     def size_bytes(self):
         return self.query_value("SELECT pg_database_size(current_database())")
 
-    def create_database(self, name, advice=None):
+    def create_database(self, name, advice=None, encoding=None):
         import psycopg2
         from psycopg2 import sql
 
+        statement = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+        if encoding is not None:  # with the C locale, which takes every encoding
+            statement += sql.SQL(" ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C'").format(sql.Literal(encoding))
         connection = self.connect()
         try:
             with connection.cursor() as cursor:
-                cursor.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+                cursor.execute(statement)
         except psycopg2.Error as exc:
             raise DatabaseUnavailable(
                 f"Cannot create the database {name}: {str(exc).strip()}. "
@@ -512,6 +518,12 @@ class PostgreSQLEngine(DatabaseEngine):
         finally:
             connection.close()
         return PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": name})
+
+    def scratch_options(self):
+        """A scratch database of one not in UTF-8 (LATIN1...) takes its encoding: pg_dump writes
+        a database's text in its own, and a drill compares the dumps of the two line by line."""
+        encoding = self.query_value(DATABASE_ENCODING)
+        return {} if encoding == "UTF8" else {"encoding": encoding}
 
     def scratch_advice(self):
         if self.drills_elsewhere():
