@@ -158,6 +158,10 @@ lines" (id int PRIMARY KEY, "it""s
 note" text);
 INSERT INTO public."two
 lines" SELECT g, 'it''s row ' || g || ' "quoted" $$' FROM generate_series(1, 40) g;
+CREATE TABLE public."odd FROM stdin;
+name" (v text);
+INSERT INTO public."odd FROM stdin;
+name" SELECT 'it''s ' || g FROM generate_series(1, 7) g;
 """
 TWO_LINES = 'public."two\nlines"'  # as the dump names it
 
@@ -196,6 +200,7 @@ def test_the_dump_reader_sees_the_same_entries_whatever_the_size_of_the_reads(sw
     assert b'COPY public."odd$name" ("we$ird", note) FROM stdin;\n' in copies
     assert b"COPY public.film (film_id) FROM stdin;\n" not in copies  # the function's, not the table's
     assert b'COPY public."two\nlines" (id, "it""s\nnote") FROM stdin;\n' in copies
+    assert b'COPY public."odd FROM stdin;\nname" (v) FROM stdin;\n' in copies
 
 
 @pytest.mark.parametrize("method,jobs", [("switch", 2), ("switch", 1), ("in-place", 1)])
@@ -247,7 +252,8 @@ def test_a_parallel_switch_restores_lookalikes_of_dump_entries_exactly(switching
     database = switching[1]
     settings.BACKUP_RESTORE_JOBS = 3
     made, before = backed_up_then_changed(switching, LOOKALIKES)
-    assert made.manifest["table_rows"][TWO_LINES] == 40  # the rows a switch checks it loaded
+    rows = made.manifest["table_rows"]  # the rows a switch checks it loaded
+    assert (rows[TWO_LINES], rows['public."odd FROM stdin;\nname"']) == (40, 7)
 
     assert quick_restore(made.filename).method == "switch"
     assert_same_fingerprint(postgres_fingerprint(database), before)

@@ -230,17 +230,13 @@ class Entries:
                         self.position = line_end
                         return "flag", line_start, line_end
                     if self.kind == b"TABLE DATA" and line.startswith(b"COPY "):
-                        if line.endswith(b" FROM stdin;\n"):
-                            self.position = line_end
-                            self.state = "copy"
-                            return "copy", line_start, line_end
+                        # The whole statement, whose quoted names may hold newlines or " FROM stdin;".
                         statement = COPY_STATEMENT.match(buffer, line_start)
                         if statement is not None:
                             self.position = statement.end()
                             self.state = "copy"
                             return "copy", line_start, statement.end()
-                        waiting = len(buffer) - line_start < COPY_STATEMENT_LIMIT
-                        if waiting and not self.ended and buffer.find(b" FROM stdin;\n", line_start) < 0:
+                        if not self.ended and len(buffer) - line_start < COPY_STATEMENT_LIMIT:
                             self.position = match.start()  # its end is yet to come
                             return None
                     self.position = line_start  # an ordinary line: scan it

@@ -499,17 +499,19 @@ class PostgreSQLEngine(DatabaseEngine):
     def size_bytes(self):
         return self.query_value("SELECT pg_database_size(current_database())")
 
-    def create_database(self, name, advice=None, encoding=None):
+    def create_database(self, name, advice=None, like=None):
+        """``like``: the ``database_properties`` of a database whose encoding and locale the new
+        one takes (``create_database_like``); else the server's defaults."""
         import psycopg2
         from psycopg2 import sql
 
-        statement = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
-        if encoding is not None:  # with the C locale, which takes every encoding
-            statement += sql.SQL(" ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C'").format(sql.Literal(encoding))
         connection = self.connect()
         try:
-            with connection.cursor() as cursor:
-                cursor.execute(statement)
+            if like is not None:
+                create_database_like(connection, name, like)
+            else:
+                with connection.cursor() as cursor:
+                    cursor.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
         except psycopg2.Error as exc:
             raise DatabaseUnavailable(
                 f"Cannot create the database {name}: {str(exc).strip()}. "
@@ -520,10 +522,12 @@ class PostgreSQLEngine(DatabaseEngine):
         return PostgreSQLEngine(self.alias, {**self.settings_dict, "NAME": name})
 
     def scratch_options(self):
-        """A scratch database of one not in UTF-8 (LATIN1...) takes its encoding: pg_dump writes
-        a database's text in its own, and a drill compares the dumps of the two line by line."""
-        encoding = self.query_value(DATABASE_ENCODING)
-        return {} if encoding == "UTF8" else {"encoding": encoding}
+        """A scratch database of one not in UTF-8 (LATIN1...) is made like it, encoding and locale:
+        pg_dump writes a database's text in its own encoding, and a drill compares the dumps of the
+        two line by line (and checks that depend on the locale hold alike)."""
+        if self.query_value(DATABASE_ENCODING) == "UTF8":
+            return {}
+        return {"like": {**self.database_properties(), "tablespace": "pg_default"}}  # a drill's own place
 
     def scratch_advice(self):
         if self.drills_elsewhere():
