@@ -250,9 +250,6 @@ EXTENSIONS_KEPT = """
 SELECT pg_catalog.quote_ident(extname) FROM pg_catalog.pg_extension
 WHERE extnamespace = 'public'::pg_catalog.regnamespace AND NOT pg_catalog.pg_has_role(extowner, 'USAGE')
 """
-DATABASE_ENCODING = (
-    "SELECT pg_catalog.pg_encoding_to_char(encoding) FROM pg_catalog.pg_database WHERE datname = current_database()"
-)
 PUBLIC_OWNER = "SELECT nspowner::pg_catalog.regrole::text FROM pg_catalog.pg_namespace WHERE nspname = 'public'"
 DATABASE_PROPERTIES = f"""
 SELECT pg_catalog.pg_encoding_to_char(d.encoding) AS encoding, d.datcollate AS collate, d.datctype AS ctype,
@@ -525,9 +522,10 @@ class PostgreSQLEngine(DatabaseEngine):
         """A scratch database of one not in UTF-8 (LATIN1...) is made like it, encoding and locale:
         pg_dump writes a database's text in its own encoding, and a drill compares the dumps of the
         two line by line (and checks that depend on the locale hold alike)."""
-        if self.query_value(DATABASE_ENCODING) == "UTF8":
+        live = self.database_properties()
+        if live["encoding"] == "UTF8":
             return {}
-        return {"like": {**self.database_properties(), "tablespace": "pg_default"}}  # a drill's own place
+        return {"like": {**live, "tablespace": "pg_default"}}  # a drill's own place
 
     def scratch_advice(self):
         if self.drills_elsewhere():
